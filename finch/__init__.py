@@ -1,0 +1,12 @@
+"""finch: fine-tune pretrained transformers with the Trainer API the tutorials teach."""
+
+from transformers import EvalPrediction
+
+from finch.args import TrainingArguments
+from finch.callbacks import EarlyStoppingCallback, ProgressCallback, TrainerCallback
+from finch.state import TrainerControl, TrainerState
+from finch.trainer import Trainer
+
+__version__ = "0.1.0"
+__all__ = ["EarlyStoppingCallback", "EvalPrediction", "ProgressCallback", "Trainer", "TrainerCallback",
+           "TrainerControl", "TrainerState", "TrainingArguments", "__version__"]

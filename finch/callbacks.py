@@ -1,0 +1,232 @@
+"""Callbacks with HuggingFace's event names and signature, early stopping, progress, and run loggers.
+
+A callback is told what happened (`on_log`, `on_evaluate`, ...) and may set flags on `control`; the loop itself
+decides when to log, evaluate and save. Subclasses of `transformers.TrainerCallback` work unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from finch.args import TrainingArguments
+from finch.state import TrainerControl, TrainerState
+
+logger = logging.getLogger("finch")
+
+EVENTS = ("on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_step_begin",
+          "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end", "on_step_end", "on_evaluate",
+          "on_predict", "on_save", "on_log", "on_prediction_step")
+
+
+class TrainerCallback:
+    """Base class: every event is a no-op. Override the ones you need.
+
+    Each event receives `(args, state, control, **kwargs)`; kwargs include `model`, `processing_class`,
+    `optimizer`, `lr_scheduler`, and `metrics` (on_evaluate) or `logs` (on_log).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name in EVENTS:
+            return lambda args, state, control, **kwargs: None
+        raise AttributeError(name)
+
+
+class CallbackHandler:
+    """Calls one event on every callback, in order; a callback returning a `TrainerControl` replaces it."""
+
+    def __init__(self, callbacks: list) -> None:
+        self.callbacks: list = []
+        for callback in callbacks:
+            self.add(callback)
+
+    def add(self, callback: Any) -> None:
+        callback = callback() if isinstance(callback, type) else callback
+        if any(type(existing) is type(callback) for existing in self.callbacks):
+            logger.warning("Adding a second %s; the trainer now has two.", type(callback).__name__)
+        self.callbacks.append(callback)
+
+    def pop(self, callback: Any) -> Any:
+        for existing in self.callbacks:
+            if existing is callback or (isinstance(callback, type) and type(existing) is callback):
+                self.callbacks.remove(existing)
+                return existing
+        return None
+
+    def fire(self, event: str, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+             **kwargs: Any) -> TrainerControl:
+        for callback in self.callbacks:
+            handler = getattr(callback, event, None)
+            result = handler(args, state, control, **kwargs) if handler is not None else None
+            if isinstance(result, TrainerControl):
+                control = result
+        return control
+
+
+class EarlyStoppingCallback(TrainerCallback):
+    """Stop training when `metric_for_best_model` has not improved for `early_stopping_patience` evaluations.
+
+    Args:
+        early_stopping_patience: evaluations without improvement before stopping.
+        early_stopping_threshold: how much better than the best so far a value must be to count as improvement.
+    """
+
+    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float = 0.0) -> None:
+        self.early_stopping_patience = early_stopping_patience
+        self.early_stopping_threshold = early_stopping_threshold
+        self.best: float | None = None
+        self.evaluations_without_improvement = 0
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if args.eval_strategy == "no":
+            raise ValueError("EarlyStoppingCallback needs evaluations: set eval_strategy='epoch' or 'steps'")
+        if args.metric_for_best_model is None:
+            raise ValueError("EarlyStoppingCallback needs metric_for_best_model (e.g. 'loss' or 'accuracy'), "
+                             "or load_best_model_at_end=True, which defaults it to 'loss'")
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float] | None = None, **kwargs: Any):
+        name = args.metric_for_best_model
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if not metrics or key not in metrics:
+            logger.warning("Early stopping is off for this evaluation: metric %r missing from %s", key,
+                           sorted(metrics or {}))
+            return
+        value = metrics[key]
+        sign = 1 if args.greater_is_better else -1
+        if self.best is None or sign * (value - self.best) > self.early_stopping_threshold:
+            self.best, self.evaluations_without_improvement = value, 0
+        else:
+            self.evaluations_without_improvement += 1
+        if self.evaluations_without_improvement >= self.early_stopping_patience:
+            logger.info("Early stopping: %s has not improved on %.4f for %d evaluations", key, self.best,
+                        self.evaluations_without_improvement)
+            control.should_training_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "evaluations_without_improvement": self.evaluations_without_improvement}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+        self.evaluations_without_improvement = state["evaluations_without_improvement"]
+
+
+class ProgressCallback(TrainerCallback):
+    """A progress bar on a terminal; one line per log otherwise (files, CI, notebooks' captured output)."""
+
+    def __init__(self, use_bar: bool | None = None) -> None:
+        self.use_bar = use_bar
+        self.bar: tqdm | None = None
+        self.started = 0.0
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.started = time.perf_counter()
+        if self.use_bar is None:
+            self.use_bar = not args.disable_tqdm and sys.stdout.isatty()
+        if self.use_bar:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any):
+        logs = logs or {}
+        if self.bar is not None and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
+                                 samples_s=f"{logs.get('samples_per_second', 0):.1f}")
+            return
+        line = format_log_line(logs, state, time.perf_counter() - self.started)
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def format_log_line(logs: dict[str, Any], state: TrainerState, elapsed: float) -> str:
+    """`step 50/1377 | epoch 0.11 | loss 0.6931 | ... | elapsed 1m02s | eta 25m40s` for logs without a bar."""
+    parts = [f"step {state.global_step}/{state.max_steps}", f"epoch {state.epoch:.2f}"]
+    for key, value in logs.items():
+        if key == "epoch":
+            continue
+        if isinstance(value, float):
+            value = f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}".rstrip("0").rstrip(".")
+        parts.append(f"{key} {value}")
+    parts.append(f"elapsed {_duration(elapsed)}")
+    if 0 < state.global_step < state.max_steps:
+        parts.append(f"eta {_duration(elapsed * (state.max_steps - state.global_step) / state.global_step)}")
+    return " | ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class JsonlLoggerCallback(TrainerCallback):
+    """Appends every logged dict, with its step, to `<output_dir>/log.jsonl`."""
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any):
+        if not state.is_world_process_zero:
+            return
+        path = Path(args.output_dir) / "log.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as file:
+            file.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+
+
+class TensorBoardCallback(TrainerCallback):
+    """Writes numeric logs to TensorBoard under `tensorboard_dir` (default `<output_dir>/runs`)."""
+
+    def __init__(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ImportError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard") \
+                from error
+        self._writer_class = SummaryWriter
+        self.writer = None
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any):
+        if not state.is_world_process_zero:
+            return
+        if self.writer is None:
+            self.writer = self._writer_class(log_dir=args.tensorboard_dir or str(Path(args.output_dir) / "runs"))
+        for key, value in (logs or {}).items():
+            if isinstance(value, (int, float)):
+                tag = key if "/" in key else (key.replace("eval_", "eval/", 1) if key.startswith("eval_")
+                                              else f"train/{key}")
+                self.writer.add_scalar(tag, value, state.global_step)
+        self.writer.flush()
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def reporters(report_to: list[str]) -> list[TrainerCallback]:
+    """Callbacks for `report_to` (the JSONL log is always written)."""
+    wanted = set(report_to)
+    callbacks: list[TrainerCallback] = [JsonlLoggerCallback()]
+    if "tensorboard" in wanted or ("all" in wanted and importlib.util.find_spec("tensorboard") is not None):
+        callbacks.append(TensorBoardCallback())
+    return callbacks

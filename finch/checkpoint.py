@@ -1,0 +1,154 @@
+"""Checkpoints `checkpoint-<step>/`: written to a temporary folder then renamed, rotated, found again, loaded.
+
+A checkpoint holds the model (safetensors, plus `config.json` for HF models), the optimizer (`optimizer.pt`,
+loaded with `weights_only=True`), and JSON for everything else: scheduler, gradient scaler, RNG states,
+`trainer_state.json` and `training_args.json`. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from transformers.utils import logging as hf_logging
+
+from finch.args import TrainingArguments
+from finch.runtime import rng_state, set_rng_state
+from finch.state import TrainerState
+
+logger = logging.getLogger("finch")
+
+PREFIX = "checkpoint-"
+WEIGHTS = "model.safetensors"
+STATE = "trainer_state.json"
+
+
+def save_model_folder(model: torch.nn.Module, folder: str | Path, processing_class: Any = None) -> None:
+    """An inference-ready folder: HF models via `save_pretrained`, other modules as `model.safetensors`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "save_pretrained"):
+        with _quiet_transformers():  # no "Writing model shards" bar at every checkpoint
+            model.save_pretrained(folder, safe_serialization=True)
+    else:
+        safetensors.torch.save_model(model, str(folder / WEIGHTS))
+    if processing_class is not None and hasattr(processing_class, "save_pretrained"):
+        processing_class.save_pretrained(folder)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Load `model.safetensors` from `folder` into `model` (in place)."""
+    path = Path(folder) / WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"No {WEIGHTS} in {folder}: not a finch checkpoint or model folder")
+    missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [key for key in missing if key not in tied]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+                         f"(was it saved from a different model?)")
+
+
+def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: TrainerState, args: TrainingArguments,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
+                    processing_class: Any = None) -> Path:
+    """Write `checkpoint-<global_step>` completely into a temporary folder, then rename it into place."""
+    final = Path(output_dir) / f"{PREFIX}{state.global_step}"
+    temporary = Path(output_dir) / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    save_model_folder(model, temporary, processing_class)
+    if optimizer is not None and not args.save_only_model:
+        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+        _write_json(temporary / "scheduler.json", scheduler.state_dict() if scheduler is not None else None)
+        _write_json(temporary / "scaler.json", scaler.state_dict() if scaler is not None else None)
+        _write_json(temporary / "rng_state.json", rng_state())
+    state.save_to_json(temporary / STATE)
+    args.save(temporary / "training_args.json")
+    _fsync_tree(temporary)
+    if final.exists():  # the same step saved again (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, scaler: Any = None) -> TrainerState:
+    """Restore model, optimizer, scheduler, scaler and RNG states from `folder`; return its `TrainerState`."""
+    folder = Path(folder)
+    if not (folder / STATE).exists():
+        raise FileNotFoundError(f"{folder} is not a finch checkpoint: no {STATE}")
+    load_model_weights(model, folder)
+    if optimizer is not None and (folder / "optimizer.pt").exists():
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+        for name, target in (("scheduler.json", scheduler), ("scaler.json", scaler)):
+            saved = json.loads((folder / name).read_text())
+            if target is not None and saved is not None:
+                target.load_state_dict(saved)
+        set_rng_state(json.loads((folder / "rng_state.json").read_text()))
+    return TrainerState.load_from_json(folder / STATE)
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest step first."""
+    found = [p for p in Path(output_dir).glob(f"{PREFIX}*") if re.fullmatch(rf"{PREFIX}\d+", p.name)]
+    return sorted((p for p in found if (p / STATE).exists()), key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def rotate_checkpoints(output_dir: str | Path, limit: int | None, best: str | None) -> list[Path]:
+    """Delete all but the newest `limit` checkpoints, never the best one; return the deleted folders."""
+    if limit is None:
+        return []
+    found = checkpoints(output_dir)
+    keep = set(found[-limit:])
+    if best is not None:
+        keep.add(Path(best))
+    deleted = [p for p in found if p not in keep and p.resolve() not in {k.resolve() for k in keep}]
+    for folder in deleted:
+        shutil.rmtree(folder, ignore_errors=True)
+    return deleted
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value) + "\n")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

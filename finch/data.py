@@ -1,0 +1,132 @@
+"""Dataset preparation for the model, batch order (a pure function of seed and epoch), collation, loaders."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, default_data_collator
+
+MEGABATCH_FACTOR = 50  # length grouping sorts windows of 50 batches: little padding, order still random
+LABEL_COLUMNS = ("label", "labels", "label_ids")
+
+
+def model_input_names(model: torch.nn.Module) -> set[str]:
+    """Argument names of `model.forward` (what a batch may contain)."""
+    return set(inspect.signature(model.forward).parameters) - {"self", "kwargs"}
+
+
+def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns: bool) -> tuple[Any, list[str]]:
+    """Rename `label` to `labels` when the model wants `labels`, and drop columns the model does not take.
+
+    Returns the dataset and the dropped column names. Datasets without column names (plain torch datasets, lists
+    of dicts) are returned unchanged.
+    """
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        return dataset, []
+    accepted = model_input_names(model)
+    if "label" in columns and "label" not in accepted and "labels" in accepted and "labels" not in columns:
+        dataset = dataset.rename_column("label", "labels")
+        columns = dataset.column_names
+    if not remove_unused_columns or not accepted:  # forward(**kwargs) alone: it may take anything
+        return dataset, []
+    unused = [c for c in columns if c not in accepted]
+    return (dataset.remove_columns(unused) if unused else dataset), unused
+
+
+def example_lengths(dataset: Any) -> list[int] | None:
+    """Token count of each example, from the `input_ids` column; None when there is no such column."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None:
+        return [len(ids) for ids in dataset["input_ids"]] if "input_ids" in columns else None
+    try:
+        return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, strategy: str,
+                  lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """The training batches of one epoch, as lists of example indices: a pure function of its arguments.
+
+    Resuming therefore jumps to any batch without replaying the ones before it.
+    "group_by_length" sorts windows of `MEGABATCH_FACTOR` batches by length, so a batch pads little, then shuffles
+    the batches, the one holding the longest example first (an out-of-memory shows at once, not hours in).
+    """
+    if strategy == "sequential":
+        order = np.arange(num_examples)
+    else:
+        order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    if strategy != "group_by_length" or lengths is None:
+        return [order[i:i + batch_size].tolist() for i in range(0, num_examples, batch_size)]
+    rng = np.random.default_rng([seed, epoch, 1])
+    lengths = np.asarray(lengths)
+    window = MEGABATCH_FACTOR * batch_size
+    batches = []
+    for start in range(0, num_examples, window):
+        megabatch = order[start:start + window]
+        megabatch = megabatch[np.argsort(-lengths[megabatch], kind="stable")]
+        batches += [megabatch[i:i + batch_size].tolist() for i in range(0, len(megabatch), batch_size)]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b]].max())
+    batches[0], batches[longest] = batches[longest], batches[0]
+    return batches
+
+
+def eval_batches(num_examples: int, batch_size: int, lengths: Sequence[int] | None) -> list[list[int]]:
+    """Evaluation batches in decreasing length (little padding); callers restore the original order."""
+    order = np.arange(num_examples) if lengths is None else np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, num_examples, batch_size)]
+
+
+def default_collator(processing_class: Any) -> Callable[[list[dict]], dict]:
+    """Dynamic padding when there is a tokenizer (HF's choice), else stacking of equal-length features."""
+    if processing_class is not None and hasattr(processing_class, "pad"):
+        return DataCollatorWithPadding(processing_class)
+    return default_data_collator
+
+
+def make_loader(dataset: Any, batches: list[list[int]], collator: Callable, num_workers: int,
+                pin_memory: bool) -> DataLoader:
+    """A DataLoader over exactly `batches`, in that order (workers prefetch; order never depends on them)."""
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collator, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=False)
+
+
+def count_items(batch: dict, label_names: Sequence[str]) -> int:
+    """How many loss terms a batch holds: labels that are not -100 (tokens or examples), else its rows."""
+    for name in label_names:
+        labels = batch.get(name)
+        if isinstance(labels, torch.Tensor):
+            if labels.dtype in (torch.long, torch.int32) and labels.ndim > 1:
+                return int((labels != -100).sum())
+            return labels.shape[0]
+    return batch_rows(batch)
+
+
+def batch_rows(batch: dict) -> int:
+    """Number of examples in a collated batch."""
+    return next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
+
+
+def label_names_of(model: torch.nn.Module, explicit: Sequence[str] | None) -> list[str]:
+    """Names of the batch entries holding labels: `label_names` if given, else the ones the model takes."""
+    if explicit:
+        return list(explicit)
+    return [name for name in ("labels", "label", "label_ids", "start_positions", "end_positions")
+            if name in model_input_names(model)][:1] or ["labels"]
+
+
+def class_names(dataset: Any) -> list[str] | None:
+    """Label names from a `datasets.ClassLabel` column, if the dataset has one."""
+    features = getattr(dataset, "features", None) or {}
+    for column in LABEL_COLUMNS:
+        names = getattr(features.get(column), "names", None)
+        if names:
+            return list(names)
+    return None

@@ -1,0 +1,67 @@
+"""`TrainerState` (everything about progress that survives a restart, as JSON) and `TrainerControl` (flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainerState:
+    """Progress of a run, with HuggingFace's field names; saved as `trainer_state.json` in each checkpoint.
+
+    `global_step` counts optimizer updates; `micro_step` counts forward/backward passes; `epoch` is a float
+    (2.5 is half-way through the third epoch).
+    """
+
+    epoch: float = 0.0
+    global_step: int = 0
+    micro_step: int = 0
+    max_steps: int = 0
+    steps_per_epoch: int = 0
+    num_train_epochs: float = 0.0
+    logging_steps: int = 500
+    eval_steps: int = 500
+    save_steps: int = 500
+    train_batch_size: int = 0
+    num_input_tokens_seen: int = 0
+    total_flos: float = 0.0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_global_step: int | None = None
+    best_model_checkpoint: str | None = None
+    is_local_process_zero: bool = True
+    is_world_process_zero: bool = True
+    is_hyper_param_search: bool = False
+    trial_name: str | None = None
+    trial_params: dict[str, Any] | None = None
+    stateful_callbacks: dict[str, Any] = field(default_factory=dict)
+
+    def save_to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_from_json(cls, path: str | Path) -> TrainerState:
+        values = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainerControl:
+    """Flags that callbacks may set; the loop reads them at each step boundary and clears the per-step ones."""
+
+    should_training_stop: bool = False
+    should_epoch_stop: bool = False
+    should_save: bool = False
+    should_evaluate: bool = False
+    should_log: bool = False
+
+    def _new_step(self) -> None:
+        self.should_save = self.should_evaluate = self.should_log = False
+
+    def _new_epoch(self) -> None:
+        self.should_epoch_stop = False

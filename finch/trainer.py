@@ -1,0 +1,472 @@
+"""`Trainer`: HuggingFace's constructor and methods (`train`, `evaluate`, `predict`, `save_model`, callbacks).
+
+The training loop in `train` reads top to bottom: for each step, its micro-batches (forward, backward, with the
+loss normalised over every example of the step), clipping, the optimizer and scheduler, then logging, evaluation
+and saving as the strategies say. Data order is a pure function of (seed, epoch), so resuming jumps to the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import EvalPrediction
+from transformers.trainer_utils import PredictionOutput, TrainOutput
+
+from finch import checkpoint, data, evaluation
+from finch.args import TrainingArguments
+from finch.callbacks import CallbackHandler, ProgressCallback, reporters
+from finch.optim import create_optimizer, create_scheduler, total_training_steps
+from finch.runtime import choose_device, choose_precision, set_seed
+from finch.state import TrainerControl, TrainerState
+
+logger = logging.getLogger("finch")
+
+
+class Trainer:
+    """Fine-tunes `model` on `train_dataset` as `args` say; the API of `transformers.Trainer`.
+
+    Args:
+        model: a `transformers` model or any `nn.Module` whose forward returns a loss when given labels.
+        args: `TrainingArguments` (defaults if None).
+        data_collator: turns a list of examples into a batch; default: dynamic padding with `processing_class`.
+        train_dataset, eval_dataset: `datasets.Dataset`s or torch datasets; `eval_dataset` may be a dict of them.
+        processing_class: the tokenizer, saved with the model (`tokenizer=` is accepted with a warning).
+        model_init: builds a fresh model for each `train()` (hyperparameter search).
+        compute_metrics: `EvalPrediction -> dict` of metrics.
+        callbacks: `TrainerCallback`s (instances or classes).
+        optimizers: `(optimizer, lr_scheduler)` to use instead of the defaults.
+        preprocess_logits_for_metrics: `(logits, labels) -> tensor`, applied batch by batch before gathering.
+        compute_loss_func: `(outputs, labels, num_items_in_batch) -> loss` replacing the model's loss.
+    """
+
+    def __init__(self, model: torch.nn.Module | None = None, args: TrainingArguments | None = None,
+                 data_collator: Callable | None = None, train_dataset: Any = None, eval_dataset: Any = None,
+                 processing_class: Any = None, model_init: Callable[[], torch.nn.Module] | None = None,
+                 compute_metrics: Callable[[EvalPrediction], dict] | None = None, callbacks: list | None = None,
+                 optimizers: tuple = (None, None), preprocess_logits_for_metrics: Callable | None = None,
+                 compute_loss_func: Callable | None = None, tokenizer: Any = None) -> None:
+        _show_finch_logs()
+        if tokenizer is not None:
+            warnings.warn("Trainer: 'tokenizer' was renamed 'processing_class' in transformers; finch takes both.",
+                          FutureWarning, stacklevel=2)
+            processing_class = processing_class if processing_class is not None else tokenizer
+        if model is None and model_init is None:
+            raise ValueError("Trainer needs a model: pass model=... or model_init=...")
+        self.args = args if args is not None else TrainingArguments()
+        self.device = choose_device(self.args.use_cpu)
+        self.precision = choose_precision(self.args.bf16, self.args.fp16, self.device)
+        self.model_init = model_init
+        self.model = (model if model is not None else self._build_model()).to(self.device)
+        self.processing_class = processing_class
+        self.data_collator = data_collator or data.default_collator(processing_class)
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.compute_metrics = compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self.compute_loss_func = compute_loss_func
+        self.optimizer, self.lr_scheduler = optimizers
+        self.label_names = data.label_names_of(self.model, self.args.label_names)
+        self.state, self.control = TrainerState(), TrainerControl()
+        default_callbacks = [ProgressCallback(), *reporters(self.args.report_to)]
+        self.callback_handler = CallbackHandler(default_callbacks + list(callbacks or []))
+        _name_labels(self.model, data.class_names(train_dataset))
+        self.control = self._fire("on_init_end")
+
+    # ---- callbacks ------------------------------------------------------------------------------------------------
+    def add_callback(self, callback: Any) -> None:
+        self.callback_handler.add(callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        return self.callback_handler.pop(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        self.callback_handler.pop(callback)
+
+    def _fire(self, event: str, **kwargs: Any) -> TrainerControl:
+        return self.callback_handler.fire(event, self.args, self.state, self.control, model=self.model,
+                                          processing_class=self.processing_class, optimizer=self.optimizer,
+                                          lr_scheduler=self.lr_scheduler, **kwargs)
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
+        """Train; `resume_from_checkpoint=True` continues from the newest checkpoint in `output_dir`, a path from
+        that one. Returns `TrainOutput(global_step, training_loss, metrics)`."""
+        args = self.args
+        if self.train_dataset is None:
+            raise ValueError("Trainer.train() needs a train_dataset")
+        resume = self._checkpoint_to_resume(resume_from_checkpoint)
+        set_seed(args.seed)
+        if self.model_init is not None and resume is None:
+            self.model = self._build_model().to(self.device)
+            self.optimizer = self.lr_scheduler = None
+        model, device = self.model, self.device
+        dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns)
+        lengths = data.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
+        batch_size, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        steps_per_epoch = math.ceil(math.ceil(len(dataset) / batch_size) / accumulation)
+        max_steps = total_training_steps(args, steps_per_epoch)
+        if self.optimizer is None:
+            self.optimizer = create_optimizer(model, args)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = create_scheduler(self.optimizer, args, max_steps)
+        scaler = torch.amp.GradScaler(device.type) if self.precision.needs_scaler else None
+        self.state = state = TrainerState(
+            max_steps=max_steps, steps_per_epoch=steps_per_epoch, num_train_epochs=max_steps / steps_per_epoch,
+            logging_steps=args.resolve_steps(args.logging_steps, max_steps),
+            eval_steps=args.resolve_steps(args.eval_steps, max_steps),
+            save_steps=args.resolve_steps(args.save_steps, max_steps), train_batch_size=batch_size)
+        if resume is not None:
+            self.state = state = self._resume(resume, steps_per_epoch, scaler)
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        args.save(Path(args.output_dir) / "training_args.json")
+        self._print_header(len(dataset), dropped, resume)
+        self.control = TrainerControl()
+        self.control = self._fire("on_train_begin")
+        if args.eval_on_start and resume is None:
+            self._evaluate_during_training()
+
+        model.train()
+        started, run_start_step = time.perf_counter(), state.global_step
+        window = {"loss": torch.zeros((), device=device), "items": 0, "samples": 0, "tokens": 0, "steps": 0,
+                  "start": started}
+        total_loss, total_items = torch.zeros((), device=device), 0
+        grad_norm = None
+        for epoch in range(state.global_step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch)):
+            batches = data.epoch_batches(len(dataset), batch_size, args.sampler_seed, epoch,
+                                         args.train_sampling_strategy, lengths)
+            steps = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
+            first_step = state.global_step - epoch * steps_per_epoch  # > 0 only when resuming mid-epoch
+            loader = data.make_loader(dataset, [b for step in steps[first_step:] for b in step], self.data_collator,
+                                      args.dataloader_num_workers, args.dataloader_pin_memory and device.type == "cuda")
+            micro_batches = iter(loader)
+            self.control._new_epoch()
+            self.control = self._fire("on_epoch_begin")
+            for step_in_epoch in range(first_step, len(steps)):
+                step_batches = [next(micro_batches) for _ in steps[step_in_epoch]]
+                step_items = sum(data.count_items(b, self.label_names) for b in step_batches)
+                self.control._new_step()
+                self.control = self._fire("on_step_begin")
+                for index, batch in enumerate(step_batches):
+                    window["samples"] += data.batch_rows(batch)
+                    window["tokens"] += _token_count(batch)
+                    loss_sum = self._forward_backward(batch, step_items, scaler)
+                    window["loss"] += loss_sum
+                    state.micro_step += 1
+                    if index < len(step_batches) - 1:
+                        self.control = self._fire("on_substep_end")
+                window["items"] += step_items
+                window["steps"] += 1
+                grad_norm = self._optimizer_step(scaler)
+                state.global_step += 1
+                state.epoch = epoch + (step_in_epoch + 1) / steps_per_epoch
+                self.control = self._fire("on_step_end")
+
+                epoch_done = step_in_epoch == len(steps) - 1 or state.global_step >= max_steps
+                if self._due("logging", epoch_done) or self.control.should_log or (
+                        args.logging_first_step and state.global_step == 1):
+                    total_loss, total_items = total_loss + window["loss"], total_items + window["items"]
+                    self._log_training(window, grad_norm)
+                if self._due("eval", epoch_done) or self.control.should_evaluate:
+                    self._evaluate_during_training()
+                if self._due("save", epoch_done) or self.control.should_save or (
+                        state.global_step >= max_steps and args.save_strategy != "no"):
+                    self._save_checkpoint(scaler)
+                if self.control.should_training_stop or self.control.should_epoch_stop \
+                        or state.global_step >= max_steps:
+                    break
+            self.control = self._fire("on_epoch_end")
+            if self.control.should_training_stop or state.global_step >= max_steps:
+                break
+
+        runtime = time.perf_counter() - started
+        total_loss, total_items = total_loss + window["loss"], total_items + window["items"]
+        training_loss = total_loss.item() / max(total_items, 1)
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            logger.info("Loading the best model (%s = %s) from %s", args.metric_for_best_model, state.best_metric,
+                        state.best_model_checkpoint)
+            checkpoint.load_model_weights(model, state.best_model_checkpoint)
+        steps_run = state.global_step - run_start_step
+        metrics = {"train_runtime": round(runtime, 3),
+                   "train_samples_per_second": round(steps_run * batch_size * accumulation / runtime, 3),
+                   "train_steps_per_second": round(steps_run / runtime, 3), "train_loss": training_loss}
+        self.log(metrics)
+        self.control = self._fire("on_train_end")
+        if args.push_to_hub:
+            self.push_to_hub()
+        return TrainOutput(state.global_step, training_loss, metrics)
+
+    def _forward_backward(self, batch: dict, step_items: int, scaler: Any) -> torch.Tensor:
+        """One micro-batch: forward, loss scaled by its share of the step's items, backward.
+
+        Returns the summed (not averaged) loss of the micro-batch, detached and left on the device: reading it
+        is a host sync, done only at logging steps.
+        """
+        items = data.count_items(batch, self.label_names)
+        batch = _to_device(batch, self.device)
+        with self.precision.autocast(self.device):
+            loss = self.compute_loss(self.model, batch)
+        scaled = loss * (items / step_items)  # sum over the step's examples / their number: accumulation-invariant
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        return loss.detach().float() * items
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
+                     num_items_in_batch: int | None = None) -> Any:
+        """Mean loss over the batch's items (override for custom losses, as with HF's Trainer)."""
+        labels = inputs.get(self.label_names[0]) if self.label_names else None
+        custom = self.compute_loss_func is not None or self.args.label_smoothing_factor > 0
+        model_inputs = {k: v for k, v in inputs.items() if k not in self.label_names} if custom else inputs
+        outputs = model(**model_inputs)
+        if self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch or
+                                          data.count_items(inputs, self.label_names))
+        elif self.args.label_smoothing_factor > 0:
+            logits = evaluation.split_outputs(outputs, has_labels=False)[1]
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                     ignore_index=-100, label_smoothing=self.args.label_smoothing_factor)
+        else:
+            loss = evaluation.loss_from(outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _optimizer_step(self, scaler: Any) -> torch.Tensor | None:
+        """Unscale, clip, step the optimizer and the schedule, clear gradients; return the gradient norm."""
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if self.args.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        self.control = self._fire("on_pre_optimizer_step")
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.control = self._fire("on_optimizer_step")
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _due(self, what: str, epoch_done: bool) -> bool:
+        """Whether the `logging`/`eval`/`save` strategy asks for action at this step."""
+        strategy = getattr(self.args, f"{what}_strategy")
+        every = getattr(self.state, f"{what}_steps")
+        return (strategy == "steps" and self.state.global_step % every == 0) or (strategy == "epoch" and epoch_done)
+
+    def _log_training(self, window: dict, grad_norm: torch.Tensor | None) -> None:
+        """Log mean loss, lr, grad norm and throughput since the last log, then reset the window."""
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        logs = {"loss": window["loss"].item() / max(window["items"], 1)}  # host sync: only at logging steps
+        if grad_norm is not None:
+            logs["grad_norm"] = float(grad_norm)
+        logs["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
+        logs["samples_per_second"] = round(window["samples"] / elapsed, 2)
+        logs["tokens_per_second"] = round(window["tokens"] / elapsed, 1)
+        self.log(logs)
+        window.update(loss=torch.zeros((), device=self.device), items=0, samples=0, tokens=0, steps=0,
+                      start=time.perf_counter())
+
+    def _evaluate_during_training(self) -> None:
+        if self.eval_dataset is None:
+            raise ValueError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset; pass eval_dataset= "
+                             f"to the Trainer or set eval_strategy='no'")
+        metrics = self.evaluate()
+        name = self.args.metric_for_best_model
+        if name is None:
+            return
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if key not in metrics:
+            raise KeyError(f"metric_for_best_model={name!r} is not among the evaluation metrics {sorted(metrics)}; "
+                           f"return it from compute_metrics or choose one of those")
+        best, value = self.state.best_metric, metrics[key]
+        if best is None or (value > best if self.args.greater_is_better else value < best):
+            self.state.best_metric, self.state.best_global_step = value, self.state.global_step
+
+    def _save_checkpoint(self, scaler: Any) -> None:
+        state, args = self.state, self.args
+        path = Path(args.output_dir) / f"{checkpoint.PREFIX}{state.global_step}"
+        if state.best_global_step == state.global_step:
+            state.best_model_checkpoint = str(path)
+        state.stateful_callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
+                                    if hasattr(cb, "state_dict")}
+        checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
+                                   scaler, self.processing_class)
+        checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
+        self.control = self._fire("on_save")
+
+    def _checkpoint_to_resume(self, resume_from_checkpoint: str | bool | None) -> Path | None:
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if resume_from_checkpoint is True:
+            found = checkpoint.latest_checkpoint(self.args.output_dir)
+            if found is None:
+                raise FileNotFoundError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
+            return found
+        return Path(resume_from_checkpoint)
+
+    def _resume(self, folder: Path, steps_per_epoch: int, scaler: Any) -> TrainerState:
+        state = checkpoint.load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, scaler)
+        if state.steps_per_epoch != steps_per_epoch:
+            raise ValueError(f"{folder} was saved with {state.steps_per_epoch} steps per epoch, this run has "
+                             f"{steps_per_epoch}: the training data, batch size or accumulation changed")
+        for callback in self.callback_handler.callbacks:
+            saved = state.stateful_callbacks.get(type(callback).__name__)
+            if saved is not None and hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(saved)
+        logger.info("Resuming from %s at step %d (epoch %.2f)", folder, state.global_step, state.epoch)
+        return state
+
+    def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None) -> None:
+        args, state = self.args, self.state
+        fused = bool(getattr(self.optimizer, "defaults", {}).get("fused"))
+        logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s", self.device, self.precision.name,
+                    self.precision.reason, args.train_sampling_strategy, type(self.optimizer).__name__,
+                    " fused" if fused else "")
+        logger.info("%d examples | batch %d x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
+                    args.per_device_train_batch_size, args.gradient_accumulation_steps, state.steps_per_epoch,
+                    state.max_steps, f" | resuming at step {state.global_step}" if resume else "")
+        if dropped:
+            logger.info("dropped columns the model does not take: %s (remove_unused_columns=False keeps them)",
+                        ", ".join(dropped))
+
+    # ---- evaluation and prediction -------------------------------------------------------------------------------
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Loss and `compute_metrics` on `eval_dataset` (default: the trainer's); a dict of sets gives
+        `eval_<name>_*` metrics for each. Logged, and passed to callbacks' `on_evaluate`."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("Trainer.evaluate() needs an eval_dataset (pass one here or to the Trainer)")
+        if isinstance(dataset, dict):
+            metrics: dict[str, float] = {}
+            for name, subset in dataset.items():
+                metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        metrics = self._prediction_loop(dataset, ignore_keys, metric_key_prefix).metrics
+        self.log(metrics)
+        self.control = self._fire("on_evaluate", metrics=metrics)
+        return metrics
+
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None,
+                metric_key_prefix: str = "test") -> PredictionOutput:
+        """Predictions for every example, in dataset order: `(predictions, label_ids, metrics)`."""
+        output = self._prediction_loop(test_dataset, ignore_keys, metric_key_prefix)
+        self.control = self._fire("on_predict", metrics=output.metrics)
+        return output
+
+    def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str) -> PredictionOutput:
+        """Batches in decreasing length under `inference_mode`; outputs to the CPU batch by batch; dataset order."""
+        model, args = self.model, self.args
+        dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns)
+        batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, data.example_lengths(dataset))
+        loader = data.make_loader(dataset, batches, self.data_collator, args.dataloader_num_workers,
+                                  args.dataloader_pin_memory and self.device.type == "cuda")
+        was_training = model.training
+        model.eval()
+        started = time.perf_counter()
+        loss_sum, items = torch.zeros((), device=self.device), 0
+        logits_chunks, label_chunks = [], []
+        with torch.inference_mode():
+            for batch in loader:
+                has_labels = all(batch.get(name) is not None for name in self.label_names)
+                batch_items = data.count_items(batch, self.label_names)
+                batch = _to_device(batch, self.device)
+                with self.precision.autocast(self.device):
+                    if has_labels:
+                        loss, outputs = self.compute_loss(model, batch, return_outputs=True)
+                        loss_sum += loss.float() * batch_items
+                        items += batch_items
+                    else:
+                        outputs = model(**batch)
+                logits = evaluation.split_outputs(outputs, has_labels, ignore_keys or ())[1]
+                labels = batch[self.label_names[0]] if has_labels else None
+                if self.preprocess_logits_for_metrics is not None:
+                    logits = self.preprocess_logits_for_metrics(logits, labels)
+                logits_chunks.append(evaluation.to_numpy(logits))
+                if labels is not None:
+                    label_chunks.append(evaluation.to_numpy(labels))
+                self.control = self._fire("on_prediction_step")
+        model.train(was_training)
+        order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else np.zeros(0, int)
+        predictions = evaluation.reorder(evaluation.concatenate(logits_chunks), order)
+        label_ids = evaluation.reorder(evaluation.concatenate(label_chunks), order) if label_chunks else None
+        metrics: dict[str, float] = {}
+        if items:
+            metrics["loss"] = loss_sum.item() / items
+        if self.compute_metrics is not None and label_ids is not None:
+            metrics.update(self.compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)))
+        runtime = time.perf_counter() - started
+        metrics.update(runtime=round(runtime, 4), samples_per_second=round(len(dataset) / runtime, 3),
+                       steps_per_second=round(len(batches) / runtime, 3))
+        metrics = {k if k.startswith(f"{prefix}_") else f"{prefix}_{k}": v for k, v in metrics.items()}
+        return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
+
+    # ---- logging and saving ---------------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float]) -> None:
+        """Record `logs` (with the current epoch and step) in `state.log_history` and tell the callbacks."""
+        logs = {**logs, "epoch": round(self.state.epoch, 4)}
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.control = self._fire("on_log", logs=logs)
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`."""
+        folder = Path(output_dir or self.args.output_dir)
+        checkpoint.save_model_folder(self.model, folder, self.processing_class)
+        self.args.save(folder / "training_args.json")
+
+    def push_to_hub(self, commit_message: str = "End of training") -> Any:
+        """Upload the model and tokenizer to the HuggingFace hub as `hub_model_id` (needs network and a token)."""
+        repo = self.args.hub_model_id or Path(self.args.output_dir).name
+        self.save_model()
+        self.model.push_to_hub(repo, commit_message=commit_message, token=self.args.hub_token)
+        if self.processing_class is not None:
+            self.processing_class.push_to_hub(repo, token=self.args.hub_token)
+
+    def is_world_process_zero(self) -> bool:
+        return self.state.is_world_process_zero
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processing_class
+
+    def _build_model(self) -> torch.nn.Module:
+        set_seed(self.args.seed)
+        return self.model_init()
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _token_count(batch: dict) -> int:
+    """Non-padding tokens in a CPU batch (0 when it has no token ids)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    ids = batch.get("input_ids")
+    return ids.numel() if isinstance(ids, torch.Tensor) else 0
+
+
+def _name_labels(model: torch.nn.Module, names: list[str] | None) -> None:
+    """Give the model's config the dataset's label names, so saved models and pipelines report names."""
+    config = getattr(model, "config", None)
+    if names is None or config is None or getattr(config, "num_labels", None) != len(names):
+        return
+    if all(label == f"LABEL_{i}" for i, label in config.id2label.items()):
+        config.id2label = dict(enumerate(names))
+        config.label2id = {name: i for i, name in enumerate(names)}
+
+
+def _show_finch_logs() -> None:
+    """finch's INFO messages (run header, dropped columns) reach stderr unless the user configured logging."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[finch] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
