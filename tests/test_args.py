@@ -1,0 +1,96 @@
+import dataclasses
+import json
+import warnings
+
+import pytest
+
+from finch import TrainingArguments
+
+
+def test_hf_defaults_for_tutorial_fields():
+    args = TrainingArguments(output_dir="out")
+    assert (args.per_device_train_batch_size, args.num_train_epochs, args.learning_rate) == (8, 3.0, 5e-5)
+    assert (args.eval_strategy, args.save_strategy, args.save_steps, args.logging_steps) == ("no", "steps", 500, 500)
+    assert args.bf16 is None and args.fp16 is None, "precision must default to 'unset' so finch can choose"
+    assert args.eval_steps == args.logging_steps
+
+
+def test_positional_output_dir_and_signature():
+    import inspect
+
+    assert TrainingArguments("somewhere").output_dir == "somewhere"
+    assert "per_device_train_batch_size" in inspect.signature(TrainingArguments).parameters
+
+
+@pytest.mark.parametrize("old, value, field, expected", [
+    ("evaluation_strategy", "epoch", "eval_strategy", "epoch"),
+    ("group_by_length", True, "train_sampling_strategy", "group_by_length"),
+    ("group_by_length", False, "train_sampling_strategy", "random"),
+    ("warmup_ratio", 0.1, "warmup_steps", 0.1),
+    ("logging_dir", "logs", "tensorboard_dir", "logs"),
+    ("overwrite_output_dir", True, "output_dir", "out"),
+])
+def test_legacy_names_map_with_one_warning(old, value, field, expected):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = TrainingArguments(output_dir="out", **{old: value})
+    assert getattr(args, field) == expected
+    ours = [w for w in caught if old in str(w.message)]
+    assert len(ours) == 1 and issubclass(ours[0].category, FutureWarning)
+
+
+def test_current_name_wins_over_legacy_alias():
+    with pytest.warns(FutureWarning):
+        args = TrainingArguments(output_dir="o", evaluation_strategy="steps", eval_strategy="epoch")
+    assert args.eval_strategy == "epoch"
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(TypeError, match="unknown argument 'learning_rte'.*'learning_rate'"):
+        TrainingArguments(output_dir="o", learning_rte=1e-4)
+
+
+def test_validation_lists_every_problem_at_once():
+    with pytest.raises(ValueError) as raised:
+        TrainingArguments(output_dir="o", fp16=True, bf16=True, per_device_train_batch_size=0,
+                          eval_strategy="sometimes", lr_scheduler_type="zigzag", save_total_limit=0)
+    message = str(raised.value)
+    assert message.startswith("5 problem(s)")
+    for fragment in ("fp16=True and bf16=True", "per_device_train_batch_size=0", "eval_strategy='sometimes'",
+                     "lr_scheduler_type='zigzag'", "save_total_limit=0"):
+        assert fragment in message
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"load_best_model_at_end": True}, "needs evaluation"),
+    ({"load_best_model_at_end": True, "eval_strategy": "epoch", "save_strategy": "steps"}, "save_strategy =="),
+    ({"load_best_model_at_end": True, "eval_strategy": "steps", "eval_steps": 30, "save_steps": 50}, "multiple"),
+    ({"eval_strategy": "steps", "eval_steps": 0}, "needs eval_steps > 0"),
+])
+def test_inconsistent_strategies_are_rejected(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        TrainingArguments(output_dir="o", **kwargs)
+
+
+def test_best_model_defaults():
+    args = TrainingArguments(output_dir="o", eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True)
+    assert (args.metric_for_best_model, args.greater_is_better) == ("loss", False)
+    args = TrainingArguments(output_dir="o", metric_for_best_model="accuracy")
+    assert args.greater_is_better is True
+
+
+def test_saved_as_json_and_loaded_back(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-4, report_to=["jsonl"], hub_token="secret")
+    args.save(tmp_path / "args.json")
+    text = (tmp_path / "args.json").read_text()
+    assert "secret" not in text
+    assert json.loads(text)["learning_rate"] == 3e-4
+    loaded = TrainingArguments.load(tmp_path / "args.json")
+    assert {f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded) if f.name != "hub_token"} == \
+           {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name != "hub_token"}
+
+
+def test_fractional_steps_resolve_against_total():
+    args = TrainingArguments(output_dir="o", eval_strategy="steps", eval_steps=0.25)
+    assert args.resolve_steps(args.eval_steps, 100) == 25
+    assert args.resolve_steps(40, 100) == 40

@@ -1,0 +1,236 @@
+"""The Trainer against a plain PyTorch loop, gradient accumulation, callbacks, evaluation order, saved models."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import sentiment_dataset, tiny_bert, weights_of
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup, pipeline
+
+from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from finch.metrics import classification_metrics
+
+
+def quiet_args(tmp_path, **overrides) -> TrainingArguments:
+    values = dict(output_dir=str(tmp_path / "run"), bf16=False, save_strategy="no", logging_steps=1000,
+                  disable_tqdm=True, learning_rate=1e-3, weight_decay=0.01, seed=7)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def plain_pytorch_loop(model, dataset, tokenizer, steps, batch_size, lr, weight_decay, seed):
+    """The tutorial's hand-written loop: AdamW without decay on biases/norms, linear schedule, clipping at 1.0."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, fused=True)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps)
+    collator = DataCollatorWithPadding(tokenizer)
+    rows = dataset.remove_columns(["text"]).rename_column("label", "labels")
+    model.train()
+    for step in range(steps):
+        start = (step * batch_size) % len(rows)
+        batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return model
+
+
+def test_same_weights_as_plain_pytorch_loop(tmp_path, toy, tokenizer):
+    reference = plain_pytorch_loop(tiny_bert(), toy, tokenizer, steps=10, batch_size=8, lr=1e-3, weight_decay=0.01,
+                                   seed=7)
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=10, train_sampling_strategy="sequential"),
+                      train_dataset=toy, processing_class=tokenizer)
+    trainer.train()
+    expected, got = weights_of(reference), weights_of(trainer.model)
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "finch diverged from the plain PyTorch loop"
+    assert not torch.equal(weights_of(tiny_bert())["classifier.weight"], got["classifier.weight"])
+
+
+@pytest.mark.parametrize("strategy", ["random", "sequential"])
+def test_accumulation_matches_one_big_batch(tmp_path, tokenizer, strategy):
+    # 42 rows: batches of 16 are 16, 16, 10; batches of 4 x 4 make steps of 4+4+4+4, 4+4+4+4, 4+4+2 examples.
+    # Averaging per micro-batch would weight the last step's 2-row batch like a 4-row one; finch must not.
+    data = sentiment_dataset(tokenizer, rows=42)
+    runs = {}
+    for batch_size, accumulation in ((16, 1), (4, 4)):
+        args = quiet_args(tmp_path / f"{batch_size}", per_device_train_batch_size=batch_size,
+                          gradient_accumulation_steps=accumulation, num_train_epochs=2, max_grad_norm=0.0,
+                          train_sampling_strategy=strategy)
+        trainer = Trainer(model=tiny_bert(dropout=0.0), args=args, train_dataset=data, processing_class=tokenizer)
+        trainer.train()
+        assert trainer.state.global_step == 6 and trainer.state.micro_step == {1: 6, 4: 22}[accumulation]
+        runs[accumulation] = weights_of(trainer.model)
+    for key in runs[1]:
+        torch.testing.assert_close(runs[4][key], runs[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+class Recorder(TrainerCallback):
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda args, state, control, **kwargs: self.events.append(name)
+        raise AttributeError(name)
+
+
+def test_callback_events_fire_in_order(tmp_path, tokenizer):
+    recorder = Recorder()
+    data = sentiment_dataset(tokenizer, rows=16)
+    args = quiet_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=2,
+                      eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch")
+    Trainer(model=tiny_bert(), args=args, train_dataset=data, eval_dataset=data, processing_class=tokenizer,
+            callbacks=[recorder]).train()
+    step = ["on_step_begin", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end"]
+    evaluation = ["on_prediction_step"] * 2 + ["on_log", "on_evaluate"]
+    epoch = ["on_epoch_begin", *step, *step, "on_log", *evaluation, "on_save", "on_epoch_end"]
+    assert recorder.events == ["on_init_end", "on_train_begin", *epoch, *epoch, "on_log", "on_train_end"]
+
+
+def test_callback_can_stop_training(tmp_path, toy, tokenizer):
+    class StopAtThree(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path), train_dataset=toy, processing_class=tokenizer,
+                      callbacks=[StopAtThree])
+    trainer.train()
+    assert trainer.state.global_step == 3
+
+
+def test_early_stopping_stops_after_patience(tmp_path, toy, tokenizer):
+    args = quiet_args(tmp_path, eval_strategy="steps", eval_steps=1, metric_for_best_model="score", max_steps=50)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),
+                      processing_class=tokenizer, compute_metrics=lambda prediction: {"score": 0.5})
+    trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=2))
+    trainer.train()
+    # evaluation 1 sets the best score; evaluations 2 and 3 do not improve on it: patience 2 is used up
+    assert trainer.state.global_step == 3
+    assert sum("eval_score" in entry for entry in trainer.state.log_history) == 3
+
+
+def test_early_stopping_needs_a_metric(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="epoch"), train_dataset=toy,
+                      eval_dataset=toy, processing_class=tokenizer, callbacks=[EarlyStoppingCallback(2)])
+    with pytest.raises(ValueError, match="metric_for_best_model"):
+        trainer.train()
+
+
+def test_predictions_come_back_in_dataset_order(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, per_device_eval_batch_size=5), processing_class=tokenizer)
+    output = trainer.predict(toy)
+    assert output.predictions.shape == (len(toy), 2)
+    np.testing.assert_array_equal(output.label_ids, np.array(toy["label"]))
+    trainer.model.eval()
+    with torch.inference_mode():
+        for index in (0, 17, len(toy) - 1):
+            single = {k: torch.tensor([toy[index][k]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            np.testing.assert_allclose(output.predictions[index], trainer.model(**single).logits[0].numpy(), atol=1e-5)
+    assert set(output.metrics) >= {"test_loss", "test_runtime", "test_samples_per_second"}
+
+
+def test_evaluate_on_a_dict_of_sets_prefixes_names(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path), processing_class=tokenizer,
+                      eval_dataset={"first": toy.select(range(10)), "second": toy.select(range(10, 30))},
+                      compute_metrics=classification_metrics)
+    metrics = trainer.evaluate()
+    assert {"eval_first_loss", "eval_first_accuracy", "eval_second_loss", "eval_second_f1"} <= set(metrics)
+
+
+def test_trains_to_learn_the_toy_task(tmp_path, tokenizer):
+    data = sentiment_dataset(tokenizer, rows=400)
+    split = data.train_test_split(test_size=0.25, seed=0)
+    args = quiet_args(tmp_path, num_train_epochs=4, per_device_train_batch_size=16, learning_rate=3e-3,
+                      eval_strategy="epoch")
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=split["train"], eval_dataset=split["test"],
+                      processing_class=tokenizer, compute_metrics=classification_metrics)
+    result = trainer.train()
+    metrics = trainer.evaluate()
+    majority = max(np.mean(split["test"]["label"]), 1 - np.mean(split["test"]["label"]))
+    assert metrics["eval_accuracy"] > majority + 0.1
+    losses = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    assert losses[-1] < losses[0] and result.training_loss > 0
+
+
+def test_saved_model_loads_in_pipeline_with_label_names(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=2), train_dataset=toy,
+                      processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "model"))
+    classify = pipeline("text-classification", model=str(tmp_path / "model"))
+    prediction = classify("good great superb")[0]
+    assert prediction["label"] in {"negative", "positive"}
+    assert classify.model.config.label2id == {"negative": 0, "positive": 1}
+
+
+def test_tokenizer_keyword_is_accepted_with_a_warning(tmp_path, toy, tokenizer):
+    with pytest.warns(FutureWarning, match="processing_class"):
+        trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path), train_dataset=toy, tokenizer=tokenizer)
+    assert trainer.processing_class is tokenizer
+
+
+def test_unused_columns_are_dropped_and_named(tmp_path, toy, tokenizer, caplog):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=1), train_dataset=toy,
+                      processing_class=tokenizer)
+    with caplog.at_level("INFO", logger="finch"):
+        trainer.logger_propagate = True
+        import logging
+
+        logging.getLogger("finch").propagate = True
+        trainer.train()
+    assert "dropped columns the model does not take: text" in caplog.text
+
+
+def test_custom_module_returning_a_dict(tmp_path):
+    class Regressor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 1)
+
+        def forward(self, features, labels=None):
+            prediction = self.linear(features).squeeze(-1)
+            loss = torch.nn.functional.mse_loss(prediction, labels) if labels is not None else None
+            return {"loss": loss, "logits": prediction}
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(64, 3, generator=generator)
+    rows = [{"features": f, "labels": float(f @ torch.tensor([1.0, -2.0, 0.5]))} for f in features]
+    trainer = Trainer(model=Regressor(), args=quiet_args(tmp_path, num_train_epochs=30, learning_rate=0.05,
+                                                        lr_scheduler_type="constant"),
+                      train_dataset=rows, eval_dataset=rows)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < before / 10
+
+
+def test_fp16_without_cuda_falls_back_with_a_warning(tmp_path, toy, tokenizer, caplog):
+    import logging
+
+    logging.getLogger("finch").propagate = True
+    with caplog.at_level("WARNING", logger="finch"):
+        trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, bf16=None, fp16=True, max_steps=1),
+                          train_dataset=toy, processing_class=tokenizer)
+    assert "fp16=True needs CUDA" in caplog.text
+    assert trainer.precision.dtype in (torch.bfloat16, None)
+    trainer.train()
+
+
+def test_jsonl_log_has_every_logged_dict(tmp_path, toy, tokenizer):
+    import json
+
+    args = quiet_args(tmp_path, max_steps=6, logging_steps=2, eval_strategy="steps", eval_steps=3)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),
+                      processing_class=tokenizer)
+    trainer.train()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [2, 4, 6]
+    assert [line["step"] for line in lines if "eval_loss" in line] == [3, 6]
+    assert lines == [{**entry} for entry in trainer.state.log_history]
