@@ -463,10 +463,11 @@ def _name_labels(model: torch.nn.Module, names: list[str] | None) -> None:
 
 
 def _show_finch_logs() -> None:
-    """finch's INFO messages (run header, dropped columns) reach stderr unless the user configured logging."""
-    if not logger.handlers:
+    """finch's INFO messages (run header, dropped columns) reach stderr unless the application set up logging."""
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[finch] %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         logger.propagate = False

@@ -181,10 +181,6 @@ def test_unused_columns_are_dropped_and_named(tmp_path, toy, tokenizer, caplog):
     trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=1), train_dataset=toy,
                       processing_class=tokenizer)
     with caplog.at_level("INFO", logger="finch"):
-        trainer.logger_propagate = True
-        import logging
-
-        logging.getLogger("finch").propagate = True
         trainer.train()
     assert "dropped columns the model does not take: text" in caplog.text
 
@@ -212,9 +208,6 @@ def test_custom_module_returning_a_dict(tmp_path):
 
 
 def test_fp16_without_cuda_falls_back_with_a_warning(tmp_path, toy, tokenizer, caplog):
-    import logging
-
-    logging.getLogger("finch").propagate = True
     with caplog.at_level("WARNING", logger="finch"):
         trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, bf16=None, fp16=True, max_steps=1),
                           train_dataset=toy, processing_class=tokenizer)

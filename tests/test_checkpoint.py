@@ -1,0 +1,115 @@
+"""Checkpoint format, exact resume, rotation that keeps the best, resume discovery."""
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+from conftest import sentiment_dataset, tiny_bert, weights_of
+
+from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from finch.checkpoint import checkpoints, latest_checkpoint
+
+
+class StopAt(TrainerCallback):
+    """Simulates an interruption: training ends after `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def run_args(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), save_strategy="steps", save_steps=4, logging_steps=1000,
+                  disable_tqdm=True, learning_rate=2e-3, seed=3, per_device_train_batch_size=4,
+                  gradient_accumulation_steps=2, max_steps=14, bf16=False)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def test_checkpoint_folder_holds_no_pickles(tmp_path, toy, tokenizer):
+    Trainer(model=tiny_bert(), args=run_args(tmp_path, max_steps=4), train_dataset=toy,
+            processing_class=tokenizer).train()
+    folder = tmp_path / "checkpoint-4"
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "optimizer.pt", "scheduler.json", "rng_state.json",
+            "trainer_state.json", "training_args.json", "tokenizer.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pkl"))]
+    torch.load(folder / "optimizer.pt", weights_only=True)  # loads without unpickling arbitrary objects
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert (state["global_step"], state["micro_step"]) == (4, 8)
+    assert not list(tmp_path.glob(".tmp-*")), "temporary checkpoint folders must be renamed away"
+
+
+@pytest.mark.parametrize("bf16, strategy", [(False, "group_by_length"), (True, "group_by_length"), (False, "random")])
+def test_resume_mid_epoch_gives_identical_weights(tmp_path, tokenizer, bf16, strategy):
+    data = sentiment_dataset(tokenizer, rows=40)  # 10 micro-batches = 5 steps per epoch; checkpoint 4 is mid-epoch
+    straight = Trainer(model=tiny_bert(), args=run_args(tmp_path / "a", bf16=bf16, train_sampling_strategy=strategy),
+                       train_dataset=data, processing_class=tokenizer)
+    straight.train()
+
+    args = run_args(tmp_path / "b", bf16=bf16, train_sampling_strategy=strategy)
+    Trainer(model=tiny_bert(), args=args, train_dataset=data, processing_class=tokenizer,
+            callbacks=[StopAt(10)]).train()
+    assert latest_checkpoint(tmp_path / "b").name == "checkpoint-8"
+    resumed = Trainer(model=tiny_bert(seed=99), args=args, train_dataset=data, processing_class=tokenizer)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-4"))
+    assert resumed.state.global_step == 14 and resumed.state.micro_step == straight.state.micro_step
+    expected, got = weights_of(straight.model), weights_of(resumed.model)
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed run differs from uninterrupted one"
+
+
+def test_resume_true_takes_the_newest_checkpoint(tmp_path, toy, tokenizer):
+    args = run_args(tmp_path)
+    Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer, callbacks=[StopAt(9)]).train()
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-8"]
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=True)
+    first = next(e for e in trainer.state.log_history if "train_runtime" in e)
+    assert trainer.state.global_step == 14 and first["step"] == 14
+    history_steps = [e["step"] for e in trainer.state.log_history]
+    assert history_steps == sorted(history_steps)
+
+
+def test_resume_true_without_checkpoints_is_a_clear_error(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=run_args(tmp_path), train_dataset=toy, processing_class=tokenizer)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_resume_with_different_data_is_refused(tmp_path, toy, tokenizer):
+    args = run_args(tmp_path, max_steps=4)
+    Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer).train()
+    trainer = Trainer(model=tiny_bert(), args=run_args(tmp_path, max_steps=8), train_dataset=toy.select(range(20)),
+                      processing_class=tokenizer)
+    with pytest.raises(ValueError, match="steps per epoch"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_rotation_keeps_the_best_and_loads_it_at_the_end(tmp_path, toy, tokenizer):
+    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])  # the first evaluation is the best
+    args = run_args(tmp_path, eval_strategy="steps", eval_steps=2, save_steps=2, max_steps=10, save_total_limit=1,
+                    load_best_model_at_end=True, metric_for_best_model="score")
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),
+                      processing_class=tokenizer, compute_metrics=lambda prediction: {"score": next(scores)})
+    trainer.train()
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-10"]
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-2")
+    best = safetensors.torch.load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    assert all(torch.equal(best[k], v) for k, v in weights_of(trainer.model).items() if k in best)
+
+
+def test_early_stopping_counter_survives_resume(tmp_path, toy, tokenizer):
+    args = run_args(tmp_path, eval_strategy="steps", eval_steps=2, save_steps=2, max_steps=20,
+                    metric_for_best_model="score")
+    metric = {"compute_metrics": lambda prediction: {"score": 0.5}}
+    Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),
+            processing_class=tokenizer, callbacks=[EarlyStoppingCallback(3), StopAt(4)], **metric).train()
+    # evaluations at steps 2 (best) and 4 (no improvement): one more bad evaluation than 1 remains before stopping
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),
+                      processing_class=tokenizer, callbacks=[EarlyStoppingCallback(3)], **metric)
+    trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 8
