@@ -119,12 +119,14 @@ def run_train(options: argparse.Namespace) -> int:
 
 def _build_trainer(model_name: str, splits: Any, args: TrainingArguments, max_length: int) -> Any:
     """Tokenize both splits (batched, truncated) and put model, data and metrics into a Trainer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from finch import Trainer
     from finch.metrics import classification_metrics
 
     tokenizer = AutoTokenizer.from_pretrained(model_name)
+    config = AutoConfig.from_pretrained(model_name)
+    max_length = min(max_length, getattr(config, "max_position_embeddings", max_length))
     columns = splits.text_columns
 
     def tokenize(batch: dict) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import datasets
 
-LABEL_NAMES = ("label", "labels", "quality", "class", "target", "category", "topic", "y")
+LABEL_NAMES = ("label", "labels", "quality", "class", "target", "category", "topic", "sentiment", "intent", "y")
 TEXT_NAMES = ("text", "sentence", "content", "document", "review", "question", "premise")
 PAIR_NAMES = (("sentence1", "sentence2"), ("#1 string", "#2 string"), ("question", "passage"),
               ("premise", "hypothesis"), ("question1", "question2"), ("text_a", "text_b"))
