@@ -79,6 +79,9 @@ class TrainingArguments:
     bf16: bool | None = None  # None: bf16 autocast where the hardware has fast bf16
     fp16: bool | None = None
     use_cpu: bool = False
+    torch_compile: bool = False  # torch.compile the model; batches are padded to a few bucketed lengths
+    pad_to_multiple_of: int | None = None  # None: 8 on CUDA (tensor cores), 64 with torch_compile, else exact
+    max_nonfinite_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient norm before training stops
     # data
     train_sampling_strategy: str = "group_by_length"
     remove_unused_columns: bool = True
@@ -178,6 +181,10 @@ def _problems(args: TrainingArguments) -> list[str]:
             problems.append(f"{name}={getattr(args, name)} must be >= 0")
     if isinstance(args.warmup_steps, float) and args.warmup_steps >= 1 and not args.warmup_steps.is_integer():
         problems.append(f"warmup_steps={args.warmup_steps} must be a step count or a fraction in [0, 1)")
+    if args.pad_to_multiple_of is not None and args.pad_to_multiple_of < 1:
+        problems.append(f"pad_to_multiple_of={args.pad_to_multiple_of} must be >= 1 (or None for the default)")
+    if args.max_nonfinite_steps < 1:
+        problems.append(f"max_nonfinite_steps={args.max_nonfinite_steps} must be >= 1")
     if not 0 <= args.label_smoothing_factor < 1:
         problems.append(f"label_smoothing_factor={args.label_smoothing_factor} must be in [0, 1)")
     for name, strategy in (("eval_steps", "eval_strategy"), ("save_steps", "save_strategy"),

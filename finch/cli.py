@@ -123,17 +123,14 @@ def _build_trainer(model_name: str, splits: Any, args: TrainingArguments, max_le
 
     from finch import Trainer
     from finch.metrics import classification_metrics
+    from finch.tokenize import tokenize_splits
 
     tokenizer = AutoTokenizer.from_pretrained(model_name)
     config = AutoConfig.from_pretrained(model_name)
     max_length = min(max_length, getattr(config, "max_position_embeddings", max_length))
-    columns = splits.text_columns
-
-    def tokenize(batch: dict) -> dict:
-        return tokenizer(*(batch[c] for c in columns), truncation=True, max_length=max_length)
-
-    train = splits.train.map(tokenize, batched=True, remove_columns=columns)
-    validation = splits.validation.map(tokenize, batched=True, remove_columns=columns)
+    tokenized = tokenize_splits({"train": splits.train, "validation": splits.validation}, splits.text_columns,
+                                tokenizer, max_length)
+    train, validation = tokenized["train"], tokenized["validation"]
     names = splits.label_names
     model = AutoModelForSequenceClassification.from_pretrained(
         model_name, num_labels=len(names), id2label=dict(enumerate(names)),

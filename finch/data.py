@@ -84,11 +84,22 @@ def eval_batches(num_examples: int, batch_size: int, lengths: Sequence[int] | No
     return [order[i:i + batch_size].tolist() for i in range(0, num_examples, batch_size)]
 
 
-def default_collator(processing_class: Any) -> Callable[[list[dict]], dict]:
-    """Dynamic padding when there is a tokenizer (HF's choice), else stacking of equal-length features."""
+def default_collator(processing_class: Any, pad_to_multiple_of: int | None = None) -> Callable[[list[dict]], dict]:
+    """Dynamic padding when there is a tokenizer (HF's choice), else stacking of equal-length features.
+
+    `pad_to_multiple_of` rounds each batch's length up: 8 feeds GPU tensor cores, 64 bounds the shapes that
+    `torch.compile` sees (a 128-token limit gives two) so it does not recompile for every new length.
+    """
     if processing_class is not None and hasattr(processing_class, "pad"):
-        return DataCollatorWithPadding(processing_class)
+        return DataCollatorWithPadding(processing_class, pad_to_multiple_of=pad_to_multiple_of)
     return default_data_collator
+
+
+def padding_multiple(requested: int | None, device_type: str, compiled: bool) -> int | None:
+    """The padding multiple to use: the user's, else 64 when compiling, 8 on CUDA, none on the CPU."""
+    if requested is not None:
+        return requested
+    return 64 if compiled else 8 if device_type == "cuda" else None
 
 
 def make_loader(dataset: Any, batches: list[list[int]], collator: Callable, num_workers: int,

@@ -23,7 +23,9 @@ from transformers.trainer_utils import PredictionOutput, TrainOutput
 from finch import checkpoint, data, evaluation
 from finch.args import TrainingArguments
 from finch.callbacks import CallbackHandler, ProgressCallback, reporters
+from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
+from finch.preemption import PreemptionGuard, TrainingPreempted
 from finch.runtime import choose_device, choose_precision, set_seed
 from finch.state import TrainerControl, TrainerState
 
@@ -66,12 +68,15 @@ class Trainer:
         self.model_init = model_init
         self.model = (model if model is not None else self._build_model()).to(self.device)
         self.processing_class = processing_class
-        self.data_collator = data_collator or data.default_collator(processing_class)
+        self.padding_multiple = data.padding_multiple(self.args.pad_to_multiple_of, self.device.type,
+                                                      self.args.torch_compile)
+        self.data_collator = data_collator or data.default_collator(processing_class, self.padding_multiple)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.compute_loss_func = compute_loss_func
         self.optimizer, self.lr_scheduler = optimizers
+        self._last_checkpoint: str | None = None
         self.label_names = data.label_names_of(self.model, self.args.label_names)
         self.state, self.control = TrainerState(), TrainerControl()
         default_callbacks = [ProgressCallback(), *reporters(self.args.report_to)]
@@ -107,6 +112,7 @@ class Trainer:
             self.model = self._build_model().to(self.device)
             self.optimizer = self.lr_scheduler = None
         model, device = self.model, self.device
+        self._train_model = torch.compile(model) if args.torch_compile else model  # same parameters, compiled forward
         dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns)
         lengths = data.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
         batch_size, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
@@ -125,6 +131,7 @@ class Trainer:
         if resume is not None:
             self.state = state = self._resume(resume, steps_per_epoch, scaler)
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_leftovers(args.output_dir)
         args.save(Path(args.output_dir) / "training_args.json")
         self._print_header(len(dataset), dropped, resume)
         self.control = TrainerControl()
@@ -138,53 +145,64 @@ class Trainer:
                   "start": started}
         total_loss, total_items = torch.zeros((), device=device), 0
         grad_norm = None
-        for epoch in range(state.global_step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch)):
-            batches = data.epoch_batches(len(dataset), batch_size, args.sampler_seed, epoch,
-                                         args.train_sampling_strategy, lengths)
-            steps = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
-            first_step = state.global_step - epoch * steps_per_epoch  # > 0 only when resuming mid-epoch
-            loader = data.make_loader(dataset, [b for step in steps[first_step:] for b in step], self.data_collator,
-                                      args.dataloader_num_workers, args.dataloader_pin_memory and device.type == "cuda")
-            micro_batches = iter(loader)
-            self.control._new_epoch()
-            self.control = self._fire("on_epoch_begin")
-            for step_in_epoch in range(first_step, len(steps)):
-                step_batches = [next(micro_batches) for _ in steps[step_in_epoch]]
-                step_items = sum(data.count_items(b, self.label_names) for b in step_batches)
-                self.control._new_step()
-                self.control = self._fire("on_step_begin")
-                for index, batch in enumerate(step_batches):
-                    window["samples"] += data.batch_rows(batch)
-                    window["tokens"] += _token_count(batch)
-                    loss_sum = self._forward_backward(batch, step_items, scaler)
-                    window["loss"] += loss_sum
-                    state.micro_step += 1
-                    if index < len(step_batches) - 1:
-                        self.control = self._fire("on_substep_end")
-                window["items"] += step_items
-                window["steps"] += 1
-                grad_norm = self._optimizer_step(scaler)
-                state.global_step += 1
-                state.epoch = epoch + (step_in_epoch + 1) / steps_per_epoch
-                self.control = self._fire("on_step_end")
+        nonfinite = NonFiniteGuard(args.max_nonfinite_steps, NonFiniteGuard.supports_on_device(self.optimizer, device))
+        self._nonfinite = nonfinite
+        with PreemptionGuard() as preemption:
+            for epoch in range(state.global_step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch)):
+                batches = data.epoch_batches(len(dataset), batch_size, args.sampler_seed, epoch,
+                                             args.train_sampling_strategy, lengths)
+                steps = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
+                first_step = state.global_step - epoch * steps_per_epoch  # > 0 only when resuming mid-epoch
+                loader = data.make_loader(dataset, [b for step in steps[first_step:] for b in step], self.data_collator,
+                                          args.dataloader_num_workers, args.dataloader_pin_memory and device.type == "cuda")
+                micro_batches = iter(loader)
+                self.control._new_epoch()
+                self.control = self._fire("on_epoch_begin")
+                for step_in_epoch in range(first_step, len(steps)):
+                    step_batches = [next(micro_batches) for _ in steps[step_in_epoch]]
+                    step_items = sum(data.count_items(b, self.label_names) for b in step_batches)
+                    self.control._new_step()
+                    self.control = self._fire("on_step_begin")
+                    step_loss = torch.zeros((), device=device)
+                    for index, batch in enumerate(step_batches):
+                        window["samples"] += data.batch_rows(batch)
+                        window["tokens"] += _token_count(batch)
+                        step_loss += self._forward_backward(batch, step_items, scaler)
+                        state.micro_step += 1
+                        if index < len(step_batches) - 1:
+                            self.control = self._fire("on_substep_end")
+                    grad_norm, finite = self._optimizer_step(scaler, step_loss, steps[step_in_epoch])
+                    window["loss"] += torch.where(finite, step_loss, 0.0)  # a skipped step's NaN stays out of logs
+                    window["items"] += step_items
+                    window["steps"] += 1
+                    state.global_step += 1
+                    state.epoch = epoch + (step_in_epoch + 1) / steps_per_epoch
+                    self.control = self._fire("on_step_end")
 
-                epoch_done = step_in_epoch == len(steps) - 1 or state.global_step >= max_steps
-                if self._due("logging", epoch_done) or self.control.should_log or (
-                        args.logging_first_step and state.global_step == 1):
-                    total_loss, total_items = total_loss + window["loss"], total_items + window["items"]
-                    self._log_training(window, grad_norm)
-                if self._due("eval", epoch_done) or self.control.should_evaluate:
-                    self._evaluate_during_training()
-                if self._due("save", epoch_done) or self.control.should_save or (
-                        state.global_step >= max_steps and args.save_strategy != "no"):
-                    self._save_checkpoint(scaler)
-                if self.control.should_training_stop or self.control.should_epoch_stop \
-                        or state.global_step >= max_steps:
+                    epoch_done = step_in_epoch == len(steps) - 1 or state.global_step >= max_steps
+                    if self._due("logging", epoch_done) or self.control.should_log or (
+                            args.logging_first_step and state.global_step == 1):
+                        total_loss, total_items = total_loss + window["loss"], total_items + window["items"]
+                        self._log_training(window, grad_norm)
+                    if self._due("eval", epoch_done) or self.control.should_evaluate:
+                        self._evaluate_during_training()
+                    saved = None
+                    if self._due("save", epoch_done) or self.control.should_save or (
+                            state.global_step >= max_steps and args.save_strategy != "no"):
+                        saved = self._save_checkpoint(scaler)
+                    if preemption.requested:  # a stop signal arrived during this step: save, then exit
+                        nonfinite.flush(self._last_checkpoint)
+                        stop = TrainingPreempted(preemption.requested, str(saved or self._save_checkpoint(scaler)))
+                        logger.warning("%s", stop)
+                        raise stop
+                    if self.control.should_training_stop or self.control.should_epoch_stop \
+                            or state.global_step >= max_steps:
+                        break
+                self.control = self._fire("on_epoch_end")
+                if self.control.should_training_stop or state.global_step >= max_steps:
                     break
-            self.control = self._fire("on_epoch_end")
-            if self.control.should_training_stop or state.global_step >= max_steps:
-                break
 
+        nonfinite.flush(self._last_checkpoint)
         runtime = time.perf_counter() - started
         total_loss, total_items = total_loss + window["loss"], total_items + window["items"]
         training_loss = total_loss.item() / max(total_items, 1)
@@ -211,7 +229,7 @@ class Trainer:
         items = data.count_items(batch, self.label_names)
         batch = _to_device(batch, self.device)
         with self.precision.autocast(self.device):
-            loss = self.compute_loss(self.model, batch)
+            loss = self.compute_loss(self._train_model, batch)
         scaled = loss * (items / step_items)  # sum over the step's examples / their number: accumulation-invariant
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         return loss.detach().float() * items
@@ -235,13 +253,23 @@ class Trainer:
             loss = evaluation.loss_from(outputs)
         return (loss, outputs) if return_outputs else loss
 
-    def _optimizer_step(self, scaler: Any) -> torch.Tensor | None:
-        """Unscale, clip, step the optimizer and the schedule, clear gradients; return the gradient norm."""
+    def _optimizer_step(self, scaler: Any, step_loss: torch.Tensor,
+                        batches: list[list[int]]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Unscale, clip, step the optimizer and the schedule, clear gradients; a step whose loss or gradient norm
+        is NaN/Inf is skipped (see `finch.nonfinite`). Returns the gradient norm and the device flag `finite`."""
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         grad_norm = None
         if self.args.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        finite = NonFiniteGuard.finite(step_loss, grad_norm)
+        indices = [index for batch in batches for index in batch]
+        if not self._nonfinite.allow_step(finite, self.optimizer, self.state.global_step + 1, indices,
+                                          self._last_checkpoint):
+            if scaler is not None:
+                scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm, finite
         self.control = self._fire("on_pre_optimizer_step")
         if scaler is not None:
             scaler.step(self.optimizer)
@@ -251,7 +279,7 @@ class Trainer:
         self.control = self._fire("on_optimizer_step")
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, finite
 
     def _due(self, what: str, epoch_done: bool) -> bool:
         """Whether the `logging`/`eval`/`save` strategy asks for action at this step."""
@@ -266,6 +294,9 @@ class Trainer:
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
         logs["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
+        self._nonfinite.flush(self._last_checkpoint)
+        if self._nonfinite.skipped:
+            logs["nonfinite_steps"] = self._nonfinite.skipped
         logs["samples_per_second"] = round(window["samples"] / elapsed, 2)
         logs["tokens_per_second"] = round(window["tokens"] / elapsed, 1)
         self.log(logs)
@@ -288,7 +319,7 @@ class Trainer:
         if best is None or (value > best if self.args.greater_is_better else value < best):
             self.state.best_metric, self.state.best_global_step = value, self.state.global_step
 
-    def _save_checkpoint(self, scaler: Any) -> None:
+    def _save_checkpoint(self, scaler: Any) -> Path:
         state, args = self.state, self.args
         path = Path(args.output_dir) / f"{checkpoint.PREFIX}{state.global_step}"
         if state.best_global_step == state.global_step:
@@ -298,7 +329,9 @@ class Trainer:
         checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
                                    scaler, self.processing_class)
         checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
+        self._last_checkpoint = str(path)
         self.control = self._fire("on_save")
+        return path
 
     def _checkpoint_to_resume(self, resume_from_checkpoint: str | bool | None) -> Path | None:
         if resume_from_checkpoint is None or resume_from_checkpoint is False:
@@ -311,6 +344,7 @@ class Trainer:
         return Path(resume_from_checkpoint)
 
     def _resume(self, folder: Path, steps_per_epoch: int, scaler: Any) -> TrainerState:
+        checkpoint.check_compatible(folder, self.args)
         state = checkpoint.load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, scaler)
         if state.steps_per_epoch != steps_per_epoch:
             raise ValueError(f"{folder} was saved with {state.steps_per_epoch} steps per epoch, this run has "
@@ -320,14 +354,17 @@ class Trainer:
             if saved is not None and hasattr(callback, "load_state_dict"):
                 callback.load_state_dict(saved)
         logger.info("Resuming from %s at step %d (epoch %.2f)", folder, state.global_step, state.epoch)
+        self._last_checkpoint = str(folder)
         return state
 
     def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None) -> None:
         args, state = self.args, self.state
         fused = bool(getattr(self.optimizer, "defaults", {}).get("fused"))
-        logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s", self.device, self.precision.name,
-                    self.precision.reason, args.train_sampling_strategy, type(self.optimizer).__name__,
-                    " fused" if fused else "")
+        logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | compile %s",
+                    self.device, self.precision.name, self.precision.reason, args.train_sampling_strategy,
+                    type(self.optimizer).__name__, " fused" if fused else "",
+                    f"multiple of {self.padding_multiple}" if self.padding_multiple else "longest in batch",
+                    "on" if args.torch_compile else "off")
         logger.info("%d examples | batch %d x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
                     args.per_device_train_batch_size, args.gradient_accumulation_steps, state.steps_per_epoch,
                     state.max_steps, f" | resuming at step {state.global_step}" if resume else "")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification  # noqa: E402
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 MRPC = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc"
 POSITIVE, NEGATIVE = ["good", "great", "fine", "nice", "superb"], ["bad", "awful", "poor", "terrible", "dull"]
@@ -67,3 +67,9 @@ def mrpc_dir() -> Path:
 
 def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own tokenization cache, so no test reads another's (or the user's) cached data."""
+    monkeypatch.setenv("FINCH_CACHE", str(tmp_path_factory.mktemp("finch-cache")))

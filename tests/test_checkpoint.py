@@ -6,9 +6,10 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import sentiment_dataset, tiny_bert, weights_of
+from transformers import DataCollatorWithPadding
 
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from finch.checkpoint import checkpoints, latest_checkpoint
+from finch.checkpoint import CheckpointError, checkpoints, latest_checkpoint, verify
 
 
 class StopAt(TrainerCallback):
@@ -23,9 +24,9 @@ class StopAt(TrainerCallback):
 
 
 def run_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path), save_strategy="steps", save_steps=4, logging_steps=1000,
-                  disable_tqdm=True, learning_rate=2e-3, seed=3, per_device_train_batch_size=4,
-                  gradient_accumulation_steps=2, max_steps=14, bf16=False)
+    values = {"output_dir": str(tmp_path), "save_strategy": "steps", "save_steps": 4, "logging_steps": 1000,
+                  "disable_tqdm": True, "learning_rate": 2e-3, "seed": 3, "per_device_train_batch_size": 4,
+                  "gradient_accumulation_steps": 2, "max_steps": 14, "bf16": False}
     values.update(overrides)
     return TrainingArguments(**values)
 
@@ -113,3 +114,76 @@ def test_early_stopping_counter_survives_resume(tmp_path, toy, tokenizer):
                       processing_class=tokenizer, callbacks=[EarlyStoppingCallback(3)], **metric)
     trainer.train(resume_from_checkpoint=True)
     assert trainer.state.global_step == 8
+
+
+def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, toy, tokenizer, caplog):
+    args = run_args(tmp_path, save_steps=2, max_steps=6)
+    Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer).train()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-6"
+    weights = tmp_path / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated by a crash
+    assert latest_checkpoint(tmp_path).name == "checkpoint-4"
+    assert "skipping" in caplog.text and "model.safetensors has" in caplog.text
+    optimizer = tmp_path / "checkpoint-4" / "optimizer.pt"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte, same size
+    optimizer.write_bytes(bytes(data))
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+    (tmp_path / "checkpoint-2" / "manifest.json").unlink()  # the save never finished
+    assert latest_checkpoint(tmp_path) is None
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer)
+    with pytest.raises(ValueError, match="checkpoint-4 is damaged: optimizer.pt does not match its checksum"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+
+
+def test_disk_full_while_saving_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, toy, tokenizer,
+                                                                                 monkeypatch):
+    args = run_args(tmp_path, save_steps=2, max_steps=4)
+    real_save = torch.save
+
+    def save_until_step_4(obj, path, *a, **k):
+        if "checkpoint-4" in str(path):
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save_until_step_4)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer)
+    with pytest.raises(CheckpointError, match=r"No space left on device.*newest: .*checkpoint-2.*free disk space"):
+        trainer.train()
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2"] and verify(tmp_path / "checkpoint-2") is None
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_resume_with_other_seed_or_model_is_refused(tmp_path, toy, tokenizer):
+    Trainer(model=tiny_bert(), args=run_args(tmp_path, max_steps=4), train_dataset=toy,
+            processing_class=tokenizer).train()
+    other_seed = Trainer(model=tiny_bert(), args=run_args(tmp_path, seed=4), train_dataset=toy,
+                         processing_class=tokenizer)
+    with pytest.raises(ValueError, match="cannot resume .* exactly: seed: 3 then, 4 now"):
+        other_seed.train(resume_from_checkpoint=True)
+    bigger = Trainer(model=tiny_bert(num_labels=3), args=run_args(tmp_path), train_dataset=toy,
+                     processing_class=tokenizer)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        bigger.train(resume_from_checkpoint=True)
+
+
+class CountingCollator:
+    def __init__(self, tokenizer):
+        self.inner, self.batches = DataCollatorWithPadding(tokenizer), 0
+
+    def __call__(self, rows):
+        self.batches += 1
+        return self.inner(rows)
+
+
+@pytest.mark.parametrize("stop_at", [2, 22])  # 10% and 90% into the 24-step epoch
+def test_resume_does_not_replay_batches(tmp_path, tokenizer, stop_at):
+    """Resume cost does not grow with the position: only the remaining batches are ever collated."""
+    data = sentiment_dataset(tokenizer, rows=96)  # 24 batches of 4 = 12 steps of accumulation 2 per epoch
+    args = run_args(tmp_path, save_steps=1, max_steps=12)
+    Trainer(model=tiny_bert(), args=args, train_dataset=data, processing_class=tokenizer,
+            callbacks=[StopAt(stop_at // 2)]).train()
+    collator = CountingCollator(tokenizer)
+    Trainer(model=tiny_bert(), args=args, train_dataset=data, processing_class=tokenizer,
+            data_collator=collator).train(resume_from_checkpoint=True)
+    assert collator.batches == 24 - stop_at

@@ -103,6 +103,6 @@ def test_mistakes_exit_2_with_a_message(tmp_path, tiny_model_dir, capsys, make_a
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "finch.cli", "train", "--train", str(tmp_path / "none.csv")],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert "none.csv: no such file" in result.stderr and "Traceback" not in result.stderr

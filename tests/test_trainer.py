@@ -13,8 +13,8 @@ from finch.metrics import classification_metrics
 
 
 def quiet_args(tmp_path, **overrides) -> TrainingArguments:
-    values = dict(output_dir=str(tmp_path / "run"), bf16=False, save_strategy="no", logging_steps=1000,
-                  disable_tqdm=True, learning_rate=1e-3, weight_decay=0.01, seed=7)
+    values = {"output_dir": str(tmp_path / "run"), "bf16": False, "save_strategy": "no", "logging_steps": 1000,
+                  "disable_tqdm": True, "learning_rate": 1e-3, "weight_decay": 0.01, "seed": 7}
     values.update(overrides)
     return TrainingArguments(**values)
 

@@ -1,0 +1,112 @@
+"""finch's training step against a raw forward/backward/optimizer step on identical batches: the overhead ratio.
+
+Both sides train the same pretrained all-MiniLM-L6-v2 on the same pre-collated MRPC batches (length-grouped, so
+shapes vary as in real training) with the same recipe: bf16 autocast, clipping at 1.0, fused AdamW, linear
+schedule. finch gets the batches through a collator that hands back the pre-built batch, so collation costs
+nothing on either side and the difference is finch's loop: loss normalisation, item counting, callbacks,
+logging/eval/save decisions. The two alternate for --repeats rounds; the medians are compared. The final weights
+of the first round are compared too (after one untimed warm-up pass): with the same seed they must be identical.
+
+Usage (from the repo root):
+    python benchmarks/overhead.py                 # 200 steps x 3 rounds each
+    python benchmarks/overhead.py --steps 50 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mrpc
+import torch
+from transformers import DataCollatorWithPadding, get_scheduler
+
+import finch
+from finch.optim import create_optimizer
+
+
+def prebuilt_batches(a: argparse.Namespace) -> list[dict[str, torch.Tensor]]:
+    """`--steps` collated batches of MRPC, in finch's length-grouped order for seed 42, epoch 0."""
+    tok, train, _ = mrpc.tokenized_mrpc(a)
+    rows = train.select_columns(["input_ids", "token_type_ids", "attention_mask", "label"]).to_list()
+    order = finch.data.epoch_batches(len(rows), a.batch_size, 42, 0, "group_by_length",
+                                     [len(r["input_ids"]) for r in rows])
+    collate = DataCollatorWithPadding(tok)
+    return [collate([rows[i] for i in indices]) for indices in order[:a.steps]]
+
+
+def raw_loop(batches: list[dict], args: finch.TrainingArguments) -> tuple[float, torch.nn.Module]:
+    """The plain step: autocast forward, backward, clip, optimizer, schedule, zero_grad."""
+    model = mrpc.pretrained_model(args.seed)
+    optimizer = create_optimizer(model, args)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=len(batches))
+    model.train()
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    for batch in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - started, model
+
+
+def finch_loop(batches: list[dict], args: finch.TrainingArguments) -> tuple[float, torch.nn.Module]:
+    """finch's Trainer on the same batches: a dataset of batch numbers, a collator that returns the batch."""
+    model = mrpc.pretrained_model(args.seed)
+    trainer = finch.Trainer(model=model, args=args, train_dataset=[{"batch": i} for i in range(len(batches))],
+                            data_collator=lambda rows: dict(batches[rows[0]["batch"]]))
+    output = trainer.train()
+    return output.metrics["train_runtime"], model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data", type=Path, default=mrpc.DEFAULT_DATA)
+    a = p.parse_args()
+    a.subset = None
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    batches = prebuilt_batches(a)
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = finch.TrainingArguments(output_dir=out_dir, per_device_train_batch_size=1, max_steps=len(batches),
+                                       learning_rate=mrpc.LEARNING_RATE, weight_decay=mrpc.WEIGHT_DECAY, bf16=True,
+                                       train_sampling_strategy="sequential", save_strategy="no",
+                                       logging_steps=50, disable_tqdm=True, remove_unused_columns=False)
+        raw_loop(batches, args)  # warm-up: oneDNN builds its kernels for each new shape on first use
+        raw_times, finch_times = [], []
+        for round_index in range(a.repeats):
+            raw_s, raw_model = raw_loop(batches, args)
+            finch_s, finch_model = finch_loop(batches, args)
+            raw_times.append(raw_s)
+            finch_times.append(finch_s)
+            if round_index == 0:
+                same = all(torch.equal(x, y) for x, y in zip(raw_model.state_dict().values(),
+                                                             finch_model.state_dict().values()))
+            print(f"round {round_index}: raw {raw_s:.2f} s, finch {finch_s:.2f} s", flush=True)
+    raw_ms, finch_ms = (1000 * statistics.median(t) / len(batches) for t in (raw_times, finch_times))
+    print(f"\n{len(batches)} steps of batch {a.batch_size}, {torch.get_num_threads()} threads, "
+          f"median of {a.repeats} rounds")
+    print(f"raw loop   {raw_ms:8.2f} ms/step")
+    print(f"finch      {finch_ms:8.2f} ms/step")
+    print(f"overhead   {100 * (finch_ms / raw_ms - 1):+.2f}%  (finch / raw = {finch_ms / raw_ms:.3f})")
+    print(f"final weights identical: {same}")
+
+
+if __name__ == "__main__":
+    main()

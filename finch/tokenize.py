@@ -1,0 +1,100 @@
+"""Tokenize once: batched fast tokenization, cached on disk keyed by the data, the tokenizer and the settings.
+
+The key hashes the text columns' content (not file names or times), the tokenizer's full definition (vocabulary,
+normaliser, special tokens) and `max_length`, so a second run of the same job loads the tokenized splits with
+`datasets.load_from_disk` instead of tokenizing again, and any change to those gives a fresh key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+logger = logging.getLogger("finch")
+CACHE_VERSION = 1  # bump when the tokenized format changes
+
+
+def default_cache_dir() -> Path:
+    """`$FINCH_CACHE` or `~/.cache/finch`, with tokenized data under `tokenized/`."""
+    return Path(os.environ.get("FINCH_CACHE", Path.home() / ".cache" / "finch")) / "tokenized"
+
+
+def cache_key(splits: dict[str, datasets.Dataset], text_columns: list[str], tokenizer: Any, max_length: int) -> str:
+    """A hex digest that changes whenever the texts, labels, tokenizer or settings do."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"version": CACHE_VERSION, "columns": text_columns, "max_length": max_length,
+                              "tokenizer": _tokenizer_identity(tokenizer)}, sort_keys=True).encode())
+    for name in sorted(splits):
+        split = splits[name]
+        digest.update(f"\0split {name} {split.num_rows} {split.features}".encode())
+        for column in split.column_names:
+            for value in split[column]:
+                digest.update(str(value).encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def _tokenizer_identity(tokenizer: Any) -> str:
+    """The fast tokenizer's serialised definition when it has one; else its class, name and vocabulary size.
+
+    Truncation and padding are left out: calling the tokenizer sets them, and `max_length` is in the key anyway.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+    return f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}"
+
+
+def tokenize_splits(splits: dict[str, datasets.Dataset], text_columns: list[str], tokenizer: Any, max_length: int,
+                    cache_dir: str | Path | None = None) -> dict[str, datasets.Dataset]:
+    """Tokenized copies of `splits` (text columns replaced by `input_ids`, `attention_mask`, ...).
+
+    Args:
+        splits: named datasets holding `text_columns` (one column, or two for sentence pairs) and labels.
+        tokenizer: a HuggingFace tokenizer (fast ones tokenize in Rust, a batch at a time).
+        max_length: longer examples are truncated to this many tokens.
+        cache_dir: where tokenized splits are kept (default `default_cache_dir()`); `FINCH_CACHE=off` disables it.
+    Returns:
+        the tokenized splits, loaded from the cache when this exact job was tokenized before.
+    """
+    if os.environ.get("FINCH_CACHE") == "off":
+        return {name: _tokenize(split, text_columns, tokenizer, max_length) for name, split in splits.items()}
+    folder = Path(cache_dir or default_cache_dir()) / cache_key(splits, text_columns, tokenizer, max_length)
+    if (folder / "complete").exists():
+        logger.info("tokenized data: reused from %s", folder)
+        return dict(datasets.load_from_disk(str(folder)))
+    tokenized = {name: _tokenize(split, text_columns, tokenizer, max_length) for name, split in splits.items()}
+    _store(datasets.DatasetDict(tokenized), folder)
+    logger.info("tokenized data: cached in %s", folder)
+    return tokenized
+
+
+def _tokenize(split: datasets.Dataset, text_columns: list[str], tokenizer: Any, max_length: int) -> datasets.Dataset:
+    def encode(batch: dict) -> dict:
+        return tokenizer(*(batch[column] for column in text_columns), truncation=True, max_length=max_length)
+
+    return split.map(encode, batched=True, batch_size=1000, remove_columns=text_columns,
+                     load_from_cache_file=False, desc="tokenizing")
+
+
+def _store(tokenized: datasets.DatasetDict, folder: Path) -> None:
+    """Write to a temporary folder, then rename, so a crash never leaves a half-written cache entry."""
+    temporary = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        tokenized.save_to_disk(str(temporary))
+        (temporary / "complete").write_text("")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(temporary, folder)
+    except OSError as error:  # a read-only or full cache disk must not stop training
+        logger.warning("could not cache tokenized data in %s (%s); continuing without the cache", folder, error)
+        shutil.rmtree(temporary, ignore_errors=True)

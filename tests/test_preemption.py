@@ -1,0 +1,77 @@
+"""Killed and preempted training processes resume to the same weights, bit for bit, as a run never stopped."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from finch.checkpoint import checkpoints, verify
+from finch.preemption import EXIT_PREEMPTED
+
+WORKER = Path(__file__).resolve().parent / "train_worker.py"
+
+
+def start(output_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WORKER), str(output_dir), *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_started(process: subprocess.Popen) -> None:
+    line = process.stdout.readline()
+    assert line.strip() == "started", f"worker failed to start: {line!r} {process.stderr.read()[-2000:]}"
+
+
+def finish(process: subprocess.Popen) -> str:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return out.strip().splitlines()[-1]
+
+
+def test_sigkill_at_ten_random_points_then_resume_matches_uninterrupted_run(tmp_path):
+    expected = finish(start(tmp_path / "straight", "--steps", "100"))
+    killed_dir, rng, kills = tmp_path / "killed", random.Random(0), 0
+    while kills < 10:
+        process = start(killed_dir, "--steps", "100", "--step-seconds", "0.02")
+        wait_started(process)
+        time.sleep(rng.uniform(0.0, 0.8))  # each step saves (~50 ms in all): kills land in and between saves
+        if process.poll() is not None:  # it finished before the kill: that run does not count
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+    assert kills == 10, "the run finished before ten kills; lengthen it"
+    final = finish(start(killed_dir, "--steps", "100"))
+    assert final == expected
+    assert all(verify(folder) is None for folder in checkpoints(killed_dir))
+    assert not list(killed_dir.glob(".tmp-*")), "leftover temporary folders are cleaned on the next start"
+
+
+def test_sigterm_saves_a_checkpoint_exits_75_and_resumes_exactly(tmp_path):
+    expected = finish(start(tmp_path / "straight", "--save-steps", "1000"))
+    run_dir = tmp_path / "preempted"
+    process = start(run_dir, "--save-steps", "1000", "--step-seconds", "0.05")
+    wait_started(process)
+    time.sleep(0.8)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == EXIT_PREEMPTED, err[-3000:]
+    saved = checkpoints(run_dir)
+    assert len(saved) == 1 and 0 < int(saved[0].name.split("-")[1]) < 40, "one checkpoint, mid-run"
+    assert "training stopped by SIGTERM" in err and str(saved[0]) in err
+    assert finish(start(run_dir, "--save-steps", "1000")) == expected
+
+
+def test_resume_exact_with_dataloader_workers(tmp_path):
+    expected = finish(start(tmp_path / "straight", "--workers", "2", "--steps", "12"))
+    run_dir = tmp_path / "stopped"
+    process = start(run_dir, "--workers", "2", "--steps", "12", "--save-steps", "1000", "--step-seconds", "0.1")
+    wait_started(process)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == EXIT_PREEMPTED
+    assert finish(start(run_dir, "--workers", "2", "--steps", "12", "--save-steps", "1000")) == expected
