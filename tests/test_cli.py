@@ -106,3 +106,21 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert "none.csv: no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_verify_resume_reports_identical_weights(tmp_path, tiny_model_dir, capsys):
+    train = write_csv(tmp_path / "train.csv", reviews(48))
+    code = main(["verify-resume", "--model", tiny_model_dir, "--train", train, "--steps", "6",
+                 "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2", *FAST])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "6 steps straight vs stopped at step 3" in printed and "identical, bit for bit" in printed
+
+
+def test_verify_resume_detects_a_resume_that_is_not_exact(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Break resume on purpose (RNG state not restored): the command must say so and exit 1."""
+    monkeypatch.setattr("finch.checkpoint.set_rng_state", lambda state: None)
+    train = write_csv(tmp_path / "train.csv", reviews(48))
+    code = main(["verify-resume", "--model", tiny_model_dir, "--train", train, "--steps", "6", *FAST])
+    printed = capsys.readouterr().out
+    assert code == 1 and "Resume is NOT exact" in printed
