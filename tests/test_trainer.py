@@ -227,3 +227,34 @@ def test_jsonl_log_has_every_logged_dict(tmp_path, toy, tokenizer):
     assert [line["step"] for line in lines if "loss" in line] == [2, 4, 6]
     assert [line["step"] for line in lines if "eval_loss" in line] == [3, 6]
     assert lines == [{**entry} for entry in trainer.state.log_history]
+
+
+def test_padding_multiple_rounds_batch_lengths(tmp_path, toy, tokenizer):
+    from finch.data import default_collator, padding_multiple
+
+    assert padding_multiple(None, "cpu", compiled=False) is None
+    assert padding_multiple(None, "cuda", compiled=False) == 8
+    assert padding_multiple(None, "cpu", compiled=True) == 64
+    assert padding_multiple(16, "cuda", compiled=True) == 16
+    rows = toy.remove_columns("text")
+    odd = next(rows[i] for i in range(len(rows)) if len(rows[i]["input_ids"]) % 8)
+    assert default_collator(tokenizer)([odd])["input_ids"].shape[1] % 8 != 0
+    assert default_collator(tokenizer, 8)([odd])["input_ids"].shape[1] % 8 == 0
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, pad_to_multiple_of=8), processing_class=tokenizer)
+    assert trainer.data_collator([odd])["input_ids"].shape[1] % 8 == 0
+
+
+def test_torch_compile_trains_like_eager_and_saves_plain_names(tmp_path, toy, tokenizer):
+    """The CUDA speed path's torch.compile, on the CPU: same parameters trained, checkpoint keys unprefixed."""
+    results = {}
+    for compiled in (False, True):
+        trainer = Trainer(model=tiny_bert(dropout=0.0), processing_class=tokenizer, train_dataset=toy,
+                          args=quiet_args(tmp_path / str(compiled), torch_compile=compiled, max_steps=4,
+                                          save_strategy="steps", save_steps=4))
+        trainer.train()
+        results[compiled] = weights_of(trainer.model)
+    assert all(torch.allclose(results[False][k], results[True][k], atol=1e-4) for k in results[False])
+    import safetensors.torch
+
+    saved = safetensors.torch.load_file(tmp_path / "True" / "run" / "checkpoint-4" / "model.safetensors")
+    assert not [k for k in saved if "_orig_mod" in k]
