@@ -91,6 +91,30 @@ def bbc_news(held_out: float = 0.2, seed: int = 0) -> datasets.DatasetDict:
     return dataset.train_test_split(test_size=held_out, seed=seed, stratify_by_column="label")
 
 
+def glue_mrpc(folder: str | Path) -> datasets.DatasetDict:
+    """GLUE MRPC's TSVs (train/dev/test) as `datasets.load_dataset("glue", "mrpc")` gives them.
+
+    Columns `sentence1`, `sentence2`, `label` (a ClassLabel: not_equivalent, equivalent; -1 in the unlabelled
+    test split) and `idx`; the splits are `train`, `validation`, and `test` when test.tsv is there.
+    """
+    folder = Path(folder)
+    features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["not_equivalent", "equivalent"]),
+                                  "idx": datasets.Value("int32")})
+    splits = {}
+    for name, file in (("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")):
+        if not (folder / file).exists():
+            if name == "test":
+                continue
+            raise FileNotFoundError(f"{folder / file}: no such file; --data must be a folder with GLUE MRPC's TSVs")
+        rows = read_table(folder / file)
+        splits[name] = datasets.Dataset.from_dict(
+            {"sentence1": rows["#1 String"], "sentence2": rows["#2 String"],
+             "label": [int(v) for v in rows["Quality"]] if "Quality" in rows.column_names else [-1] * len(rows),
+             "idx": list(range(len(rows)))}, features=features)
+    return datasets.DatasetDict(splits)
+
+
 @dataclass
 class Splits:
     """Training and validation sets with text columns and an integer `label` column (a `ClassLabel`)."""
