@@ -7,8 +7,7 @@ MRPC is 67% paraphrases; "balanced" weights (n_examples / (n_classes * n_class))
 
 import numpy as np
 import torch
-from common import compute_metrics, parse_args, report, tokenized_mrpc
-from transformers import AutoModelForSequenceClassification, set_seed
+from common import compute_metrics, parse_args, pretrained_classifier, report, tokenized_mrpc
 
 from finch import Trainer, TrainingArguments
 
@@ -24,8 +23,7 @@ def main() -> None:
         logits = outputs["logits"].float()
         return torch.nn.functional.cross_entropy(logits, labels, weight=weights.to(logits.device))
 
-    set_seed(args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model = pretrained_classifier(args)
     training_args = TrainingArguments(
         output_dir=args.output_dir or "runs/class_imbalance", eval_strategy="epoch", save_strategy="no",
         per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs, learning_rate=args.lr,

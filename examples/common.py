@@ -59,6 +59,14 @@ def tokenized_mrpc(args: argparse.Namespace):
     return tokenizer, raw_datasets.map(tokenize, batched=True)
 
 
+def pretrained_classifier(args: argparse.Namespace):
+    """The pretrained encoder with a new 2-label head, drawn from --seed (as the tutorial's set_seed does)."""
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    set_seed(args.seed)
+    return AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+
+
 def compute_metrics(eval_pred) -> dict[str, float]:
     """Accuracy and F1 of the positive class (paraphrase), as GLUE reports MRPC."""
     logits, labels = eval_pred

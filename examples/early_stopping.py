@@ -3,8 +3,7 @@
     python examples/early_stopping.py --quick
 """
 
-from common import compute_metrics, parse_args, report, tokenized_mrpc
-from transformers import AutoModelForSequenceClassification, set_seed
+from common import compute_metrics, parse_args, pretrained_classifier, report, tokenized_mrpc
 
 from finch import EarlyStoppingCallback, Trainer, TrainingArguments
 
@@ -15,8 +14,7 @@ def main() -> None:
     if args.quick:
         args.epochs, args.eval_steps, args.lr = 4, 10, 2e-3  # a high rate overfits 200 rows fast: stopping shows
     tokenizer, tokenized = tokenized_mrpc(args)
-    set_seed(args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model = pretrained_classifier(args)
     training_args = TrainingArguments(
         output_dir=args.output_dir or "runs/early_stopping", eval_strategy="steps", eval_steps=args.eval_steps,
         save_strategy="steps", save_steps=args.eval_steps, save_total_limit=1, load_best_model_at_end=True,

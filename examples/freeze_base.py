@@ -3,8 +3,7 @@
     python examples/freeze_base.py --quick
 """
 
-from common import compute_metrics, parse_args, report, tokenized_mrpc
-from transformers import AutoModelForSequenceClassification, set_seed
+from common import compute_metrics, parse_args, pretrained_classifier, report, tokenized_mrpc
 
 from finch import Trainer, TrainingArguments
 
@@ -12,8 +11,7 @@ from finch import Trainer, TrainingArguments
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     tokenizer, tokenized = tokenized_mrpc(args)
-    set_seed(args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model = pretrained_classifier(args)
     for parameter in model.base_model.parameters():  # the encoder; the head (classifier) stays trainable
         parameter.requires_grad = False
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

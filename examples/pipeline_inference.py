@@ -3,8 +3,8 @@
     python examples/pipeline_inference.py --quick
 """
 
-from common import parse_args, report, tokenized_mrpc
-from transformers import AutoModelForSequenceClassification, pipeline, set_seed
+from common import parse_args, pretrained_classifier, report, tokenized_mrpc
+from transformers import pipeline
 
 from finch import Trainer, TrainingArguments
 
@@ -12,8 +12,7 @@ from finch import Trainer, TrainingArguments
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     tokenizer, tokenized = tokenized_mrpc(args)
-    set_seed(args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model = pretrained_classifier(args)
     output_dir = args.output_dir or "runs/pipeline_inference"
     training_args = TrainingArguments(output_dir=output_dir, save_strategy="no", num_train_epochs=args.epochs,
                                       per_device_train_batch_size=args.batch_size, learning_rate=args.lr,

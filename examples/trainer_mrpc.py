@@ -4,8 +4,8 @@
     python examples/trainer_mrpc.py --quick    # 200 rows, 1 epoch
 """
 
-from common import compute_metrics, parse_args, report, tokenized_mrpc
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+from common import compute_metrics, parse_args, pretrained_classifier, report, tokenized_mrpc
+from transformers import DataCollatorWithPadding
 
 from finch import Trainer, TrainingArguments
 
@@ -13,8 +13,7 @@ from finch import Trainer, TrainingArguments
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     tokenizer, tokenized = tokenized_mrpc(args)
-    set_seed(args.seed)  # the new classification head is drawn from this seed
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model = pretrained_classifier(args)
     training_args = TrainingArguments(
         output_dir=args.output_dir or "runs/trainer_mrpc", eval_strategy="epoch", save_strategy="no",
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=32, num_train_epochs=args.epochs,

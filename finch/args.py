@@ -55,6 +55,7 @@ class TrainingArguments:
     lr_scheduler_kwargs: dict | None = None
     warmup_steps: float = 0  # an int counts steps; a float in (0, 1) is a fraction of all steps
     label_smoothing_factor: float = 0.0
+    class_weights: str | list[float] | None = None  # "balanced" (from label counts) or one weight per class
     # evaluation, saving, logging
     eval_strategy: str = "no"
     eval_steps: float | None = None
@@ -183,6 +184,11 @@ def _problems(args: TrainingArguments) -> list[str]:
         problems.append(f"warmup_steps={args.warmup_steps} must be a step count or a fraction in [0, 1)")
     if args.pad_to_multiple_of is not None and args.pad_to_multiple_of < 1:
         problems.append(f"pad_to_multiple_of={args.pad_to_multiple_of} must be >= 1 (or None for the default)")
+    weights = args.class_weights
+    if isinstance(weights, str) and weights != "balanced":
+        problems.append(f"class_weights={weights!r} must be 'balanced' or a list of positive numbers, one per class")
+    elif isinstance(weights, (list, tuple)) and not all(isinstance(w, (int, float)) and w > 0 for w in weights):
+        problems.append(f"class_weights={weights!r}: every weight must be a positive number")
     if args.max_nonfinite_steps < 1:
         problems.append(f"max_nonfinite_steps={args.max_nonfinite_steps} must be >= 1")
     if not 0 <= args.label_smoothing_factor < 1:

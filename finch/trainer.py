@@ -77,6 +77,7 @@ class Trainer:
         self.compute_loss_func = compute_loss_func
         self.optimizer, self.lr_scheduler = optimizers
         self._last_checkpoint: str | None = None
+        self._class_weights: torch.Tensor | None = None
         self.label_names = data.label_names_of(self.model, self.args.label_names)
         self.state, self.control = TrainerState(), TrainerControl()
         default_callbacks = [ProgressCallback(), *reporters(self.args.report_to)]
@@ -115,6 +116,7 @@ class Trainer:
         self._train_model = torch.compile(model) if args.torch_compile else model  # same parameters, compiled forward
         dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns)
         lengths = data.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
+        self._class_weights = data.class_weights(args.class_weights, dataset, self.label_names, device)
         batch_size, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
         steps_per_epoch = math.ceil(math.ceil(len(dataset) / batch_size) / accumulation)
         max_steps = total_training_steps(args, steps_per_epoch)
@@ -238,17 +240,19 @@ class Trainer:
                      num_items_in_batch: int | None = None) -> Any:
         """Mean loss over the batch's items (override for custom losses, as with HF's Trainer)."""
         labels = inputs.get(self.label_names[0]) if self.label_names else None
-        custom = self.compute_loss_func is not None or self.args.label_smoothing_factor > 0
+        weighted = self._class_weights is not None or self.args.label_smoothing_factor > 0
+        custom = self.compute_loss_func is not None or weighted
         model_inputs = {k: v for k, v in inputs.items() if k not in self.label_names} if custom else inputs
         outputs = model(**model_inputs)
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch or
                                           data.count_items(inputs, self.label_names))
-        elif self.args.label_smoothing_factor > 0:
+        elif weighted:  # class weights and/or label smoothing: cross-entropy computed here
             logits = evaluation.split_outputs(outputs, has_labels=False)[1]
             logits = logits[0] if isinstance(logits, tuple) else logits
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                                     ignore_index=-100, label_smoothing=self.args.label_smoothing_factor)
+                                                     weight=self._class_weights, ignore_index=-100,
+                                                     label_smoothing=self.args.label_smoothing_factor)
         else:
             loss = evaluation.loss_from(outputs)
         return (loss, outputs) if return_outputs else loss

@@ -53,6 +53,15 @@ def sentiment_dataset(tokenizer, rows: int = 96, seed: int = 0) -> datasets.Data
     return dataset.map(lambda batch: tokenizer(batch["text"], truncation=True), batched=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
+    """A saved tiny BERT (2 labels) with the MiniLM tokenizer: a model folder the CLI trains in seconds."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_bert(num_labels=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture
 def toy(tokenizer) -> datasets.Dataset:
     return sentiment_dataset(tokenizer)

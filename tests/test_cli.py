@@ -6,18 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import POSITIVE, tiny_bert
+from conftest import POSITIVE
 from transformers import pipeline
 
 from finch.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_bert(num_labels=2).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def write_csv(path, rows, header=("review", "sentiment")):

@@ -1,0 +1,101 @@
+"""Malformed inputs: each one gives its own message, naming the file and the fix, and `finch train` exits with 2.
+
+Every case is caught before a model is loaded: the model given is a folder that does not exist, so reaching
+model loading would fail with a different message.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finch.cli import main
+
+
+def csv_file(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def rows_csv(count=12, label=lambda i: "pos" if i % 2 else "neg"):
+    return "text,label\n" + "".join(f"some words here {i},{label(i)}\n" for i in range(count))
+
+
+def jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+CASES = {
+    "missing file": (lambda d: ["--train", str(d / "absent.csv")], "absent.csv: no such file"),
+    "empty file": (lambda d: ["--train", csv_file(d / "e.csv", "")], "e.csv: the file is empty"),
+    "header only": (lambda d: ["--train", csv_file(d / "h.csv", "text,label\n")], "h.csv: no data rows"),
+    "binary file": (lambda d: ["--train", str(_binary(d / "b.csv"))], "b.csv: this is a binary file"),
+    "unsupported type": (lambda d: ["--train", csv_file(d / "x.xlsx", "a")], "unsupported file type '.xlsx'"),
+    "wrong delimiter": (lambda d: ["--train", csv_file(d / "t.csv", "text\tlabel\nhello there\t1\n")],
+                        "separated by tabs"),
+    "semicolons": (lambda d: ["--train", csv_file(d / "s.csv", "text;label\nhello there;1\n")],
+                   "separated by semicolons"),
+    "ragged row": (lambda d: ["--train", csv_file(d / "r.csv", "text,label\na b c,1\nd e f,0,extra\n")],
+                   "r.csv, line 3: 3 fields, the header has 2"),
+    "bad json line": (lambda d: ["--train", csv_file(d / "j.jsonl", '{"text": "a b c", "label": 1}\n{"text": oops\n')],
+                      "j.jsonl, line 2: not valid JSON"),
+    "missing label column": (lambda d: ["--train", csv_file(d / "m.csv", rows_csv()), "--label-column", "stars"],
+                             "no column 'stars'; the columns are ['text', 'label']"),
+    "missing text column": (lambda d: ["--train", csv_file(d / "m.csv", rows_csv()), "--text-columns", "body"],
+                            "no column 'body'"),
+    "no label column": (lambda d: ["--train", csv_file(d / "n.csv", "text,other\nwords are here,1\n")],
+                        "no label column among ['text', 'other']; name it with --label-column"),
+    "nan labels": (lambda d: ["--train", csv_file(d / "l.csv", rows_csv(label=lambda i: "" if i in (3, 7) else "a"))],
+                   "2 row(s) have no label (rows 4, 8)"),
+    "mixed label types": (lambda d: ["--train", jsonl(d / "x.jsonl", [{"text": "a b c", "label": i % 3 if i != 5
+                                                                        else "seven"} for i in range(12)])],
+                          "the labels mix types"),
+    "single class": (lambda d: ["--train", csv_file(d / "o.csv", rows_csv(label=lambda i: "only"))],
+                     "every row has the label 'only'"),
+    "unseen validation labels": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--validation",
+                                            csv_file(d / "v.csv", "text,label\nnew words here,maybe\n")],
+                                 "label(s) ['maybe'] never occur in the training data (rows 1)"),
+    "validation missing column": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--validation",
+                                             csv_file(d / "v.csv", "body,label\nnew words,pos\n")],
+                                  "v.csv: no column(s) ['text']"),
+    "all texts empty": (lambda d: ["--train", csv_file(d / "a.csv", "text,label\n,1\n ,0\n")], "every row's text"),
+    "empty texts with --strict": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv() + ",pos\n"), "--strict"],
+                                  ("1 row(s) with empty text in text (rows 13) are left out (an error because of "
+                                  "--strict)")),
+    "overlap with --strict": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--validation",
+                                         csv_file(d / "v.csv", "text,label\nsome words here 3,pos\n"), "--strict"],
+                              "1 validation row(s) also appear in the training data"),
+    "unknown metric": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--metric", "pearson"],
+                       "--metric pearson: binary tasks report loss, accuracy, f1, mcc"),
+    "bad config key": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--config",
+                                  csv_file(d / "c.yaml", "learning_rat: 0.1\n")],
+                       "unknown option(s) 'learning_rat' (did you mean 'learning_rate'"),
+    "bad override value": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "num_train_epochs=many"],
+                           "option num_train_epochs: 'many' is not a float"),
+}
+
+
+def _binary(path):
+    path.write_bytes(b"PK\x03\x04\x00\x00binary\x00zip")
+    return path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_malformed_input_exits_2_with_its_message(case, tmp_path, capsys):
+    make_args, message = CASES[case]
+    code = main(["train", "--model", str(tmp_path / "no-model-here"), "--output-dir", str(tmp_path / "out"),
+                 *make_args(tmp_path)])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert message in error, error
+    assert "Traceback" not in error and "no-model-here" not in error, "caught before the model was loaded"
+
+
+def test_hub_name_offline_suggests_local_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = main(["train", "--model", str(tmp_path / "m"), "--train", "some-org/some-dataset-not-cached"])
+    error = capsys.readouterr().err
+    assert code == 2 and "loading it from the HuggingFace hub failed" in error and "pass local files" in error
