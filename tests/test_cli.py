@@ -40,7 +40,8 @@ def test_train_on_csv_files(tmp_path, tiny_model_dir, capsys):
                  "--output-dir", str(out), *FAST])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "text review, label sentiment (2 classes); 64 training rows, 16 validation rows" in printed
+    assert ("text review, label sentiment: binary classification, 2 labels: neg, pos; "
+            "64 training rows, 16 validation rows") in printed
     assert "eval_accuracy" in printed and str(out / "model") in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["eval_accuracy"] <= 1
@@ -54,7 +55,8 @@ def test_train_on_mrpc_by_path(tmp_path, tiny_model_dir, mrpc_dir, capsys):
                  str(mrpc_dir / "dev.tsv"), "--output-dir", str(tmp_path), "--max-steps", "2", *FAST])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "text #1 String + #2 String, label Quality (2 classes); 3668 training rows, 408 validation rows" in printed
+    assert ("text #1 String + #2 String, label Quality: binary classification, 2 labels: 0, 1; "
+            "3668 training rows, 408 validation rows") in printed
 
 
 def test_validation_split_off_when_not_given(tmp_path, tiny_model_dir, capsys):
@@ -80,7 +82,7 @@ def test_resume_auto_continues_the_run(tmp_path, tiny_model_dir, capsys):
 @pytest.mark.parametrize("make_args, message", [
     (lambda d, m: ["--train", str(d / "missing.csv")], "missing.csv: no such file"),
     (lambda d, m: ["--train", write_csv(d / "t.csv", reviews(10)), "--label-column", "stars"],
-     "column 'stars' not found"),
+     "no column 'stars'; the columns are ['review', 'sentiment']"),
     (lambda d, m: ["--train", write_csv(d / "t.csv", reviews(10)),
                    "--validation", write_csv(d / "v.csv", [("good", "neutral")])], "never occur in the training data"),
     (lambda d, m: ["--train", write_csv(d / "t.csv", reviews(10)), "--eval-strategy", "sometimes"],
