@@ -125,10 +125,11 @@ class ProgressCallback(TrainerCallback):
     def __init__(self, use_bar: bool | None = None) -> None:
         self.use_bar = use_bar
         self.bar: tqdm | None = None
-        self.started = 0.0
+        self.started: float | None = None  # None until train() begins: evaluate() alone has no elapsed time
+        self.started_step = 0
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.started = time.perf_counter()
+        self.started, self.started_step = time.perf_counter(), state.global_step
         if self.use_bar is None:
             self.use_bar = not args.disable_tqdm and sys.stdout.isatty()
         if self.use_bar:
@@ -145,7 +146,8 @@ class ProgressCallback(TrainerCallback):
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
                                  samples_s=f"{logs.get('samples_per_second', 0):.1f}")
             return
-        line = format_log_line(logs, state, time.perf_counter() - self.started)
+        elapsed = None if self.started is None else time.perf_counter() - self.started
+        line = format_log_line(logs, state, elapsed, self.started_step)
         if self.bar is not None:
             self.bar.write(line)
         else:
@@ -157,8 +159,11 @@ class ProgressCallback(TrainerCallback):
             self.bar = None
 
 
-def format_log_line(logs: dict[str, Any], state: TrainerState, elapsed: float) -> str:
-    """`step 50/1377 | epoch 0.11 | loss 0.6931 | ... | elapsed 1m02s | eta 25m40s` for logs without a bar."""
+def format_log_line(logs: dict[str, Any], state: TrainerState, elapsed: float | None, started_step: int = 0) -> str:
+    """`step 50/1377 | epoch 0.11 | loss 0.6931 | ... | elapsed 1m02s | eta 25m40s` for logs without a bar.
+
+    `elapsed` is the time since this run's `train()` began at `started_step` (not 0 on resume); None leaves the
+    times out (an `evaluate()` outside training)."""
     parts = [f"step {state.global_step}/{state.max_steps}", f"epoch {state.epoch:.2f}"]
     for key, value in logs.items():
         if key == "epoch":
@@ -166,9 +171,12 @@ def format_log_line(logs: dict[str, Any], state: TrainerState, elapsed: float) -
         if isinstance(value, float):
             value = f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}".rstrip("0").rstrip(".")
         parts.append(f"{key} {value}")
+    if elapsed is None:
+        return " | ".join(parts)
     parts.append(f"elapsed {_duration(elapsed)}")
-    if 0 < state.global_step < state.max_steps:
-        parts.append(f"eta {_duration(elapsed * (state.max_steps - state.global_step) / state.global_step)}")
+    done = state.global_step - started_step
+    if done > 0 and state.global_step < state.max_steps:
+        parts.append(f"eta {_duration(elapsed * (state.max_steps - state.global_step) / done)}")
     return " | ".join(parts)
 
 

@@ -68,9 +68,11 @@ class Trainer:
         self.model_init = model_init
         self.model = (model if model is not None else self._build_model()).to(self.device)
         self.processing_class = processing_class
-        self.padding_multiple = data.padding_multiple(self.args.pad_to_multiple_of, self.device.type,
-                                                      self.args.torch_compile)
-        self.data_collator = data_collator or data.default_collator(processing_class, self.padding_multiple)
+        multiple = data.padding_multiple(self.args.pad_to_multiple_of, self.device.type, self.args.torch_compile,
+                                         self.device.type == "cpu" and self.precision.dtype == torch.bfloat16)
+        self.data_collator = (data.with_padding_multiple(data_collator, multiple) if data_collator is not None
+                              else data.default_collator(processing_class, multiple))
+        self.padding_multiple = getattr(self.data_collator, "pad_to_multiple_of", None)  # None: not ours to round
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics

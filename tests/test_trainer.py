@@ -232,16 +232,23 @@ def test_jsonl_log_has_every_logged_dict(tmp_path, toy, tokenizer):
 def test_padding_multiple_rounds_batch_lengths(tmp_path, toy, tokenizer):
     from finch.data import default_collator, padding_multiple
 
-    assert padding_multiple(None, "cpu", compiled=False) is None
-    assert padding_multiple(None, "cuda", compiled=False) == 8
-    assert padding_multiple(None, "cpu", compiled=True) == 64
-    assert padding_multiple(16, "cuda", compiled=True) == 16
+    assert padding_multiple(None, "cpu", compiled=False, bf16_on_cpu=False) is None
+    assert padding_multiple(None, "cpu", compiled=False, bf16_on_cpu=True) == 8
+    assert padding_multiple(None, "cuda", compiled=False, bf16_on_cpu=False) == 8
+    assert padding_multiple(None, "cpu", compiled=True, bf16_on_cpu=False) == 64
+    assert padding_multiple(16, "cuda", compiled=True, bf16_on_cpu=False) == 16
     rows = toy.remove_columns("text")
     odd = next(rows[i] for i in range(len(rows)) if len(rows[i]["input_ids"]) % 8)
     assert default_collator(tokenizer)([odd])["input_ids"].shape[1] % 8 != 0
     assert default_collator(tokenizer, 8)([odd])["input_ids"].shape[1] % 8 == 0
     trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, pad_to_multiple_of=8), processing_class=tokenizer)
     assert trainer.data_collator([odd])["input_ids"].shape[1] % 8 == 0
+    # The tutorial passes its own DataCollatorWithPadding: rounded too, through a copy (the user's object is untouched)
+    theirs = DataCollatorWithPadding(tokenizer)
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, pad_to_multiple_of=8), data_collator=theirs)
+    assert trainer.data_collator([odd])["input_ids"].shape[1] % 8 == 0 and theirs.pad_to_multiple_of is None
+    exact = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, pad_to_multiple_of=1), data_collator=theirs)
+    assert exact.data_collator([odd])["input_ids"].shape[1] == len(odd["input_ids"])
 
 
 def test_torch_compile_trains_like_eager_and_saves_plain_names(tmp_path, toy, tokenizer):
