@@ -4,11 +4,12 @@ Both sides train the same pretrained all-MiniLM-L6-v2 on the same pre-collated M
 shapes vary as in real training) with the same recipe: bf16 autocast, clipping at 1.0, fused AdamW, linear
 schedule. finch gets the batches through a collator that hands back the pre-built batch, so collation costs
 nothing on either side and the difference is finch's loop: loss normalisation, item counting, callbacks,
-logging/eval/save decisions. The two alternate for --repeats rounds; the medians are compared. The final weights
-of the first round are compared too (after one untimed warm-up pass): with the same seed they must be identical.
+logging/eval/save decisions. The two alternate for --repeats rounds, each going first in every other round; the
+median of the per-round ratios is the overhead. The final weights of the first round are compared too (after one
+untimed warm-up pass): with the same seed they must be identical.
 
 Usage (from the repo root):
-    python benchmarks/overhead.py                 # 200 steps x 3 rounds each
+    python benchmarks/overhead.py                 # 200 steps x 6 rounds each, first side alternating
     python benchmarks/overhead.py --steps 50 --repeats 1
 """
 
@@ -74,7 +75,7 @@ def finch_loop(batches: list[dict], args: finch.TrainingArguments) -> tuple[floa
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data", type=Path, default=mrpc.DEFAULT_DATA)
@@ -91,20 +92,24 @@ def main() -> None:
         raw_loop(batches, args)  # warm-up: oneDNN builds its kernels for each new shape on first use
         raw_times, finch_times = [], []
         for round_index in range(a.repeats):
-            raw_s, raw_model = raw_loop(batches, args)
-            finch_s, finch_model = finch_loop(batches, args)
+            # which side goes first alternates: this machine's speed drifts by several % from minute to minute
+            order = (raw_loop, finch_loop) if round_index % 2 == 0 else (finch_loop, raw_loop)
+            results = {loop: loop(batches, args) for loop in order}
+            (raw_s, raw_model), (finch_s, finch_model) = results[raw_loop], results[finch_loop]
             raw_times.append(raw_s)
             finch_times.append(finch_s)
             if round_index == 0:
                 same = all(torch.equal(x, y) for x, y in zip(raw_model.state_dict().values(),
                                                              finch_model.state_dict().values()))
-            print(f"round {round_index}: raw {raw_s:.2f} s, finch {finch_s:.2f} s", flush=True)
+            print(f"round {round_index}: raw {raw_s:.2f} s, finch {finch_s:.2f} s, ratio {finch_s / raw_s:.3f}",
+                  flush=True)
     raw_ms, finch_ms = (1000 * statistics.median(t) / len(batches) for t in (raw_times, finch_times))
+    ratio = statistics.median(f / r for f, r in zip(finch_times, raw_times))
     print(f"\n{len(batches)} steps of batch {a.batch_size}, {torch.get_num_threads()} threads, "
           f"median of {a.repeats} rounds")
     print(f"raw loop   {raw_ms:8.2f} ms/step")
     print(f"finch      {finch_ms:8.2f} ms/step")
-    print(f"overhead   {100 * (finch_ms / raw_ms - 1):+.2f}%  (finch / raw = {finch_ms / raw_ms:.3f})")
+    print(f"overhead   {100 * (ratio - 1):+.2f}%  (median over rounds of finch / raw = {ratio:.3f})")
     print(f"final weights identical: {same}")
 
 
