@@ -31,7 +31,7 @@ def main() -> None:
     validation = tokenized["validation"].select_columns(columns).to_list()
     precision = choose_precision(False if args.fp32 else None, None, device)  # bf16 where the hardware is fast
     # finch's padding rule: lengths rounded to 8 on CUDA and under bf16 on the CPU (fewer kernel shapes), else exact
-    multiple = padding_multiple(None, device.type, False, device.type == "cpu" and precision.name == "bf16")
+    multiple = padding_multiple(None, device.type, compiled=False, bf16=precision.name == "bf16")
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
     set_seed(args.seed)

@@ -108,14 +108,14 @@ def default_collator(processing_class: Any, pad_to_multiple_of: int | None = Non
     return default_data_collator
 
 
-def padding_multiple(requested: int | None, device_type: str, compiled: bool, bf16_on_cpu: bool) -> int | None:
+def padding_multiple(requested: int | None, device_type: str, compiled: bool, bf16: bool) -> int | None:
     """The padding multiple to use: the user's; else 64 when compiling (a 128-token limit gives `torch.compile` two
     shapes, not one per length); 8 on CUDA (tensor cores) and on the CPU under bf16 autocast, where oneDNN builds and
     keeps kernels for every new sequence length (MRPC, MiniLM: 1.74 GB peak RSS at exact lengths, 1.11 GB rounded to
     8, for about 4% more time per step); else none (fp32 on the CPU: exact lengths are fastest)."""
     if requested is not None:
         return requested
-    return 64 if compiled else 8 if device_type == "cuda" or bf16_on_cpu else None
+    return 64 if compiled else 8 if device_type == "cuda" or bf16 else None
 
 
 def with_padding_multiple(collator: Callable, multiple: int | None) -> Callable:

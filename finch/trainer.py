@@ -69,7 +69,7 @@ class Trainer:
         self.model = (model if model is not None else self._build_model()).to(self.device)
         self.processing_class = processing_class
         multiple = data.padding_multiple(self.args.pad_to_multiple_of, self.device.type, self.args.torch_compile,
-                                         self.device.type == "cpu" and self.precision.dtype == torch.bfloat16)
+                                         bf16=self.precision.name == "bf16")
         self.data_collator = (data.with_padding_multiple(data_collator, multiple) if data_collator is not None
                               else data.default_collator(processing_class, multiple))
         self.padding_multiple = getattr(self.data_collator, "pad_to_multiple_of", None)  # None: not ours to round

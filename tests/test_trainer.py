@@ -232,11 +232,11 @@ def test_jsonl_log_has_every_logged_dict(tmp_path, toy, tokenizer):
 def test_padding_multiple_rounds_batch_lengths(tmp_path, toy, tokenizer):
     from finch.data import default_collator, padding_multiple
 
-    assert padding_multiple(None, "cpu", compiled=False, bf16_on_cpu=False) is None
-    assert padding_multiple(None, "cpu", compiled=False, bf16_on_cpu=True) == 8
-    assert padding_multiple(None, "cuda", compiled=False, bf16_on_cpu=False) == 8
-    assert padding_multiple(None, "cpu", compiled=True, bf16_on_cpu=False) == 64
-    assert padding_multiple(16, "cuda", compiled=True, bf16_on_cpu=False) == 16
+    assert padding_multiple(None, "cpu", compiled=False, bf16=False) is None
+    assert padding_multiple(None, "cpu", compiled=False, bf16=True) == 8
+    assert padding_multiple(None, "cuda", compiled=False, bf16=False) == 8
+    assert padding_multiple(None, "cpu", compiled=True, bf16=False) == 64
+    assert padding_multiple(16, "cuda", compiled=True, bf16=False) == 16
     rows = toy.remove_columns("text")
     odd = next(rows[i] for i in range(len(rows)) if len(rows[i]["input_ids"]) % 8)
     assert default_collator(tokenizer)([odd])["input_ids"].shape[1] % 8 != 0
