@@ -1,9 +1,9 @@
 """finch's training step against a raw forward/backward/optimizer step on identical batches: the overhead ratio.
 
 Both sides train the same pretrained all-MiniLM-L6-v2 on the same pre-collated MRPC batches (length-grouped, so
-shapes vary as in real training) with the same recipe: bf16 autocast, clipping at 1.0, fused AdamW, linear
-schedule. finch gets the batches through a collator that hands back the pre-built batch, so collation costs
-nothing on either side and the difference is finch's loop: loss normalisation, item counting, callbacks,
+shapes vary as in real training) with the same recipe: bf16 autocast, finch's CPU dropout, clipping at 1.0, fused
+AdamW, linear schedule. finch gets the batches through a collator that hands back the pre-built batch, so collation
+costs nothing on either side and the difference is finch's loop: loss normalisation, item counting, callbacks,
 logging/eval/save decisions. The two alternate for --repeats rounds, each going first in every other round; the
 median of the per-round ratios is the overhead. The final weights of the first round are compared too (after one
 untimed warm-up pass): with the same seed they must be identical.
@@ -31,6 +31,7 @@ import torch
 from transformers import DataCollatorWithPadding, get_scheduler
 
 import finch
+from finch.dropout import fast_dropout
 from finch.optim import create_optimizer
 
 
@@ -45,7 +46,7 @@ def prebuilt_batches(a: argparse.Namespace) -> list[dict[str, torch.Tensor]]:
 
 
 def raw_loop(batches: list[dict], args: finch.TrainingArguments) -> tuple[float, torch.nn.Module]:
-    """The plain step: autocast forward, backward, clip, optimizer, schedule, zero_grad."""
+    """The plain step: autocast forward (with finch's CPU dropout), backward, clip, optimizer, schedule, zero_grad."""
     model = mrpc.pretrained_model(args.seed)
     optimizer = create_optimizer(model, args)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=len(batches))
@@ -53,7 +54,7 @@ def raw_loop(batches: list[dict], args: finch.TrainingArguments) -> tuple[float,
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     for batch in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16), fast_dropout(model):  # finch's CPU dropout kernels
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)

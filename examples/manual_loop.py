@@ -17,6 +17,7 @@ from transformers.trainer_utils import EvalPrediction
 
 from finch import TrainingArguments
 from finch.data import epoch_batches, eval_batches, padding_multiple
+from finch.dropout import fast_dropout
 from finch.optim import create_optimizer, create_scheduler
 from finch.runtime import choose_precision
 
@@ -50,7 +51,8 @@ def main() -> None:
         model.train()
         for indices in epoch_batches(len(train), args.batch_size, args.seed, epoch, "group_by_length", lengths):
             batch = {k: v.to(device) for k, v in collate([train[i] for i in indices]).items()}
-            with precision.autocast(device):
+            # finch's dropout on the CPU: same distribution as torch's, about 2.5x cheaper (torch's own on CUDA)
+            with precision.autocast(device), fast_dropout(model, device.type == "cpu"):
                 loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -82,6 +82,7 @@ class TrainingArguments:
     use_cpu: bool = False
     torch_compile: bool = False  # torch.compile the model; batches are padded to a few bucketed lengths
     pad_to_multiple_of: int | None = None  # None: 8 on CUDA and under bf16 on the CPU, 64 compiled; 1: exact
+    fast_dropout: bool | None = None  # None: on when training on the CPU (torch's CPU dropout is slow); False: off
     max_nonfinite_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient norm before training stops
     # data
     train_sampling_strategy: str = "group_by_length"

@@ -21,6 +21,7 @@ from transformers import EvalPrediction
 from transformers.trainer_utils import PredictionOutput, TrainOutput
 
 from finch import checkpoint, data, evaluation
+from finch.dropout import fast_dropout
 from finch.args import TrainingArguments
 from finch.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.nonfinite import NonFiniteGuard
@@ -73,6 +74,8 @@ class Trainer:
         self.data_collator = (data.with_padding_multiple(data_collator, multiple) if data_collator is not None
                               else data.default_collator(processing_class, multiple))
         self.padding_multiple = getattr(self.data_collator, "pad_to_multiple_of", None)  # None: not ours to round
+        self._uses_fast_dropout = (self.args.fast_dropout is not False and self.device.type == "cpu"
+                                   and not self.args.torch_compile)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
@@ -151,7 +154,7 @@ class Trainer:
         grad_norm = None
         nonfinite = NonFiniteGuard(args.max_nonfinite_steps, NonFiniteGuard.supports_on_device(self.optimizer, device))
         self._nonfinite = nonfinite
-        with PreemptionGuard() as preemption:
+        with PreemptionGuard() as preemption, fast_dropout(model, self._uses_fast_dropout):
             for epoch in range(state.global_step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch)):
                 batches = data.epoch_batches(len(dataset), batch_size, args.sampler_seed, epoch,
                                              args.train_sampling_strategy, lengths)
@@ -366,11 +369,11 @@ class Trainer:
     def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None) -> None:
         args, state = self.args, self.state
         fused = bool(getattr(self.optimizer, "defaults", {}).get("fused"))
-        logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | compile %s",
-                    self.device, self.precision.name, self.precision.reason, args.train_sampling_strategy,
-                    type(self.optimizer).__name__, " fused" if fused else "",
+        logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | dropout %s | "
+                    "compile %s", self.device, self.precision.name, self.precision.reason,
+                    args.train_sampling_strategy, type(self.optimizer).__name__, " fused" if fused else "",
                     f"multiple of {self.padding_multiple}" if self.padding_multiple else "longest in batch",
-                    "on" if args.torch_compile else "off")
+                    "fast (CPU)" if self._uses_fast_dropout else "torch", "on" if args.torch_compile else "off")
         logger.info("%d examples | batch %d x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
                     args.per_device_train_batch_size, args.gradient_accumulation_steps, state.steps_per_epoch,
                     state.max_steps, f" | resuming at step {state.global_step}" if resume else "")

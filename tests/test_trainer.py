@@ -9,6 +9,7 @@ from conftest import sentiment_dataset, tiny_bert, weights_of
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup, pipeline
 
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from finch.dropout import fast_dropout
 from finch.metrics import classification_metrics
 
 
@@ -42,11 +43,14 @@ def plain_pytorch_loop(model, dataset, tokenizer, steps, batch_size, lr, weight_
     return model
 
 
-def test_same_weights_as_plain_pytorch_loop(tmp_path, toy, tokenizer):
-    reference = plain_pytorch_loop(tiny_bert(), toy, tokenizer, steps=10, batch_size=8, lr=1e-3, weight_decay=0.01,
-                                   seed=7)
-    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=10, train_sampling_strategy="sequential"),
-                      train_dataset=toy, processing_class=tokenizer)
+@pytest.mark.parametrize("fast", [False, None])
+def test_same_weights_as_plain_pytorch_loop(tmp_path, toy, tokenizer, fast):
+    """torch's dropout (fast_dropout=False), and finch's CPU dropout (the default) around the same plain loop."""
+    reference = tiny_bert()
+    with fast_dropout(reference, enabled=fast is None):
+        plain_pytorch_loop(reference, toy, tokenizer, steps=10, batch_size=8, lr=1e-3, weight_decay=0.01, seed=7)
+    args = quiet_args(tmp_path, max_steps=10, train_sampling_strategy="sequential", fast_dropout=fast)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer)
     trainer.train()
     expected, got = weights_of(reference), weights_of(trainer.model)
     assert all(torch.equal(expected[k], got[k]) for k in expected), "finch diverged from the plain PyTorch loop"
