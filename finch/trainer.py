@@ -21,9 +21,9 @@ from transformers import EvalPrediction
 from transformers.trainer_utils import PredictionOutput, TrainOutput
 
 from finch import checkpoint, data, evaluation
-from finch.dropout import fast_dropout
 from finch.args import TrainingArguments
 from finch.callbacks import CallbackHandler, ProgressCallback, reporters
+from finch.dropout import fast_dropout
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
 from finch.preemption import PreemptionGuard, TrainingPreempted
