@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mrpc
 import numpy as np
+import sklearn.metrics  # noqa: F401  compute_metrics' import must not land in the first evaluate() timed
 import torch
 import transformers
 from transformers import DataCollatorWithPadding
