@@ -116,6 +116,7 @@ def run_trainer(impl: str, seed: int, a: argparse.Namespace) -> dict[str, float]
 def run_loop(seed: int, a: argparse.Namespace) -> dict[str, float]:
     """A hand-tuned PyTorch loop: bf16 autocast, mega-batches of 50 batches sorted by length, fused AdamW."""
     import numpy as np
+    import sklearn.metrics  # noqa: F401  as in run_trainer: not evaluation time
     import torch
     from transformers import DataCollatorWithPadding, get_scheduler
 
