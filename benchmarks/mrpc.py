@@ -88,9 +88,8 @@ def run_trainer(impl: str, seed: int, a: argparse.Namespace) -> dict[str, float]
         from finch import Trainer, TrainingArguments
     else:
         from transformers import Trainer, TrainingArguments
-    from transformers import DataCollatorWithPadding
-
     import sklearn.metrics  # noqa: F401  the tutorial loads its metric up front: the import is not evaluate()'s time
+    from transformers import DataCollatorWithPadding
 
     tok, train, dev = tokenized_mrpc(a)
     model = pretrained_model(seed)
