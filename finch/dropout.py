@@ -87,7 +87,13 @@ def _swappable_attention(model: nn.Module) -> bool:
     """The model picks its attention function from transformers' registry and uses SDPA, with no sub-models whose
     own choice a change would overwrite."""
     config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) == "sdpa" and not getattr(config, "sub_configs", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "sub_configs", None):
+        return False
+    try:  # both registries are recent (transformers 4.5x): with an older one the attention keeps torch's SDPA
+        from transformers import AttentionInterface, AttentionMaskInterface  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
