@@ -83,16 +83,20 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     return output.transpose(1, 2).contiguous(), None
 
 
-def _swappable_attention(model: nn.Module) -> bool:
-    """The model picks its attention function from transformers' registry and uses SDPA, with no sub-models whose
-    own choice a change would overwrite."""
+def _register_attention(model: nn.Module) -> bool:
+    """Register finch's attention function (with SDPA's mask builder) when `model` picks its attention from
+    transformers' registry and uses SDPA, with no sub-models whose own choice a change would overwrite."""
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "sub_configs", None):
         return False
     try:  # both registries are recent (transformers 4.5x): with an older one the attention keeps torch's SDPA
-        from transformers import AttentionInterface, AttentionMaskInterface  # noqa: F401
+        from transformers import AttentionInterface, AttentionMaskInterface
+        from transformers.masking_utils import sdpa_mask
     except ImportError:
         return False
+    AttentionInterface.register(ATTENTION_NAME, _attention)
+    # the mask is built per attention function, and a name without one gets no mask at all: give ours SDPA's
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
     return True
 
 
@@ -103,14 +107,8 @@ def fast_dropout(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     Yields how many dropout modules were swapped; everything is restored on exit, also on an exception.
     `enabled=False` changes nothing (yields 0)."""
     swapped = [m for m in model.modules() if type(m) is nn.Dropout] if enabled else []
-    attention = enabled and _swappable_attention(model)
+    attention = enabled and _register_attention(model)
     if attention:
-        from transformers import AttentionInterface, AttentionMaskInterface
-        from transformers.masking_utils import sdpa_mask
-
-        AttentionInterface.register(ATTENTION_NAME, _attention)
-        # the mask is built per attention function, and a name without one gets no mask at all: give ours SDPA's
-        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
         model.config._attn_implementation = ATTENTION_NAME
     for module in swapped:
         module.__class__ = FastDropout
