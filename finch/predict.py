@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from finch.tasks import DataError, Task
+from finch.errors import DataError
+from finch.tasks import Task
 
 MODEL_CARD = "finch.json"  # written next to a model by `finch train`: text columns, max length, task
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import datasets
 
-from finch.tasks import DataError
+from finch.errors import DataError
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".json")
 GLUE_FILES = {"train": ("train.tsv",), "validation": ("dev.tsv", "validation.tsv", "dev_matched.tsv"),

@@ -14,14 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from finch.errors import DataError
 from finch.metrics import accuracy, f1_per_class, matthews, multilabel_metrics, regression_metrics
 
 MULTI_LABEL_SEPARATOR = "|"
 MISSING = {"", "nan", "none", "null", "na", "n/a"}
-
-
-class DataError(ValueError):
-    """A problem in the user's data: the message names it, where it is and the fix."""
 
 
 @dataclass

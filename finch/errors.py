@@ -1,0 +1,40 @@
+"""The mistakes a user can make, as types: the one place that says what is the user's to fix.
+
+The CLI maps exactly these to exit code 2 and prints their message without a traceback. Anything else that
+escapes is a bug in finch (or in a library under it): the CLI shows its traceback and exits 1, asking for a report.
+So a check that finds a user's mistake raises one of these, with a message that names the problem, where it is
+and the fix; it never raises a bare `ValueError` or `KeyError` that could as well come from a bug.
+
+Each type also derives from the builtin exception the Python API has always raised (`ValueError`, `TypeError`),
+so code written against HuggingFace's behaviour (`except ValueError`) keeps working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's flags, config, data, model folder or output folder: the message says the fix."""
+
+
+class DataError(UserError, ValueError):
+    """A problem in the user's data (missing column, unmapped label, unreadable file...)."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid argument, flag or config value, or an invalid combination of them."""
+
+
+class UnknownArgumentError(UserError, TypeError):
+    """An argument name that does not exist (the message suggests the closest ones)."""
+
+
+class ModelError(UserError, ValueError):
+    """A model that cannot be used: a missing folder, missing files, a hub name while offline, a wrong head."""
+
+
+class ResumeError(UserError, ValueError):
+    """A checkpoint that cannot be resumed: another run's, another data set's, another configuration's."""
+
+
+class OutputError(UserError, ValueError):
+    """An output path that cannot be written, or would destroy something the user owns."""
