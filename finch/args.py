@@ -15,16 +15,25 @@ import difflib
 import functools
 import json
 import math
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from finch.errors import ConfigError, UnknownArgumentError
 
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "sgd")
 SAMPLING = ("group_by_length", "random", "sequential")
 REPORTERS = ("none", "all", "tensorboard", "jsonl")
+
+
+def _arg(default: Any, group: str, help: str) -> Any:  # noqa: A002 (argparse's name)
+    """A field with its `--help` text and group (read by the CLI, which prints one flag per field)."""
+    return field(default=default, metadata={"group": group, "help": help})
 
 
 @dataclass
@@ -36,69 +45,91 @@ class TrainingArguments:
         ValueError: invalid values or combinations, all listed in one message.
     """
 
-    output_dir: str | None = None
+    output_dir: str | None = _arg(None, "output", "folder for checkpoints, logs and the model")
+    overwrite_output_dir: bool = _arg(False, "output", "start over in an output_dir that holds another run's "
+                                      "checkpoints (they are deleted); otherwise finch refuses")
     # batches and duration
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
+    per_device_train_batch_size: int = _arg(8, "batches and duration", "training examples per batch (per device)")
+    per_device_eval_batch_size: int = _arg(8, "batches and duration", "evaluation examples per batch (per device)")
+    gradient_accumulation_steps: int = _arg(1, "batches and duration", "batches per optimizer step")
+    num_train_epochs: float = _arg(3.0, "batches and duration", "passes over the training data (may be fractional)")
+    max_steps: int = _arg(-1, "batches and duration", "optimizer steps to run; overrides num_train_epochs when > 0")
     # optimizer and schedule
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch_fused"
-    lr_scheduler_type: str = "linear"
-    lr_scheduler_kwargs: dict | None = None
-    warmup_steps: float = 0  # an int counts steps; a float in (0, 1) is a fraction of all steps
-    label_smoothing_factor: float = 0.0
-    class_weights: str | list[float] | None = None  # "balanced" (from label counts) or one weight per class
+    learning_rate: float = _arg(5e-5, "optimizer and schedule", "peak learning rate of AdamW")
+    weight_decay: float = _arg(0.0, "optimizer and schedule", "AdamW weight decay (never on biases and LayerNorm)")
+    adam_beta1: float = _arg(0.9, "optimizer and schedule", "AdamW beta1")
+    adam_beta2: float = _arg(0.999, "optimizer and schedule", "AdamW beta2")
+    adam_epsilon: float = _arg(1e-8, "optimizer and schedule", "AdamW epsilon")
+    max_grad_norm: float = _arg(1.0, "optimizer and schedule", "clip the gradient norm to this (0: no clipping)")
+    optim: str = _arg("adamw_torch_fused", "optimizer and schedule", "optimizer: " + ", ".join(OPTIMIZERS))
+    lr_scheduler_type: str = _arg("linear", "optimizer and schedule", "schedule: " + ", ".join(SCHEDULERS))
+    lr_scheduler_kwargs: dict | None = _arg(None, "optimizer and schedule",
+                                            "extra schedule arguments as a JSON object, e.g. {\"num_cycles\": 2}")
+    warmup_steps: float = _arg(0, "optimizer and schedule",
+                               "warm-up: a step count, or a fraction of all steps when below 1")
+    label_smoothing_factor: float = _arg(0.0, "optimizer and schedule", "label smoothing in [0, 1)")
+    class_weights: str | list[float] | None = _arg(None, "optimizer and schedule",
+                                                   "weighted cross-entropy: 'balanced' or one weight per class")
     # evaluation, saving, logging
-    eval_strategy: str = "no"
-    eval_steps: float | None = None
-    eval_on_start: bool = False
-    save_strategy: str = "steps"
-    save_steps: float = 500
-    save_total_limit: int | None = None
-    save_only_model: bool = False
-    logging_strategy: str = "steps"
-    logging_steps: float = 500
-    logging_first_step: bool = False
-    load_best_model_at_end: bool = False
-    metric_for_best_model: str | None = None
-    greater_is_better: bool | None = None
-    report_to: str | list[str] = "none"
-    tensorboard_dir: str | None = None  # default: <output_dir>/runs
-    run_name: str | None = None
-    disable_tqdm: bool | None = None
+    eval_strategy: str = _arg("no", "evaluation, saving, logging", "when to evaluate: no, steps, epoch")
+    eval_steps: float | None = _arg(None, "evaluation, saving, logging",
+                                    "evaluate every N steps (a fraction: of all steps); default logging_steps")
+    eval_on_start: bool = _arg(False, "evaluation, saving, logging", "evaluate once before training")
+    save_strategy: str = _arg("steps", "evaluation, saving, logging", "when to save a checkpoint: no, steps, epoch")
+    save_steps: float = _arg(500, "evaluation, saving, logging", "save every N steps (a fraction: of all steps)")
+    save_total_limit: int | None = _arg(None, "evaluation, saving, logging",
+                                        "checkpoints kept (the best is always kept too); unset: all")
+    save_only_model: bool = _arg(False, "evaluation, saving, logging",
+                                 "checkpoints without optimizer/scheduler/RNG state (cannot be resumed exactly)")
+    logging_strategy: str = _arg("steps", "evaluation, saving, logging", "when to log: no, steps, epoch")
+    logging_steps: float = _arg(500, "evaluation, saving, logging", "log every N steps (a fraction: of all steps)")
+    logging_first_step: bool = _arg(False, "evaluation, saving, logging", "log the first step too")
+    load_best_model_at_end: bool = _arg(False, "evaluation, saving, logging",
+                                        "end with the weights of the best evaluation (needs save = eval strategy)")
+    metric_for_best_model: str | None = _arg(None, "evaluation, saving, logging",
+                                             "metric that picks the best model (default with load_best: loss)")
+    greater_is_better: bool | None = _arg(None, "evaluation, saving, logging",
+                                          "whether a larger metric is better (default: unless it ends in 'loss')")
+    report_to: str | list[str] = _arg("none", "evaluation, saving, logging",
+                                      "trackers: " + ", ".join(REPORTERS) + " (log.jsonl is always written)")
+    tensorboard_dir: str | None = _arg(None, "evaluation, saving, logging", "TensorBoard folder; default OUTPUT/runs")
+    run_name: str | None = _arg(None, "evaluation, saving, logging", "a name for the run in trackers")
+    disable_tqdm: bool | None = _arg(None, "evaluation, saving, logging", "log lines instead of a progress bar")
     # reproducibility, precision, hardware
-    seed: int = 42
-    data_seed: int | None = None
-    bf16: bool | None = None  # None: bf16 autocast where the hardware has fast bf16
-    fp16: bool | None = None
-    use_cpu: bool = False
-    torch_compile: bool = False  # torch.compile the model; batches are padded to a few bucketed lengths
-    pad_to_multiple_of: int | None = None  # None: 8 on CUDA and under bf16 on the CPU, 64 compiled; 1: exact
-    fast_dropout: bool | None = None  # None: on when training on the CPU (torch's CPU dropout is slow); False: off
-    max_nonfinite_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient norm before training stops
+    seed: int = _arg(42, "reproducibility, precision, hardware", "seed of the weights' initialisation and dropout")
+    data_seed: int | None = _arg(None, "reproducibility, precision, hardware", "seed of the data order; default seed")
+    bf16: bool | None = _arg(None, "reproducibility, precision, hardware",
+                             "bf16 autocast; unset: on where the hardware has fast bf16")
+    fp16: bool | None = _arg(None, "reproducibility, precision, hardware",
+                             "fp16 autocast with loss scaling (CUDA; elsewhere bf16 or fp32, with a warning)")
+    use_cpu: bool = _arg(False, "reproducibility, precision, hardware", "train on the CPU even when CUDA is there")
+    torch_compile: bool = _arg(False, "reproducibility, precision, hardware",
+                               "torch.compile the model (batches padded to a few bucketed lengths)")
+    pad_to_multiple_of: int | None = _arg(None, "reproducibility, precision, hardware",
+                                          "round batch lengths up; unset: 8 on CUDA and under CPU bf16; 1: exact")
+    fast_dropout: bool | None = _arg(None, "reproducibility, precision, hardware",
+                                     "finch's cheaper CPU dropout; unset: on when training on the CPU")
+    max_nonfinite_steps: int = _arg(5, "reproducibility, precision, hardware",
+                                    "NaN/Inf steps in a row (each skipped) before training stops")
     # data
-    train_sampling_strategy: str = "group_by_length"
-    remove_unused_columns: bool = True
-    label_names: list[str] | None = None
-    dataloader_num_workers: int = 0
-    dataloader_pin_memory: bool = True
+    train_sampling_strategy: str = _arg("group_by_length", "data", "batch order: " + ", ".join(SAMPLING))
+    remove_unused_columns: bool = _arg(True, "data", "drop dataset columns the model's forward does not take")
+    label_names: list[str] | None = _arg(None, "data", "the batch keys that hold labels; default: labels/label")
+    dataloader_num_workers: int = _arg(0, "data", "background processes that collate batches")
+    dataloader_pin_memory: bool = _arg(True, "data", "pinned host memory for batches (CUDA only)")
     # hub
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_token: str | None = field(default=None, repr=False)
+    push_to_hub: bool = _arg(False, "hub", "upload the model at the end (needs network and a token)")
+    hub_model_id: str | None = _arg(None, "hub", "repository name on the hub; default: output_dir's name")
+    hub_token: str | None = field(default=None, repr=False, metadata={"group": "hub", "help": "hub token"})
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
             self.output_dir = "trainer_output"
-        self.output_dir = str(self.output_dir)
+        if isinstance(self.output_dir, Path):
+            self.output_dir = str(self.output_dir)
+        type_problems = _convert_types(self)
+        if type_problems:  # the checks below compare values, which needs the right types first
+            raise ConfigError(_listing(type_problems))
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = list(self.report_to or ["none"])
@@ -114,8 +145,7 @@ class TrainingArguments:
         """Check every field; raise one ValueError that lists all the problems found."""
         problems = _problems(self)
         if problems:
-            listing = "\n".join(f"  - {p}" for p in problems)
-            raise ValueError(f"{len(problems)} problem(s) in TrainingArguments:\n{listing}")
+            raise ConfigError(_listing(problems))
 
     # ---- derived values -------------------------------------------------------------------------------------------
     @property
@@ -156,6 +186,108 @@ class TrainingArguments:
         return cls(**values)
 
 
+def _listing(problems: list[str]) -> str:
+    return f"{len(problems)} problem(s) in TrainingArguments:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _convert_types(args: TrainingArguments) -> list[str]:
+    """Give every field its declared type, in place; return a message for each value that has none of them.
+
+    Strings that spell a value of the field's type are converted (`num_train_epochs="3"`, `bf16="true"`), as
+    the CLI and config files do; NaN and infinity are refused for every number (a NaN learning rate trains
+    nothing, silently).
+    """
+    problems = []
+    hints = typing.get_type_hints(TrainingArguments)
+    for item in dataclasses.fields(TrainingArguments):
+        value = getattr(args, item.name)
+        try:
+            setattr(args, item.name, convert_value(value, hints[item.name]))
+        except (TypeError, ValueError) as error:
+            problems.append(f"{item.name}={value!r}: {error}")
+    return problems
+
+
+def convert_value(value: Any, hint: Any) -> Any:
+    """`value` as one of the types of `hint` (`float | None`, `list[str]`, `str | list[float]`...).
+
+    Raises:
+        TypeError: the value is of none of those types and cannot be read as one (the message says which).
+        ValueError: a number that is NaN or infinite.
+    """
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise TypeError(f"must be {_type_names(options)}, not None")
+    for option in options:
+        converted = _as_type(value, option)
+        if converted is not _NO:
+            if isinstance(converted, float) and not math.isfinite(converted):
+                raise ValueError("must be a finite number")
+            return converted
+    raise TypeError(f"must be {_type_names(options)}")
+
+
+_NO = object()  # "not convertible to this type"
+
+
+def _as_type(value: Any, kind: Any) -> Any:
+    origin = typing.get_origin(kind) or kind
+    if origin is type(None):
+        return _NO
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        return _NO
+    if isinstance(value, bool):  # True is an int to Python, never a number to a user
+        return _NO
+    if origin in (int, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return _NO
+        if not isinstance(number, (int, float)):
+            return _NO
+        if origin is int:
+            return int(number) if math.isfinite(number) and float(number).is_integer() else _NO
+        return float(number) if isinstance(value, str) else number
+    if origin is str:
+        return value if isinstance(value, str) else _NO
+    if origin is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return _NO
+        return value if isinstance(value, dict) else _NO
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        (item_kind,) = typing.get_args(kind) or (Any,)
+        items = [value_ if item_kind is Any else _as_type(value_, item_kind) for value_ in value]
+        return _NO if any(item is _NO for item in items) else items
+    return value
+
+
+def _type_names(options: tuple) -> str:
+    names = {type(None): "None", bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "a mapping (JSON object)"}
+    described = []
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is list:
+            (item,) = typing.get_args(option) or (str,)
+            described.append(f"a list of {names.get(item, 'values').removeprefix('a ').removeprefix('an ')}s")
+        else:
+            described.append(names.get(origin, getattr(origin, "__name__", str(origin))))
+    return " or ".join(described)
+
+
 def _problems(args: TrainingArguments) -> list[str]:
     """Every invalid value or combination, as messages that name the fix."""
     problems: list[str] = []
@@ -190,6 +322,11 @@ def _problems(args: TrainingArguments) -> list[str]:
         problems.append(f"class_weights={weights!r} must be 'balanced' or a list of positive numbers, one per class")
     elif isinstance(weights, (list, tuple)) and not all(isinstance(w, (int, float)) and w > 0 for w in weights):
         problems.append(f"class_weights={weights!r}: every weight must be a positive number")
+    for name in ("seed", "data_seed"):
+        seed = getattr(args, name)
+        if seed is not None and not 0 <= seed < 2**32:
+            problems.append(f"{name}={seed} must be between 0 and 2**32 - 1")
+    problems.extend(_scheduler_kwargs_problems(args.lr_scheduler_type, args.lr_scheduler_kwargs or {}))
     if args.max_nonfinite_steps < 1:
         problems.append(f"max_nonfinite_steps={args.max_nonfinite_steps} must be >= 1")
     if not 0 <= args.label_smoothing_factor < 1:
@@ -218,6 +355,23 @@ def _problems(args: TrainingArguments) -> list[str]:
     return problems
 
 
+def _scheduler_kwargs_problems(scheduler: str, kwargs: dict) -> list[str]:
+    """Keys of `lr_scheduler_kwargs` that the schedule's function does not take (else it fails after model load)."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    if scheduler not in SCHEDULERS or not kwargs:
+        return []
+    taken = set(inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(scheduler)]).parameters)
+    taken -= {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}  # finch passes those
+    unknown = sorted(set(kwargs) - taken)
+    if unknown:
+        return [f"lr_scheduler_kwargs {unknown} are not arguments of the {scheduler!r} schedule; it takes "
+                f"{sorted(taken) or 'none'}"]
+    return []
+
+
 # ---- legacy names and unknown names -------------------------------------------------------------------------------
 def _legacy_group_by_length(value: bool) -> dict[str, Any]:
     return {"train_sampling_strategy": "group_by_length" if value else "random"}
@@ -229,7 +383,6 @@ LEGACY: dict[str, tuple[str, Any]] = {
     "group_by_length": ("use train_sampling_strategy='group_by_length' (finch's default)", _legacy_group_by_length),
     "warmup_ratio": ("use warmup_steps=<fraction>, which takes a ratio when below 1", lambda v: {"warmup_steps": v}),
     "logging_dir": ("use tensorboard_dir", lambda v: {"tensorboard_dir": v}),
-    "overwrite_output_dir": ("it has no effect: finch never deletes an output folder", lambda v: {}),
     "no_cuda": ("use use_cpu", lambda v: {"use_cpu": v}),
 }
 
@@ -237,20 +390,22 @@ LEGACY: dict[str, tuple[str, Any]] = {
 def translate_legacy(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Map removed HF argument names onto current fields, one FutureWarning each; reject unknown names."""
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
-    translated: dict[str, Any] = {}
+    translated = {name: value for name, value in kwargs.items() if name in known}
     for name, value in kwargs.items():
         if name in known:
-            translated[name] = value
-        elif name in LEGACY:
-            advice, convert = LEGACY[name]
-            warnings.warn(f"TrainingArguments: '{name}' was removed from transformers; {advice}.",
-                          FutureWarning, stacklevel=3)
-            for new_name, new_value in convert(value).items():
-                translated.setdefault(new_name, new_value)
-        else:
+            continue
+        if name not in LEGACY:
             close = difflib.get_close_matches(name, sorted(known | set(LEGACY)), n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise TypeError(f"TrainingArguments got an unknown argument {name!r}{hint}")
+            raise UnknownArgumentError(f"TrainingArguments got an unknown argument {name!r}{hint}")
+        advice, convert = LEGACY[name]
+        warnings.warn(f"TrainingArguments: '{name}' was removed from transformers; {advice}.",
+                      FutureWarning, stacklevel=3)
+        for new_name, new_value in convert(value).items():
+            if new_name in translated and translated[new_name] != new_value:
+                raise ConfigError(f"TrainingArguments got {name}={value!r} and {new_name}={translated[new_name]!r}, "
+                                  f"which disagree ({name} is the old name of {new_name}); pass only {new_name}")
+            translated[new_name] = new_value
     return translated
 
 

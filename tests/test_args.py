@@ -5,6 +5,7 @@ import warnings
 import pytest
 
 from finch import TrainingArguments
+from finch.errors import ConfigError, UnknownArgumentError
 
 
 def test_hf_defaults_for_tutorial_fields():
@@ -28,7 +29,7 @@ def test_positional_output_dir_and_signature():
     ("group_by_length", False, "train_sampling_strategy", "random"),
     ("warmup_ratio", 0.1, "warmup_steps", 0.1),
     ("logging_dir", "logs", "tensorboard_dir", "logs"),
-    ("overwrite_output_dir", True, "output_dir", "out"),
+    ("no_cuda", True, "use_cpu", True),
 ])
 def test_legacy_names_map_with_one_warning(old, value, field, expected):
     with warnings.catch_warnings(record=True) as caught:
@@ -39,14 +40,47 @@ def test_legacy_names_map_with_one_warning(old, value, field, expected):
     assert len(ours) == 1 and issubclass(ours[0].category, FutureWarning)
 
 
-def test_current_name_wins_over_legacy_alias():
+def test_legacy_alias_agreeing_with_the_current_name_is_accepted():
     with pytest.warns(FutureWarning):
-        args = TrainingArguments(output_dir="o", evaluation_strategy="steps", eval_strategy="epoch")
+        args = TrainingArguments(output_dir="o", evaluation_strategy="epoch", eval_strategy="epoch")
     assert args.eval_strategy == "epoch"
 
 
+def test_legacy_alias_disagreeing_with_the_current_name_is_an_error():
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="evaluation_strategy='epoch' and "
+                                                    "eval_strategy='steps', which disagree.*pass only eval_strategy"):
+        TrainingArguments(output_dir="o", evaluation_strategy="epoch", eval_strategy="steps")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", float("nan"), "learning_rate=nan: must be a finite number"),
+    ("learning_rate", float("inf"), "learning_rate=inf: must be a finite number"),
+    ("learning_rate", "abc", "learning_rate='abc': must be a number"),
+    ("output_dir", {"a": 1}, "output_dir={'a': 1}: must be a string"),
+    ("report_to", 5, "report_to=5: must be a string or a list of strings"),
+    ("lr_scheduler_kwargs", 5, "lr_scheduler_kwargs=5: must be a mapping"),
+    ("per_device_train_batch_size", True, "per_device_train_batch_size=True: must be an integer"),
+    ("per_device_train_batch_size", 2.5, "per_device_train_batch_size=2.5: must be an integer"),
+    ("seed", -1, "seed=-1 must be between 0 and 2**32 - 1"),
+    ("lr_scheduler_kwargs", {"num_cycle": 2}, "lr_scheduler_kwargs ['num_cycle'] are not arguments of the 'linear'"),
+])
+def test_wrong_types_and_values_name_the_field(field, value, message):
+    with pytest.raises(ConfigError) as raised:
+        TrainingArguments(**{"output_dir": "o", field: value})
+    assert message in str(raised.value)
+    assert isinstance(raised.value, ValueError), "HF code catches ValueError"
+
+
+def test_strings_that_spell_numbers_and_booleans_are_converted():
+    args = TrainingArguments(output_dir="o", num_train_epochs="3", learning_rate="3e-5", bf16="true",
+                             per_device_train_batch_size="16", lr_scheduler_kwargs='{"num_cycles": 2}',
+                             lr_scheduler_type="cosine")
+    assert (args.num_train_epochs, args.learning_rate, args.bf16) == (3.0, 3e-5, True)
+    assert args.per_device_train_batch_size == 16 and args.lr_scheduler_kwargs == {"num_cycles": 2}
+
+
 def test_unknown_name_suggests_closest():
-    with pytest.raises(TypeError, match="unknown argument 'learning_rte'.*'learning_rate'"):
+    with pytest.raises(UnknownArgumentError, match="unknown argument 'learning_rte'.*'learning_rate'"):
         TrainingArguments(output_dir="o", learning_rte=1e-4)
 
 
