@@ -14,21 +14,28 @@ SIGUSR1) after saving a checkpoint: run the same command with `--resume auto` to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
+import traceback
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 from finch.args import TrainingArguments
+from finch.errors import UserError
 
 EXIT_USAGE = 2  # bad flags, config or data: nothing was trained
 EXIT_FAILED = 1  # training stopped (NaN/Inf losses) or a checkpoint could not be written
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code says how it ended (see the module docstring)."""
+    from finch.checkpoint import CheckpointError
+    from finch.nonfinite import NonFiniteLossError
+
     parser = build_parser()
     options = parser.parse_args(argv)
     if options.command is None:
@@ -36,37 +43,45 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return options.run(vars(options))
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, KeyError) as error:
+    except UserError as error:  # finch's own checks found a mistake: the message says the fix
         print(f"finch {options.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (RuntimeError, OSError) as error:  # training stopped on NaNs, or a checkpoint could not be written
-        if type(error).__name__ not in ("NonFiniteLossError", "CheckpointError"):
-            raise
+    except (NonFiniteLossError, CheckpointError) as error:  # training stopped on NaNs, or a save failed
         print(f"finch {options.command}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception:  # noqa: BLE001 (anything else is a bug: show everything, blame no one but finch)
+        traceback.print_exc()
+        print(f"finch {options.command}: this is a bug in finch or a library under it, not a mistake in your flags "
+              f"or data; please report it with the traceback above", file=sys.stderr)
         return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finch", description="Fine-tune pretrained transformers.")
+    # allow_abbrev=False: `--learning-rat` must be an error, not a guess at `--learning-rate`
+    parser = argparse.ArgumentParser(prog="finch", description="Fine-tune pretrained transformers.", allow_abbrev=False)
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="fine-tune a classifier (no arguments: the BBC News demo)",
-                                argument_default=argparse.SUPPRESS)
+                                argument_default=argparse.SUPPRESS, allow_abbrev=False,
+                                usage="finch train [--train FILE] [--validation FILE] [--model NAME_OR_FOLDER] "
+                                      "[--config FILE] [options] [KEY=VALUE ...]")
     train.set_defaults(run=run_train)
     train.add_argument("--print-config", action="store_true", help="print the resolved options and exit")
     add_job_options(train)
-    verify = commands.add_parser("verify-resume", argument_default=argparse.SUPPRESS,
+    verify = commands.add_parser("verify-resume", argument_default=argparse.SUPPRESS, allow_abbrev=False,
+                                 usage="finch verify-resume [the options of finch train] [--steps N]",
                                  help="check that stopping and resuming this job gives the same weights, bit for bit")
     verify.set_defaults(run=run_verify_resume)
     verify.add_argument("--steps", type=int, default=8, help="optimizer steps to run (default 8; stop at half)")
     add_job_options(verify)
     for name, run, text in (("eval", run_eval, "metrics of a saved model on labelled data"),
                             ("predict", run_predict, "label every row of a file with a saved model (streams)")):
-        command = commands.add_parser(name, help=text)
+        command = commands.add_parser(name, help=text, allow_abbrev=False)
         command.set_defaults(run=run)
         command.add_argument("--model", required=True, help="folder of a saved model (finch train's DIR/model)")
         command.add_argument("--data", required=True, help="the rows: .csv, .tsv, .jsonl, .parquet")
         command.add_argument("--text-columns", nargs="+", help="default: as at training, else inferred")
-        command.add_argument("--batch-size", type=int, default=64)
+        command.add_argument("--batch-size", type=_positive_int, default=64, help="rows per forward pass (default: 64)")
+        command.add_argument("--encoding", help="text encoding of --data (default: utf-8; a BOM is honoured)")
         if name == "eval":
             command.add_argument("--label-column", help="default: as at training, else inferred")
             command.add_argument("--out", help="metrics JSON (default: <model>/eval_<data name>.json)")
@@ -85,30 +100,66 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                                            "--train, stratified)")
     data.add_argument("--text-columns", nargs="+", help="text column, or two for sentence pairs (default: inferred)")
     data.add_argument("--label-column", help="label column (default: inferred)")
-    data.add_argument("--max-length", type=int, help="tokens kept per example (default: 128)")
+    data.add_argument("--max-length", type=_positive_int, help="tokens kept per example (default: 128, at most the "
+                                                                "model's limit)")
+    data.add_argument("--encoding", help="text encoding of the data files (default: utf-8; a BOM is honoured)")
     data.add_argument("--metric", help="metric that picks the best model (default: the task's main one)")
     data.add_argument("--freeze", help="train less: base (head only), embeddings, or N (embeddings + first N layers)")
     data.add_argument("--strict", action="store_true", help="treat data warnings as errors")
     data.add_argument("--resume", help="'auto' for the newest checkpoint in --output-dir, or a checkpoint folder")
     data.add_argument("--config", help="YAML file of options (flags and key=value override it)")
     data.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, e.g. learning_rate=3e-5")
-    add_training_flags(parser.add_argument_group("training arguments (TrainingArguments fields)"))
+    add_training_flags(parser)
 
 
-def add_training_flags(group: argparse._ArgumentGroup) -> None:
-    """One flag per TrainingArguments field: `--num-train-epochs 2`, `--bf16` / `--no-bf16`, ..."""
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainingArguments field, grouped, each with its help and the default `finch train` uses."""
+    from finch.job import CLI_DEFAULTS, DEMO_DEFAULTS
+
     hints = typing.get_type_hints(TrainingArguments)
-    for name in TrainingArguments.__dataclass_fields__:
-        flag = "--" + name.replace("_", "-")
-        kind = _base_type(hints[name])
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for item in dataclasses.fields(TrainingArguments):
+        group_name = item.metadata.get("group", "other")
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(f"training arguments: {group_name}")
+        group, flag, kind = groups[group_name], "--" + item.name.replace("_", "-"), _base_type(hints[item.name])
+        default = CLI_DEFAULTS.get(item.name, item.default)
+        shown = "" if item.name == "hub_token" else f" (default: {_shown(default)}" + (
+            f"; the demo: {_shown(DEMO_DEFAULTS[item.name])})" if item.name in DEMO_DEFAULTS else ")")
+        text = (item.metadata.get("help", "") + shown).replace("%", "%%")
         if kind is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
+            group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, help=text)
         elif kind is list:
-            group.add_argument(flag, dest=name, nargs="+")
+            group.add_argument(flag, dest=item.name, nargs="+", help=text)
         elif kind is dict:
-            group.add_argument(flag, dest=name, type=json.loads, help="JSON object")
+            group.add_argument(flag, dest=item.name, type=_json_object, metavar="JSON", help=text)
         else:
-            group.add_argument(flag, dest=name, type=kind, metavar=name.upper())
+            group.add_argument(flag, dest=item.name, type=kind, metavar=item.name.upper(), help=text)
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else str(value)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}); write an object like '{{\"num_cycles\": 2}}'") \
+            from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object; write one like '{{\"num_cycles\": 2}}'")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _base_type(hint: Any) -> type:
