@@ -31,7 +31,7 @@ SAMPLING = ("group_by_length", "random", "sequential")
 REPORTERS = ("none", "all", "tensorboard", "jsonl")
 
 
-def _arg(default: Any, group: str, help: str) -> Any:  # noqa: A002 (argparse's name)
+def _arg(default: Any, group: str, help: str) -> Any:
     """A field with its `--help` text and group (read by the CLI, which prints one flag per field)."""
     return field(default=default, metadata={"group": group, "help": help})
 
@@ -63,12 +63,12 @@ class TrainingArguments:
     max_grad_norm: float = _arg(1.0, "optimizer and schedule", "clip the gradient norm to this (0: no clipping)")
     optim: str = _arg("adamw_torch_fused", "optimizer and schedule", "optimizer: " + ", ".join(OPTIMIZERS))
     lr_scheduler_type: str = _arg("linear", "optimizer and schedule", "schedule: " + ", ".join(SCHEDULERS))
-    lr_scheduler_kwargs: dict | None = _arg(None, "optimizer and schedule",
+    lr_scheduler_kwargs: dict | None = _arg(None, "optimizer and schedule",  # noqa: RUF009 (None, immutable)
                                             "extra schedule arguments as a JSON object, e.g. {\"num_cycles\": 2}")
     warmup_steps: float = _arg(0, "optimizer and schedule",
                                "warm-up: a step count, or a fraction of all steps when below 1")
     label_smoothing_factor: float = _arg(0.0, "optimizer and schedule", "label smoothing in [0, 1)")
-    class_weights: str | list[float] | None = _arg(None, "optimizer and schedule",
+    class_weights: str | list[float] | None = _arg(None, "optimizer and schedule",  # noqa: RUF009 (None, immutable)
                                                    "weighted cross-entropy: 'balanced' or one weight per class")
     # evaluation, saving, logging
     eval_strategy: str = _arg("no", "evaluation, saving, logging", "when to evaluate: no, steps, epoch")
@@ -90,7 +90,7 @@ class TrainingArguments:
                                              "metric that picks the best model (default with load_best: loss)")
     greater_is_better: bool | None = _arg(None, "evaluation, saving, logging",
                                           "whether a larger metric is better (default: unless it ends in 'loss')")
-    report_to: str | list[str] = _arg("none", "evaluation, saving, logging",
+    report_to: str | list[str] = _arg("none", "evaluation, saving, logging",  # noqa: RUF009 (None, immutable)
                                       "trackers: " + ", ".join(REPORTERS) + " (log.jsonl is always written)")
     tensorboard_dir: str | None = _arg(None, "evaluation, saving, logging", "TensorBoard folder; default OUTPUT/runs")
     run_name: str | None = _arg(None, "evaluation, saving, logging", "a name for the run in trackers")
@@ -114,7 +114,7 @@ class TrainingArguments:
     # data
     train_sampling_strategy: str = _arg("group_by_length", "data", "batch order: " + ", ".join(SAMPLING))
     remove_unused_columns: bool = _arg(True, "data", "drop dataset columns the model's forward does not take")
-    label_names: list[str] | None = _arg(None, "data", "the batch keys that hold labels; default: labels/label")
+    label_names: list[str] | None = _arg(None, "data", "batch keys holding labels; default labels")  # noqa: RUF009
     dataloader_num_workers: int = _arg(0, "data", "background processes that collate batches")
     dataloader_pin_memory: bool = _arg(True, "data", "pinned host memory for batches (CUDA only)")
     # hub
@@ -367,8 +367,8 @@ def _scheduler_kwargs_problems(scheduler: str, kwargs: dict) -> list[str]:
     taken -= {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}  # finch passes those
     unknown = sorted(set(kwargs) - taken)
     if unknown:
-        return [f"lr_scheduler_kwargs {unknown} are not arguments of the {scheduler!r} schedule; it takes "
-                f"{sorted(taken) or 'none'}"]
+        return [(f"lr_scheduler_kwargs {unknown} are not arguments of the {scheduler!r} schedule; it takes "
+                 f"{sorted(taken) or 'none'}")]
     return []
 
 

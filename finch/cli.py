@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 import traceback
 import types
 import typing
@@ -175,7 +174,8 @@ def _base_type(hint: Any) -> type:
 def run_train(flags: dict[str, Any]) -> int:
     """Resolve options, check the data, fine-tune, evaluate, save; print the metrics and where things are."""
     from finch import config as config_files
-    from finch.job import prepare, resolve_options, save_card, training_arguments
+    from finch.job import prepare, resolve_options, training_arguments
+    from finch.outputs import write_text
 
     options = resolve_options(flags)
     if flags.get("print_config"):
@@ -183,21 +183,22 @@ def run_train(flags: dict[str, Any]) -> int:
         print(config_files.dump(options))
         return 0
     print(f"options:\n{_indent(config_files.dump(options))}", flush=True)
-    args, _, build = prepare(options)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.output_dir) / "finch_config.yaml").write_text(config_files.dump(options) + "\n")
-    trainer = build(args)
+    job = prepare(options)  # every check that needs no weights: nothing is written before it passes
+    trainer = job.build(job.args)
+    output = Path(job.args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    write_text(output / "finch_config.yaml", config_files.dump(options) + "\n")
     resume = options.get("resume")
     trainer.train(resume_from_checkpoint=True if resume == "auto" else resume)
     metrics = trainer.evaluate()
-    model_dir = Path(args.output_dir) / "model"
+    model_dir = output / "model"
     trainer.save_model(str(model_dir))
-    save_card(trainer, model_dir)
-    (Path(args.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    job.card.write(model_dir)
+    write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print("\nfinal metrics on the validation set")
     _print_metrics(metrics)
     print(f"model:  {model_dir}  (transformers.pipeline('text-classification', model='{model_dir}'))")
-    print(f"logs:   {Path(args.output_dir) / 'log.jsonl'}")
+    print(f"logs:   {output / 'log.jsonl'}")
     return 0
 
 
@@ -206,43 +207,20 @@ def run_verify_resume(flags: dict[str, Any]) -> int:
     from finch.job import prepare, resolve_options
     from finch.verify import verify_resume
 
-    args, _, build = prepare(resolve_options(flags))
-    report = verify_resume(build, args, steps=flags["steps"])
+    job = prepare(resolve_options(flags))
+    report = verify_resume(job.build, job.args, steps=flags["steps"])
     print(report)
     return 0 if report.identical else EXIT_FAILED
 
 
 def run_eval(flags: dict[str, Any]) -> int:
     """Evaluate a saved model on a labelled file; print the metrics and save them as JSON."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from finch.predict import evaluate_file
 
-    from finch import Trainer
-    from finch.loading import Checks, drop_empty_texts, encode_labels, infer_columns
-    from finch.predict import read_card
-    from finch.sources import read_source
-    from finch.tasks import Task, compute_metrics_for
-    from finch.tokenize import tokenize_splits
-
-    model_dir, card = flags["model"], read_card(flags["model"])
-    found = read_source(flags["data"])
-    data = found.get("data", found.get("validation", found.get("test")))
-    where = flags["data"]
-    texts, label = infer_columns(data, where, flags.get("text_columns") or card.get("text_columns"),
-                                 flags.get("label_column"))
-    model_config = AutoConfig.from_pretrained(model_dir)
-    task = Task.from_config(model_config)
-    data = encode_labels(drop_empty_texts(data, texts, label, where, Checks()), texts, label, task, where)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    max_length = card.get("max_length") or getattr(model_config, "max_position_embeddings", 512)
-    tokenized = tokenize_splits({"eval": data}, texts, tokenizer, max_length)["eval"]
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=flags["batch_size"], disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, processing_class=tokenizer, compute_metrics=compute_metrics_for(task))
-        metrics = trainer.evaluate(tokenized)
-    out = Path(flags.get("out") or Path(model_dir) / f"eval_{Path(where).stem}.json")
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"{len(tokenized)} rows of {where}: {task.describe()}")
+    metrics, description, out = evaluate_file(flags["model"], flags["data"], flags.get("out"),
+                                              flags.get("text_columns"), flags.get("label_column"),
+                                              flags["batch_size"], flags.get("encoding") or "utf-8")
+    print(description)
     _print_metrics(metrics)
     print(f"saved:  {out}")
     return 0
@@ -251,7 +229,8 @@ def run_eval(flags: dict[str, Any]) -> int:
 def run_predict(flags: dict[str, Any]) -> int:
     from finch.predict import predict_file
 
-    rows = predict_file(flags["model"], flags["data"], flags["out"], flags.get("text_columns"), flags["batch_size"])
+    rows = predict_file(flags["model"], flags["data"], flags["out"], flags.get("text_columns"), flags["batch_size"],
+                        encoding=flags.get("encoding") or "utf-8")
     print(f"{rows:,} predictions written to {flags['out']}")
     return 0
 

@@ -10,29 +10,30 @@ field's type, so `learning_rate: 3e-5` (a string to YAML 1.1) is the number it m
 from __future__ import annotations
 
 import difflib
-import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from finch.errors import DataError
+from finch.errors import ConfigError
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file (keys with dashes become underscores)."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such config file")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error}); pass a UTF-8 YAML file") from error
     except yaml.YAMLError as error:
-        raise DataError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise DataError(f"{path}: a config file must be a mapping of option: value, not a {type(loaded).__name__}")
+        raise ConfigError(f"{path}: a config file must be a mapping of option: value, not a {type(loaded).__name__}")
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
@@ -42,7 +43,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise DataError(f"{item!r}: overrides are written key=value, e.g. learning_rate=3e-5")
+            raise ConfigError(f"{item!r}: overrides are written key=value, e.g. learning_rate=3e-5")
         parsed[key.strip().lstrip("-").replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
     return parsed
 
@@ -53,35 +54,24 @@ def check_keys(values: dict[str, Any], known: set[str], where: str) -> None:
     if unknown:
         hints = [f"{k!r} (did you mean {', '.join(map(repr, difflib.get_close_matches(k, known, n=2)))}?)"
                  if difflib.get_close_matches(k, known, n=1) else repr(k) for k in unknown]
-        raise DataError(f"{where}: unknown option(s) {', '.join(hints)}")
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(hints)}")
 
 
 def coerce(values: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
-    """Convert strings and numbers to each option's declared type (float, int, bool, list)."""
+    """Each option converted to its declared type (`"3e-5"` -> 3e-5, `"true"` -> True, `[1, "3"]` -> [1.0, 3.0]).
+
+    Raises:
+        ConfigError: a value of the wrong type, naming the option, what it must be and the value given.
+    """
+    from finch.args import convert_value
+
     converted = {}
     for key, value in values.items():
-        kinds = typing.get_args(hints[key]) or (hints[key],) if key in hints else ()
-        converted[key] = _convert(key, value, kinds)
+        try:
+            converted[key] = convert_value(value, hints[key]) if key in hints else value
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"option {key}: {error}, but it is {value!r}") from error
     return converted
-
-
-def _convert(key: str, value: Any, kinds: tuple) -> Any:
-    if value is None or not kinds or isinstance(value, (list, dict)):
-        return value
-    names = {getattr(k, "__name__", str(k)) for k in kinds}
-    try:
-        if "bool" in names and isinstance(value, str):
-            if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "yes", "1")
-        if "float" in names and isinstance(value, (str, int)) and not isinstance(value, bool):
-            number = float(value)
-            return int(number) if "int" in names and number.is_integer() else number
-        if "int" in names and isinstance(value, str):
-            return int(value)
-    except ValueError as error:
-        raise DataError(f"option {key}: {value!r} is not a {' or '.join(sorted(names - {'NoneType'}))}") from error
-    return value
 
 
 def dump(values: dict[str, Any]) -> str:

