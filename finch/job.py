@@ -110,7 +110,7 @@ def prepare(options: dict[str, Any]) -> Job:
                                 tokenizer, max_length)
     warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
     check_output_dir(args.output_dir)
-    card = ModelCard(text_columns=list(splits.text_columns), label_column=getattr(splits, "label_column", None),
+    card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
                      max_length=max_length, task=splits.task.kind)
     build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, options.get("metric"))
     return Job(args, splits, card, build)

@@ -119,6 +119,7 @@ class Splits:
     text_columns: list[str]
     task: Task
     description: str
+    label_column: str | None = None  # as named in the user's file (the splits themselves call it `label`)
 
     @property
     def label_names(self) -> list[str]:
@@ -171,7 +172,7 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
         held_out = f"validation from {validation_where}"
     description = (f"text {' + '.join(texts)}, label {label}: {task.describe()}; {len(train)} training rows, "
                    f"{len(validation)} validation rows; {held_out}")
-    return Splits(train, validation, texts, task, description)
+    return Splits(train, validation, texts, task, description, label)
 
 
 def _has_labels(split: datasets.Dataset) -> bool:
