@@ -13,7 +13,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-MRPC = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc"
+# GLUE MRPC is not redistributable, so it is not in the repository: its tests run where FINCH_MRPC names the folder
+# (or ../shared/data/mrpc sits beside the checkout, as on the project's machines). .ci/run sets FINCH_REQUIRE_MRPC=1,
+# so CI fails rather than skips them; a fresh clone with nothing beside it skips them and runs everything else.
+MRPC = Path(os.environ.get("FINCH_MRPC") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc")
 POSITIVE, NEGATIVE = ["good", "great", "fine", "nice", "superb"], ["bad", "awful", "poor", "terrible", "dull"]
 
 
@@ -70,7 +73,10 @@ def toy(tokenizer) -> datasets.Dataset:
 @pytest.fixture
 def mrpc_dir() -> Path:
     if not (MRPC / "train.tsv").exists():
-        pytest.fail(f"MRPC not found at {MRPC}: the tests need ../shared/data/mrpc beside the repository")
+        message = f"GLUE MRPC not found at {MRPC}: set FINCH_MRPC to a folder with its train.tsv and dev.tsv"
+        if os.environ.get("FINCH_REQUIRE_MRPC") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     return MRPC
 
 

@@ -1,0 +1,268 @@
+"""The CLI's error boundary and its checks before expensive work: a user's mistake is exit 2 with a message that
+names the fix and no traceback, found before any weights load; a bug is exit 1 with its traceback; nothing the
+user owns is touched by a command that fails."""
+
+import hashlib
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_bert
+from test_cli import FAST, reviews, write_csv
+
+from finch.cli import main
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "finch.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def no_weights_loaded(monkeypatch):
+    """Fail the test if a check comes after the model's weights are loaded."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model's weights were loaded before the mistake was found")
+
+    monkeypatch.setattr("finch.job.load_classifier", refuse)
+
+
+def test_a_bug_inside_finch_shows_its_traceback_and_exits_1(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise KeyError("internal")  # a KeyError from finch's own code is a bug, never "a mistake in your data"
+
+    monkeypatch.setattr("finch.job._with_metric", broken)
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(tmp_path / "o"), *FAST])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" in error and "KeyError: 'internal'" in error and "this is a bug in finch" in error
+
+
+def test_flag_prefixes_are_not_guessed(tmp_path):
+    result = run_cli("train", "--train", tmp_path / "t.csv", "--learning-rat", "1e-3")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --learning-rat" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_gives_every_training_flag_a_text_and_its_default():
+    result = run_cli("train", "--help", timeout=120)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--num-train-epochs NUM_TRAIN_EPOCHS passes over the training data (may be fractional) (default: 3.0; " \
+           "the demo: 2.0)" in text
+    assert "--save-total-limit SAVE_TOTAL_LIMIT" in text and "(default: 1)" in text  # finch train's own default
+    assert "training arguments: optimizer and schedule:" in result.stdout
+    assert result.stdout.splitlines()[0].startswith("usage: finch train [--train FILE]")
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("output_dir: {a: 1}\n", "option output_dir: must be a string or None, but it is {'a': 1}"),
+    ("text_columns: 5\n", "option text_columns: must be a list of strings or a string, but it is 5"),
+    ("report_to: 5\n", "option report_to: must be a string or a list of strings, but it is 5"),
+    ("lr_scheduler_kwargs: 5\n", "option lr_scheduler_kwargs: must be a mapping (JSON object) or None, but it is 5"),
+    ("max_length: 0\n", "max_length=0: the token limit must be at least 1"),
+    ("learning_rate: .nan\n", "option learning_rate: must be a finite number, but it is nan"),
+    ("learning_rate: abc\n", "option learning_rate: must be a number, but it is 'abc'"),
+    ("num_train_epochs: '3'\nlearning_rate: [1]\n", "option learning_rate: must be a number, but it is [1]"),
+])
+def test_config_values_of_the_wrong_type_name_the_key(tmp_path, tiny_model_dir, capsys, yaml_text, message,
+                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text(yaml_text)
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = main(["train", "--model", tiny_model_dir, "--train", train, "--config", "run.yaml", "--no-bf16"])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "t.csv"], "nothing may be created"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-length", "0"], "argument --max-length: 0 must be at least 1"),
+    (["--max-length", "-5"], "argument --max-length: -5 must be at least 1"),
+    (["--max-length", "100000"], "the model takes at most 64 tokens"),
+    (["--class-weights", "1", "2", "3"], "--class-weights has 3 weights but the data has 2 classes"),
+    (["--freeze", "top"], "--freeze 'top' is not one of: base | embeddings | N"),
+    (["--freeze", "9"], "--freeze 9: the model has only 2 layers"),
+    (["--seed", "-1"], "seed=-1 must be between 0 and 2**32 - 1"),
+    (["--learning-rate", "nan"], "option learning_rate: must be a finite number, but it is nan"),
+    (["--lr-scheduler-kwargs", '{"num_cycles": 2}'], "lr_scheduler_kwargs ['num_cycles'] are not arguments of the "
+                                                     "'linear' schedule"),
+    (["--metric", "bleu"], "--metric bleu: binary tasks report loss, accuracy, f1, mcc"),
+])
+def test_mistakes_are_found_before_the_weights_load(tmp_path, tiny_model_dir, capsys, no_weights_loaded, flags,
+                                                    message):
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = exit_code(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(tmp_path / "o"),
+                      *FAST, *flags])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error
+    assert not (tmp_path / "o").exists()
+
+
+def exit_code(argv):
+    """`main`'s exit code, also when argparse rejects a flag (it exits with 2 itself)."""
+    try:
+        return main(argv)
+    except SystemExit as stopped:
+        return stopped.code
+
+
+def test_a_missing_model_folder_is_named(tmp_path, capsys):
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = main(["train", "--model", str(tmp_path / "no-such-model"), "--train", train, *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and "no-such-model: no such folder; pass the folder that holds config.json" in error
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused(tmp_path, capsys, no_weights_loaded):
+    folder = tmp_path / "weights-only"
+    tiny_bert().save_pretrained(folder)
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = main(["train", "--model", str(folder), "--train", train, "--output-dir", str(tmp_path / "o"), *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and "the folder lacks a tokenizer (tokenizer.json, vocab.txt, vocab.json...)" in error
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_hub_name_offline_is_refused_at_once(tmp_path):
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    result = run_cli("train", "--model", "some-org/not-cached-model", "--train", train, *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not a local folder, not in the local HuggingFace cache, and the hub cannot be reached " \
+           "(HF_HUB_OFFLINE=1 is set)" in result.stderr
+
+
+def test_a_hub_name_without_network_is_refused_without_retries(tmp_path, capsys, monkeypatch):
+    """Online mode but the hub's host does not resolve (the hub is the one service a test may stand in for)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = main(["train", "--model", "bert-base-uncased", "--train", train, *FAST])
+    assert code == 2 and "the hub cannot be reached (no network)" in capsys.readouterr().err
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("UNPICKLED-CODE-RAN",))
+
+
+def test_pickled_weights_that_hold_code_are_refused(tmp_path, tokenizer):
+    folder = tmp_path / "evil"
+    tiny_bert().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    with open(folder / "pytorch_model.bin", "wb") as file:
+        pickle.dump({"bert.embeddings.word_embeddings.weight": _Payload()}, file)
+    torch.save({"x": _Payload()}, folder / "pytorch_model.bin")
+    data = write_csv(tmp_path / "d.csv", [("good", "pos"), ("bad", "neg")], header=("text", "label"))
+    result = run_cli("predict", "--model", folder, "--data", data, "--out", tmp_path / "p.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds Python objects, not plain tensors, and finch refuses to load it" in result.stderr
+    assert "weights_only=False" not in result.stderr and "UNPICKLED-CODE-RAN" not in result.stdout
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("make_output, message", [
+    (lambda d: (d / "taken").write_text("x") and d / "taken", "a file of that name exists"),
+    (lambda d: (d / "file").write_text("x") and d / "file" / "run", "is a file, so the folder cannot be made"),
+])
+def test_an_output_folder_that_cannot_be_one_is_refused_first(tmp_path, tiny_model_dir, capsys, no_weights_loaded,
+                                                              make_output, message):
+    output = make_output(tmp_path)
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(output), *FAST])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_two_runs_with_one_seed_are_identical_and_another_seed_differs(tmp_path, tiny_model_dir):
+    """The new classification head is initialised after seeding, so the whole run repeats."""
+    from safetensors.torch import load_file
+
+    train = write_csv(tmp_path / "t.csv", reviews(48))
+    runs = {}
+    for name, seed in (("a", 42), ("b", 42), ("c", 7)):
+        out = tmp_path / name
+        assert main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(out), "--seed",
+                     str(seed), "--logging-steps", "1", "--max-steps", "4", *FAST]) == 0
+        losses = [e["loss"] for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in e]
+        runs[name] = (losses, load_file(out / "model" / "model.safetensors"))
+    assert runs["a"][0] == runs["b"][0] and len(runs["a"][0]) == 4
+    assert all(torch.equal(runs["a"][1][k], runs["b"][1][k]) for k in runs["a"][1])
+    assert runs["a"][0][0] != runs["c"][0][0]
+    assert not torch.equal(runs["a"][1]["classifier.weight"], runs["c"][1]["classifier.weight"])
+
+
+@pytest.fixture
+def trained_model(tmp_path_factory, tiny_model_dir):
+    """A model trained with an explicit label column `rating`, beside a decoy column named `label`."""
+    folder = tmp_path_factory.mktemp("trained")
+    rows = [(text, sentiment, str(i % 3)) for i, (text, sentiment) in enumerate(reviews(40))]
+    train = write_csv(folder / "t.csv", rows, header=("review", "rating", "label"))
+    assert main(["train", "--model", tiny_model_dir, "--train", train, "--label-column", "rating",
+                 "--output-dir", str(folder / "run"), "--max-steps", "1", *FAST]) == 0
+    return folder / "run" / "model", rows
+
+
+def test_eval_uses_the_label_column_recorded_at_training(tmp_path, trained_model, capsys):
+    model, rows = trained_model
+    assert json.loads((model / "finch.json").read_text())["label_column"] == "rating"
+    data = write_csv(tmp_path / "dev.csv", rows[:12], header=("review", "rating", "label"))
+    assert main(["eval", "--model", str(model), "--data", data]) == 0
+    assert "(text review, label rating)" in capsys.readouterr().out
+
+
+def test_eval_out_into_a_new_folder_is_created_and_a_bad_one_refused_before_work(tmp_path, trained_model, capsys):
+    model, rows = trained_model
+    data = write_csv(tmp_path / "dev.csv", rows[:12], header=("review", "rating", "label"))
+    out = tmp_path / "reports" / "today" / "metrics.json"
+    assert main(["eval", "--model", str(model), "--data", data, "--out", str(out)]) == 0
+    assert "eval_accuracy" in json.loads(out.read_text())
+    (tmp_path / "blocker").write_text("x")
+    assert main(["eval", "--model", str(model), "--data", data, "--out", str(tmp_path / "blocker" / "m.json")]) == 2
+    assert "blocker is a file" in capsys.readouterr().err
+
+
+def test_predict_never_destroys_files(tmp_path, trained_model, capsys):
+    model, rows = trained_model
+    data = write_csv(tmp_path / "new.csv", rows[:5], header=("review", "rating", "label"))
+    existing = tmp_path / "predictions.csv"
+    existing.write_text("precious,results\n1,2\n")
+    before = digest(existing), digest(tmp_path / "new.csv")
+    for args, message in ((["--data", str(tmp_path / "typo.csv"), "--out", str(existing)], "typo.csv"),
+                          (["--data", data, "--out", str(existing), "--text-columns", "body"], "no column 'body'"),
+                          (["--data", data, "--out", data], "is the input file")):
+        assert main(["predict", "--model", str(model), *args]) == 2
+        assert message in capsys.readouterr().err
+        assert (digest(existing), digest(tmp_path / "new.csv")) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_predict_keeps_input_columns_and_refuses_an_empty_file(tmp_path, trained_model, capsys):
+    import csv
+
+    model, rows = trained_model
+    data = write_csv(tmp_path / "new.csv", rows[:5], header=("review", "rating", "label"))
+    assert main(["predict", "--model", str(model), "--data", data, "--out", str(tmp_path / "p.csv")]) == 0
+    written = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert [r["label"] for r in written] == [r[2] for r in rows[:5]], "the input's label column is kept as it was"
+    assert [r["rating"] for r in written] == [r[1] for r in rows[:5]]
+    assert {"predicted_label", "predicted_score"} <= set(written[0])
+    (tmp_path / "header.csv").write_text("review,rating\n")
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "header.csv"), "--out",
+                 str(tmp_path / "q.csv")]) == 2
+    assert "no data rows" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
