@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, default_data_collator
 
+from finch.errors import ConfigError
+
 MEGABATCH_FACTOR = 50  # length grouping sorts windows of 50 batches: little padding, order still random
 LABEL_COLUMNS = ("label", "labels", "label_ids")
 
@@ -176,7 +178,7 @@ def class_weights(spec: str | Sequence[float] | None, dataset: Any, label_names:
     """Cross-entropy weights: "balanced" gives n / (classes * n_class) from the training labels; a list is used as is.
 
     Raises:
-        ValueError: "balanced" on a dataset without a readable label column, or a list of the wrong length.
+        ConfigError: "balanced" on a dataset without a readable label column, or a list of the wrong length.
     """
     if spec is None:
         return None
@@ -184,13 +186,13 @@ def class_weights(spec: str | Sequence[float] | None, dataset: Any, label_names:
     classes = _num_classes(dataset, column)
     if spec == "balanced":
         if column is None:
-            raise ValueError("class_weights='balanced' needs a dataset with a label column to count; pass a list")
+            raise ConfigError("class_weights='balanced' needs a dataset with a label column to count; pass a list")
         counts = np.bincount(np.asarray(dataset[column], dtype=np.int64), minlength=classes or 0)
         weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
     else:
         weights = np.asarray(list(spec), dtype=np.float64)
         if classes is not None and len(weights) != classes:
-            raise ValueError(f"class_weights has {len(weights)} weights but the data has {classes} classes")
+            raise ConfigError(f"class_weights has {len(weights)} weights but the data has {classes} classes")
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from finch.errors import ConfigError
+
 logger = logging.getLogger("finch")
 
 
@@ -74,7 +76,7 @@ def choose_precision(bf16: bool | None, fp16: bool | None, device: torch.device)
         return Precision(fallback, f"fp16=True without CUDA, so {'bf16' if fallback else 'fp32'}")
     if bf16:
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("bf16=True but this GPU has no bf16 support; use fp16=True or leave both unset")
+            raise ConfigError("bf16=True but this GPU has no bf16 support; use fp16=True or leave both unset")
         return Precision(torch.bfloat16, "bf16=True")
     if bf16 is None and fp16 is None and has_fast_bf16(device):
         return Precision(torch.bfloat16, f"default: fast bf16 on this {device.type}; bf16=False turns it off")
