@@ -188,6 +188,8 @@ def verify(folder: str | Path) -> str | None:
         path = folder / name
         if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(inside):
             return f"{MANIFEST} names {name!r}, which is outside the checkpoint folder (refused)"
+        if not isinstance(expected, dict) or not {"size", "sha256"} <= expected.keys():
+            return f"{MANIFEST} has no size and checksum for {name!r}"
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != expected["size"]:
@@ -286,13 +288,14 @@ def latest_checkpoint(output_dir: str | Path, quiet: bool = False) -> Path | Non
     whole = _WholeCheckpoints(quiet)
     newest = next((folder for folder in sorted(checkpoints(output_dir), key=saved_at, reverse=True)
                    if whole(folder)), None)
-    return None if newest is None else latest_checkpoint_of(output_dir, run_of(newest), quiet, whole)
+    if newest is None:
+        return None
+    return next(folder for folder in reversed(run_checkpoints(output_dir, run_of(newest))) if whole(folder))
 
 
-def latest_checkpoint_of(output_dir: str | Path, run_id: str | None, quiet: bool = False,
-                         whole: Any = None) -> Path | None:
+def latest_checkpoint_of(output_dir: str | Path, run_id: str | None, quiet: bool = False) -> Path | None:
     """The highest-step whole checkpoint of run `run_id` in `output_dir`, or None."""
-    whole = whole or _WholeCheckpoints(quiet)
+    whole = _WholeCheckpoints(quiet)
     return next((folder for folder in reversed(run_checkpoints(output_dir, run_id)) if whole(folder)), None)
 
 
