@@ -4,8 +4,17 @@ A checkpoint holds the model (safetensors, plus `config.json` for HF models), th
 loaded with `weights_only=True`), and JSON for everything else: scheduler, gradient scaler, RNG states,
 `trainer_state.json` and `training_args.json`. Nothing is unpickled.
 
-`manifest.json`, written last, lists every file with its size and SHA-256. Discovery (`latest_checkpoint`) takes
-the newest checkpoint whose files all match it and skips, with a warning, any that is incomplete or corrupted.
+`manifest.json`, written last, lists every file with its size and SHA-256, the run's id and the time of the save.
+Discovery (`latest_checkpoint`) takes the newest checkpoint whose files all match it and skips, with a warning, any
+that is incomplete or corrupted.
+
+Runs. Every run has an id (`TrainerState.run_id`, made by a fresh `train()`, kept across resumes), written into
+each of its checkpoints. Discovery, rotation and the cleaning of killed saves only ever touch the run's own
+checkpoints, so a folder that holds several runs' checkpoints loses none of them. Checkpoints without an id (an
+older finch's) count as one run. A fresh run refuses a folder that holds another run's checkpoints (resume it,
+set `overwrite_output_dir=True` to delete them, or choose another folder); `resume_from_checkpoint=True` with
+several runs' checkpoints resumes the run that saved last. `finch.resume.plan_resume` makes these decisions, and
+every check of a resume that needs no weights, before anything is loaded or written.
 """
 
 from __future__ import annotations
@@ -15,8 +24,12 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
+import socket
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +39,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from finch.args import TrainingArguments
+from finch.errors import ResumeError
 from finch.runtime import rng_state, set_rng_state
 from finch.state import TrainerState
 
@@ -35,9 +49,12 @@ PREFIX = "checkpoint-"
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.json"
 MANIFEST = "manifest.json"
-# Arguments that decide the data order or the step count: resuming with others changes the run, not just its end.
-RESUME_FIXED = ("seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "train_sampling_strategy")
+# The files `load_checkpoint` reads: each must be listed in the manifest, so none is read unchecked.
+LOADED_FILES = (WEIGHTS, "optimizer.pt", "scheduler.json", "scaler.json", "rng_state.json", STATE,
+                "training_args.json")
+# Killed saves leave `.tmp-checkpoint-<step>-<run>-<host>-<pid>` (or `.stale-...`, the replaced copy of a step saved
+# again); an older finch wrote `.tmp-checkpoint-<step>-<pid>`.
+LEFTOVER = re.compile(rf"\.(tmp|stale)-({PREFIX}\d+)-(?:([0-9a-f]{{32}}|legacy)-(.*)-)?(\d+)")
 
 
 class CheckpointError(OSError):
@@ -90,14 +107,18 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
                     processing_class: Any = None) -> Path:
     """Write `checkpoint-<global_step>` completely into a temporary folder, then rename it into place.
 
+    A checkpoint of the same step from this run (saved before a resume) is replaced; one of another run never is.
+
     Raises:
         CheckpointError: the disk is full, read-only or not writable; the temporary folder is removed and every
             earlier checkpoint is left as it was.
     """
     final = Path(output_dir) / f"{PREFIX}{state.global_step}"
-    temporary = Path(output_dir) / f".tmp-{final.name}-{os.getpid()}"
+    temporary = final.with_name(_leftover_name("tmp", final.name, state.run_id))
     shutil.rmtree(temporary, ignore_errors=True)
     try:
+        if final.exists() and run_of(final) != state.run_id:  # plan_resume refuses runs that get here
+            raise OSError(f"{final} belongs to another run and is not replaced")
         save_model_folder(model, temporary, processing_class)
         if optimizer is not None and not args.save_only_model:
             torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
@@ -106,11 +127,12 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
             _write_json(temporary / "rng_state.json", rng_state())
         state.save_to_json(temporary / STATE)
         args.save(temporary / "training_args.json")
-        _write_json(temporary / MANIFEST, {"files": {path.relative_to(temporary).as_posix(): _describe(path)
-                                                     for path in sorted(temporary.rglob("*")) if path.is_file()}})
+        files = {path.relative_to(temporary).as_posix(): _describe(path)
+                 for path in sorted(temporary.rglob("*")) if path.is_file()}
+        _write_json(temporary / MANIFEST, {"run_id": state.run_id, "saved_at": time.time(), "files": files})
         _fsync_tree(temporary)
         if final.exists():  # the same step saved again (after a resume): move the old one aside, then drop it
-            stale = final.with_name(f".stale-{final.name}-{os.getpid()}")
+            stale = final.with_name(_leftover_name("stale", final.name, state.run_id))
             os.replace(final, stale)
             os.replace(temporary, final)
             shutil.rmtree(stale, ignore_errors=True)
@@ -119,12 +141,18 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
         _fsync_dir(final.parent)
     except OSError as error:
         shutil.rmtree(temporary, ignore_errors=True)
-        newest = latest_checkpoint(output_dir, quiet=True)
+        newest = latest_checkpoint_of(output_dir, state.run_id, quiet=True)
         raise CheckpointError(
             f"could not write {final}: {error.strerror or error}. Earlier checkpoints are intact"
             f"{f' (newest: {newest})' if newest else ''}; free disk space, fix the folder's permissions or choose "
             f"another output_dir, then resume.") from error
     return final
+
+
+def _leftover_name(kind: str, final_name: str, run_id: str | None) -> str:
+    """`.tmp-`/`.stale-` + the checkpoint + who writes it: the run, the host and the process (see `LEFTOVER`)."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+    return f".{kind}-{final_name}-{run_id or 'legacy'}-{host}-{os.getpid()}"
 
 
 def _describe(path: Path) -> dict[str, Any]:
@@ -139,37 +167,83 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(folder: str | Path) -> str | None:
-    """What is wrong with checkpoint `folder` (a missing, truncated or altered file), or None if it is whole."""
-    folder = Path(folder)
+def _manifest(folder: Path) -> dict[str, Any] | None:
     try:
-        listed = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError):
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+
+
+def verify(folder: str | Path) -> str | None:
+    """What is wrong with checkpoint `folder` (a missing, truncated or altered file, a file the manifest does not
+    list, a name that leads out of the folder), or None if it is whole."""
+    folder = Path(folder)
+    manifest = _manifest(folder)
+    if manifest is None:
         return f"no readable {MANIFEST} (the save did not finish)"
+    listed = manifest["files"]
+    inside = folder.resolve()
     for name, expected in listed.items():
         path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(inside):
+            return f"{MANIFEST} names {name!r}, which is outside the checkpoint folder (refused)"
+        if not isinstance(expected, dict) or not {"size", "sha256"} <= expected.keys():
+            return f"{MANIFEST} has no size and checksum for {name!r}"
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != expected["size"]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {expected['size']}"
         if _sha256(path) != expected["sha256"]:
             return f"{name} does not match its checksum"
+    unlisted = [name for name in LOADED_FILES if (folder / name).exists() and name not in listed]
+    if unlisted:
+        return f"{unlisted[0]} is not listed in {MANIFEST} (added after the save?)"
     return None
+
+
+def run_of(folder: str | Path) -> str | None:
+    """The id of the run that saved checkpoint `folder`; None for an older finch's (or an unreadable manifest)."""
+    manifest = _manifest(Path(folder))
+    run_id = manifest.get("run_id") if manifest is not None else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def saved_at(folder: str | Path) -> float:
+    """When checkpoint `folder` was saved: the time in its manifest, else the manifest's (or folder's) mtime."""
+    folder = Path(folder)
+    manifest = _manifest(folder)
+    if manifest is not None and isinstance(manifest.get("saved_at"), (int, float)):
+        return float(manifest["saved_at"])
+    stamped = folder / MANIFEST if (folder / MANIFEST).exists() else folder
+    return stamped.stat().st_mtime
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
 
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, scaler: Any = None) -> TrainerState:
-    """Restore model, optimizer, scheduler, scaler and RNG states from `folder`; return its `TrainerState`."""
+    """Restore model, optimizer, scheduler, scaler and RNG states from `folder`; return its `TrainerState`.
+
+    Raises:
+        ResumeError: `folder` is not a checkpoint, is damaged, does not fit `model`, or holds an `optimizer.pt`
+            that is not plain tensors (refused: nothing in it is executed).
+    """
     folder = Path(folder)
     if not (folder / STATE).exists():
-        raise FileNotFoundError(f"{folder} is not a finch checkpoint: no {STATE}")
+        raise ResumeError(f"{folder} is not a finch checkpoint: no {STATE}; pass a {PREFIX}<step> folder")
     problem = verify(folder)
     if problem is not None:
-        raise ValueError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
-                         f"(resume_from_checkpoint=True picks the newest whole one)")
-    load_model_weights(model, folder)
+        raise ResumeError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
+                          f"(resume_from_checkpoint=True picks the newest whole one)")
+    try:
+        load_model_weights(model, folder)
+    except ValueError as error:
+        raise ResumeError(f"cannot resume from {folder}: {error}; use the model it was trained with") from error
     if optimizer is not None and (folder / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+        optimizer.load_state_dict(_load_tensors(folder / "optimizer.pt"))
         for name, target in (("scheduler.json", scheduler), ("scaler.json", scaler)):
             saved = json.loads((folder / name).read_text())
             if target is not None and saved is not None:
@@ -178,48 +252,140 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
     return TrainerState.load_from_json(folder / STATE)
 
 
+def _load_tensors(path: Path) -> Any:
+    """`torch.load` restricted to tensors and plain containers; anything else is refused, never executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError):
+        # torch's own message suggests weights_only=False, which would run whatever the file holds: not repeated
+        raise ResumeError(f"{path} is not a plain tensor file (it holds other objects, or is not a torch file): "
+                          f"refused, nothing in it was run. Resume from a checkpoint that finch wrote") from None
+
+
+# ---- which checkpoints there are, and whose ------------------------------------------------------------------------
 def checkpoints(output_dir: str | Path) -> list[Path]:
-    """The `checkpoint-<step>` folders in `output_dir`, oldest step first (whole or not: see `verify`)."""
+    """The `checkpoint-<step>` folders in `output_dir` of every run, oldest step first (whole or not: `verify`)."""
     found = [p for p in Path(output_dir).glob(f"{PREFIX}*") if re.fullmatch(rf"{PREFIX}\d+", p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=step_of)
 
 
-def remove_leftovers(output_dir: str | Path) -> None:
-    """Delete temporary folders that a killed save left behind (they were never renamed into place)."""
-    for folder in [*Path(output_dir).glob(f".tmp-{PREFIX}*"), *Path(output_dir).glob(f".stale-{PREFIX}*")]:
-        shutil.rmtree(folder, ignore_errors=True)
+def run_checkpoints(output_dir: str | Path, run_id: str | None) -> list[Path]:
+    """The checkpoints of run `run_id` in `output_dir` (None: an older finch's, without an id), oldest step first."""
+    return [folder for folder in checkpoints(output_dir) if run_of(folder) == run_id]
+
+
+def step_of(folder: Path) -> int:
+    """The step in a `checkpoint-<step>` folder's name."""
+    return int(folder.name[len(PREFIX):])
 
 
 def latest_checkpoint(output_dir: str | Path, quiet: bool = False) -> Path | None:
-    """The newest checkpoint in `output_dir` whose files match its manifest; damaged ones are skipped (warned)."""
-    for folder in reversed(checkpoints(output_dir)):
-        problem = verify(folder)
-        if problem is None:
-            return folder
-        if not quiet:
-            logger.warning("skipping %s: %s", folder, problem)
-    return None
+    """The newest whole checkpoint of the run that saved last in `output_dir`; damaged ones are skipped (warned).
+
+    With one run's checkpoints (the usual case) that is its highest step. With several runs' (an older finch's
+    count as one), the run is the one whose whole checkpoint was saved most recently, then its highest whole step.
+    """
+    whole = _WholeCheckpoints(quiet)
+    newest = next((folder for folder in sorted(checkpoints(output_dir), key=saved_at, reverse=True)
+                   if whole(folder)), None)
+    if newest is None:
+        return None
+    return next(folder for folder in reversed(run_checkpoints(output_dir, run_of(newest))) if whole(folder))
 
 
-def check_compatible(folder: str | Path, args: TrainingArguments) -> None:
-    """Raise if `folder` was saved with arguments that set a different data order than `args` do."""
-    saved = json.loads((Path(folder) / "training_args.json").read_text())
-    changed = [f"{name}: {saved.get(name)!r} then, {getattr(args, name)!r} now" for name in RESUME_FIXED
-               if name in saved and saved[name] != getattr(args, name)]
-    if changed:
-        raise ValueError(f"cannot resume from {folder} exactly: {'; '.join(changed)}. Use the arguments it was "
-                         f"saved with, or start a new run in another output_dir")
+def latest_checkpoint_of(output_dir: str | Path, run_id: str | None, quiet: bool = False) -> Path | None:
+    """The highest-step whole checkpoint of run `run_id` in `output_dir`, or None."""
+    whole = _WholeCheckpoints(quiet)
+    return next((folder for folder in reversed(run_checkpoints(output_dir, run_id)) if whole(folder)), None)
 
 
-def rotate_checkpoints(output_dir: str | Path, limit: int | None, best: str | None) -> list[Path]:
-    """Delete all but the newest `limit` checkpoints, never the best one; return the deleted folders."""
+class _WholeCheckpoints:
+    """`verify` once per folder (it reads every byte), warning once about each damaged one."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.problems = quiet, {}
+
+    def __call__(self, folder: Path) -> bool:
+        if folder not in self.problems:
+            self.problems[folder] = verify(folder)
+            if self.problems[folder] is not None and not self.quiet:
+                logger.warning("skipping %s: %s", folder, self.problems[folder])
+        return self.problems[folder] is None
+
+
+def describe_runs(folders: list[Path]) -> str:
+    """`run 3f2a9c01: checkpoint-20, checkpoint-30 (last saved 2025-05-01 12:00)` for each run, newest last."""
+    runs: dict[str | None, list[Path]] = {}
+    for folder in folders:
+        runs.setdefault(run_of(folder), []).append(folder)
+    parts = []
+    for run_id, found in sorted(runs.items(), key=lambda item: max(map(saved_at, item[1]))):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(map(saved_at, found))))
+        who = f"run {run_id[:8]}" if run_id else "an older finch's run (no run id)"
+        parts.append(f"{who}: {', '.join(f.name for f in found)} (last saved {when})")
+    return "; ".join(parts)
+
+
+# ---- writing into output_dir, once the checks have passed ---------------------------------------------------------
+def prepare_output_dir(output_dir: str | Path, run_id: str | None, overwrite: bool = False) -> None:
+    """Create `output_dir`; with `overwrite`, delete other runs' checkpoints (warned); clean killed saves."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    others = [folder for folder in checkpoints(output_dir) if run_of(folder) != run_id] if overwrite else []
+    if others:
+        logger.warning("overwrite_output_dir=True: deleting the checkpoints of other runs in %s: %s", output_dir,
+                       describe_runs(others))
+        for folder in others:
+            shutil.rmtree(folder)
+    remove_leftovers(output_dir, run_id)
+
+
+def remove_leftovers(output_dir: str | Path, run_id: str | None) -> None:
+    """Clean what killed saves left: this run's, and those of processes of this host that no longer exist.
+
+    A `.tmp-` folder was never renamed into place: deleted. A `.stale-` folder is the old copy of a step saved
+    again: deleted, or renamed back if the save was killed before the new copy took its place (this run's only).
+    Leftovers of a live process, of another machine, or with names finch did not write are left alone.
+    """
+    here = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+    for folder in sorted(Path(output_dir).glob(".*-" + PREFIX + "*"), key=lambda p: not p.name.startswith(".tmp")):
+        match = LEFTOVER.fullmatch(folder.name)
+        if match is None or not folder.is_dir():
+            continue
+        kind, final_name, owner, host, pid = match.groups()
+        mine = owner == (run_id or "legacy")
+        abandoned = (host is None or host == here) and not _alive(int(pid))
+        if not (mine or abandoned):
+            continue
+        final = folder.with_name(final_name)
+        if kind == "stale" and not final.exists():
+            if mine and verify(folder) is None:
+                os.replace(folder, final)
+                logger.warning("restored %s (its save was killed while replacing it)", final)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def rotate_checkpoints(output_dir: str | Path, limit: int | None, best: str | None, run_id: str | None,
+                       keep: str | Path | None = None) -> list[Path]:
+    """Delete all but the newest `limit` checkpoints of run `run_id`, never the best one nor `keep` (the one just
+    written); other runs' checkpoints are never touched. Returns the deleted folders."""
     if limit is None:
         return []
-    found = checkpoints(output_dir)
-    keep = set(found[-limit:])
-    if best is not None:
-        keep.add(Path(best))
-    deleted = [p for p in found if p not in keep and p.resolve() not in {k.resolve() for k in keep}]
+    found = run_checkpoints(output_dir, run_id)
+    kept = {folder.resolve() for folder in found[-limit:]}
+    kept |= {Path(path).resolve() for path in (best, keep) if path is not None}
+    deleted = [folder for folder in found if folder.resolve() not in kept]
     for folder in deleted:
         shutil.rmtree(folder, ignore_errors=True)
     return deleted

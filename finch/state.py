@@ -15,6 +15,11 @@ class TrainerState:
 
     `global_step` counts optimizer updates; `micro_step` counts forward/backward passes; `epoch` is a float
     (2.5 is half-way through the third epoch).
+
+    finch adds three fields: `run_id` names the run (made by a fresh `train()`, kept across resumes; checkpoints
+    without one are an older finch's), and `data_fingerprint` / `model_fingerprint` are SHA-256 digests of the
+    training examples and of the model's architecture (see `finch.checkpoint.Fingerprint`), so that a resume
+    with other data or another model is refused instead of silently continuing.
     """
 
     epoch: float = 0.0
@@ -39,6 +44,9 @@ class TrainerState:
     trial_name: str | None = None
     trial_params: dict[str, Any] | None = None
     stateful_callbacks: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    data_fingerprint: str | None = None
+    model_fingerprint: str | None = None
 
     def save_to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")

@@ -7,6 +7,7 @@ and saving as the strategies say. Data order is a pure function of (seed, epoch)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -24,9 +25,11 @@ from finch import checkpoint, data, evaluation
 from finch.args import TrainingArguments
 from finch.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.dropout import fast_dropout
+from finch.fingerprint import Fingerprint, model_fingerprint
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
 from finch.preemption import PreemptionGuard, TrainingPreempted
+from finch.resume import continue_state, plan_resume
 from finch.runtime import choose_device, choose_precision, set_seed
 from finch.state import TrainerControl, TrainerState
 
@@ -108,15 +111,18 @@ class Trainer:
     # ---- training -------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
         """Train; `resume_from_checkpoint=True` continues from the newest checkpoint in `output_dir`, a path from
-        that one. Returns `TrainOutput(global_step, training_loss, metrics)`."""
+        that one (see `finch.resume.plan_resume` for what is refused, before anything is written).
+        Returns `TrainOutput(global_step, training_loss, metrics)`."""
         args = self.args
         if self.train_dataset is None:
             raise ValueError("Trainer.train() needs a train_dataset")
-        resume = self._checkpoint_to_resume(resume_from_checkpoint)
+        fingerprint = Fingerprint.of(self.train_dataset, self.model)  # hashes the token ids: once per train()
+        resume = self._checkpoint_to_resume(resume_from_checkpoint, fingerprint)
         set_seed(args.seed)
         if self.model_init is not None and resume is None:
             self.model = self._build_model().to(self.device)
             self.optimizer = self.lr_scheduler = None
+            fingerprint = dataclasses.replace(fingerprint, model=model_fingerprint(self.model))
         model, device = self.model, self.device
         self._train_model = torch.compile(model) if args.torch_compile else model  # same parameters, compiled forward
         dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns)
@@ -134,11 +140,12 @@ class Trainer:
             max_steps=max_steps, steps_per_epoch=steps_per_epoch, num_train_epochs=max_steps / steps_per_epoch,
             logging_steps=args.resolve_steps(args.logging_steps, max_steps),
             eval_steps=args.resolve_steps(args.eval_steps, max_steps),
-            save_steps=args.resolve_steps(args.save_steps, max_steps), train_batch_size=batch_size)
+            save_steps=args.resolve_steps(args.save_steps, max_steps), train_batch_size=batch_size,
+            run_id=checkpoint.new_run_id(), data_fingerprint=fingerprint.data, model_fingerprint=fingerprint.model)
         if resume is not None:
-            self.state = state = self._resume(resume, steps_per_epoch, scaler)
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_leftovers(args.output_dir)
+            self.state = state = self._resume(resume, state, scaler)
+        # only now, every check passed, is output_dir written to
+        checkpoint.prepare_output_dir(args.output_dir, state.run_id, getattr(args, "overwrite_output_dir", False))
         args.save(Path(args.output_dir) / "training_args.json")
         self._print_header(len(dataset), dropped, resume)
         self.control = TrainerControl()
@@ -337,31 +344,24 @@ class Trainer:
                                     if hasattr(cb, "state_dict")}
         checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
                                    scaler, self.processing_class)
-        checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
+        checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
+                                      state.run_id, keep=path)
         self._last_checkpoint = str(path)
         self.control = self._fire("on_save")
         return path
 
-    def _checkpoint_to_resume(self, resume_from_checkpoint: str | bool | None) -> Path | None:
-        if resume_from_checkpoint is None or resume_from_checkpoint is False:
-            return None
-        if resume_from_checkpoint is True:
-            found = checkpoint.latest_checkpoint(self.args.output_dir)
-            if found is None:
-                raise FileNotFoundError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
-            return found
-        return Path(resume_from_checkpoint)
+    def _checkpoint_to_resume(self, resume_from_checkpoint: str | bool | None,
+                              fingerprint: Fingerprint) -> Path | None:
+        return plan_resume(self.args.output_dir, resume_from_checkpoint, self.args, fingerprint)
 
-    def _resume(self, folder: Path, steps_per_epoch: int, scaler: Any) -> TrainerState:
-        checkpoint.check_compatible(folder, self.args)
-        state = checkpoint.load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, scaler)
-        if state.steps_per_epoch != steps_per_epoch:
-            raise ValueError(f"{folder} was saved with {state.steps_per_epoch} steps per epoch, this run has "
-                             f"{steps_per_epoch}: the training data, batch size or accumulation changed")
+    def _resume(self, folder: Path, fresh: TrainerState, scaler: Any) -> TrainerState:
+        """Load `folder` into the model, optimizer, scheduler and scaler; its progress with this run's plan."""
+        saved = checkpoint.load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, scaler)
+        state = continue_state(saved, fresh, folder)
         for callback in self.callback_handler.callbacks:
-            saved = state.stateful_callbacks.get(type(callback).__name__)
-            if saved is not None and hasattr(callback, "load_state_dict"):
-                callback.load_state_dict(saved)
+            callback_state = state.stateful_callbacks.get(type(callback).__name__)
+            if callback_state is not None and hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(callback_state)
         logger.info("Resuming from %s at step %d (epoch %.2f)", folder, state.global_step, state.epoch)
         self._last_checkpoint = str(folder)
         return state

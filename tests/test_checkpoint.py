@@ -10,6 +10,7 @@ from transformers import DataCollatorWithPadding
 
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from finch.checkpoint import CheckpointError, checkpoints, latest_checkpoint, verify
+from finch.errors import ResumeError
 
 
 class StopAt(TrainerCallback):
@@ -77,7 +78,7 @@ def test_resume_true_takes_the_newest_checkpoint(tmp_path, toy, tokenizer):
 
 def test_resume_true_without_checkpoints_is_a_clear_error(tmp_path, toy, tokenizer):
     trainer = Trainer(model=tiny_bert(), args=run_args(tmp_path), train_dataset=toy, processing_class=tokenizer)
-    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    with pytest.raises(ResumeError, match="holds no checkpoint"):
         trainer.train(resume_from_checkpoint=True)
 
 
@@ -86,7 +87,7 @@ def test_resume_with_different_data_is_refused(tmp_path, toy, tokenizer):
     Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer).train()
     trainer = Trainer(model=tiny_bert(), args=run_args(tmp_path, max_steps=8), train_dataset=toy.select(range(20)),
                       processing_class=tokenizer)
-    with pytest.raises(ValueError, match="steps per epoch"):
+    with pytest.raises(ResumeError, match="the training data differs from the data this checkpoint was trained on"):
         trainer.train(resume_from_checkpoint=True)
 
 
@@ -163,7 +164,7 @@ def test_resume_with_other_seed_or_model_is_refused(tmp_path, toy, tokenizer):
         other_seed.train(resume_from_checkpoint=True)
     bigger = Trainer(model=tiny_bert(num_labels=3), args=run_args(tmp_path), train_dataset=toy,
                      processing_class=tokenizer)
-    with pytest.raises(ValueError, match="does not fit this model"):
+    with pytest.raises(ResumeError, match="the model differs from the one this checkpoint was trained on"):
         bigger.train(resume_from_checkpoint=True)
 
 

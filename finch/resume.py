@@ -1,0 +1,174 @@
+"""Deciding what a `train()` call resumes, and refusing a resume that would not continue the same run.
+
+`plan_resume` makes the decision with every check that needs no weights (whose checkpoints are in the folder,
+whether the folder is a whole checkpoint, the arguments that fix the data order, the data and model fingerprints,
+other runs' checkpoints in the way), reading files only. So the CLI calls it before loading the model, and
+`Trainer.train` calls the same function before writing anything: both refuse the same resumes with the same
+message. `continue_state` then merges the checkpoint's progress with this run's plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+
+from finch.args import TrainingArguments
+from finch.checkpoint import PREFIX, STATE, checkpoints, describe_runs, latest_checkpoint, run_of, step_of, verify
+from finch.errors import ResumeError
+from finch.fingerprint import Fingerprint
+from finch.optim import total_training_steps
+from finch.state import TrainerState
+
+logger = logging.getLogger("finch")
+# Arguments that decide the data order or the step count: resuming with others changes the run, not just its end.
+RESUME_FIXED = ("seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "train_sampling_strategy")
+
+
+def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: TrainingArguments,
+                fingerprint: Fingerprint | None = None) -> Path | None:
+    """The checkpoint `train(resume_from_checkpoint=resume)` continues from (None: a fresh run), after every check
+    that needs no weights. Reads files only; writes and loads nothing, so the CLI calls it before loading the model.
+
+    Args:
+        output_dir: the run's output folder (`args.output_dir`).
+        resume: None or False for a fresh run; True for the newest whole checkpoint in `output_dir` (of the run that
+            saved last, when it holds several runs'); or a checkpoint folder.
+        args: the run's arguments: those that fix the data order must equal the checkpoint's, and
+            `overwrite_output_dir=True` lets a fresh run replace other runs' checkpoints.
+        fingerprint: the run's data and model fingerprints; None (or a None field) skips that check.
+
+    Returns:
+        The checkpoint folder to resume, or None.
+
+    Raises:
+        ResumeError: a fresh run in a folder with another run's checkpoints; nothing to resume; no such folder; not
+            a checkpoint; a damaged checkpoint; other seed, batch size, accumulation or sampling; other training
+            data or another model; another run's checkpoints at the steps this run would save.
+    """
+    output_dir = Path(output_dir)
+    overwrite = bool(getattr(args, "overwrite_output_dir", False))
+    if resume is None or resume is False:
+        found = checkpoints(output_dir)
+        if found and not overwrite:
+            raise ResumeError(
+                f"output_dir {output_dir} already holds checkpoints of another run ({describe_runs(found)}); a new "
+                f"run there would mix with them. Resume it with resume_from_checkpoint=True (CLI: --resume auto), "
+                f"delete them with overwrite_output_dir=True (CLI: --overwrite-output-dir), or choose another "
+                f"output_dir")
+        return None
+    folder = _folder_to_resume(output_dir, resume)
+    problem = verify(folder)
+    if problem is not None:
+        raise ResumeError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
+                          f"(resume_from_checkpoint=True picks the newest whole one)")
+    check_compatible(folder, args)
+    saved = TrainerState.load_from_json(folder / STATE)
+    check_fingerprint(folder, saved, fingerprint)
+    if not overwrite:
+        _check_no_collision(output_dir, folder, saved, args)
+    return folder
+
+
+def _folder_to_resume(output_dir: Path, resume: str | Path | bool) -> Path:
+    if resume is True:
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            present = checkpoints(output_dir)
+            held = f"no whole checkpoint (damaged: {describe_runs(present)})" if present else "no checkpoint"
+            raise ResumeError(f"resume_from_checkpoint=True but {output_dir} holds {held}. Start without resuming, "
+                              f"or pass a checkpoint folder")
+        others = [f for f in checkpoints(output_dir) if run_of(f) != run_of(found)]
+        if others:
+            logger.warning("%s holds checkpoints of several runs; resuming %s, from the run that saved last. Other "
+                           "runs' checkpoints are left alone: %s", output_dir, found, describe_runs(others))
+        return found
+    folder = Path(resume)
+    if not folder.is_dir():
+        places = dict.fromkeys(p for p in (output_dir, folder.parent) if p.is_dir())
+        present = [f"{place}: {', '.join(f.name for f in checkpoints(place)) or 'none'}" for place in places]
+        raise ResumeError(f"no such checkpoint folder: {folder}. Checkpoints present: "
+                          f"{'; '.join(present) or 'none'} (resume_from_checkpoint=True picks the newest whole one)")
+    if not (folder / STATE).exists():
+        inner = checkpoints(folder)
+        hint = (f"; it holds {', '.join(f.name for f in inner)}: pass one of those, or resume_from_checkpoint=True "
+                f"(CLI: --resume auto) with output_dir={folder}") if inner else f"; pass a {PREFIX}<step> folder"
+        raise ResumeError(f"{folder} is not a finch checkpoint folder (no {STATE}){hint}")
+    return folder
+
+
+def check_compatible(folder: str | Path, args: TrainingArguments) -> None:
+    """Raise `ResumeError` if `folder` was saved with arguments that set a different data order than `args` do."""
+    path = Path(folder) / "training_args.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    changed = [f"{name}: {saved.get(name)!r} then, {getattr(args, name)!r} now" for name in RESUME_FIXED
+               if name in saved and saved[name] != getattr(args, name)]
+    if changed:
+        raise ResumeError(f"cannot resume from {folder} exactly: {'; '.join(changed)}. Use the arguments it was "
+                          f"saved with, or start a new run in another output_dir")
+
+
+def check_fingerprint(folder: str | Path, saved: TrainerState, fingerprint: Fingerprint | None) -> None:
+    """Raise `ResumeError` if this run's data or model differs from checkpoint `folder`'s (warn if it has none)."""
+    if fingerprint is None:
+        return
+    if saved.data_fingerprint is None or saved.model_fingerprint is None:
+        logger.warning("%s was saved by an older finch without data and model fingerprints: resuming without "
+                       "checking that the training data and the model are the same", folder)
+    if None not in (saved.data_fingerprint, fingerprint.data) and saved.data_fingerprint != fingerprint.data:
+        raise ResumeError(
+            f"cannot resume from {folder}: the training data differs from the data this checkpoint was trained on "
+            f"(other rows, labels, order or tokenization; fingerprint {fingerprint.data[:12]} now, "
+            f"{saved.data_fingerprint[:12]} then). Use the same data, or start a new run in another output_dir")
+    if None not in (saved.model_fingerprint, fingerprint.model) and saved.model_fingerprint != fingerprint.model:
+        raise ResumeError(
+            f"cannot resume from {folder}: the model differs from the one this checkpoint was trained on (another "
+            f"class or configuration: layers, sizes, labels, dropout...). Use the same model, or start a new run in "
+            f"another output_dir")
+
+
+def _check_no_collision(output_dir: Path, folder: Path, saved: TrainerState, args: TrainingArguments) -> None:
+    """Refuse a resume that would later save over other runs' checkpoints in `output_dir` (same step numbers)."""
+    end = total_training_steps(args, saved.steps_per_epoch) if saved.steps_per_epoch else math.inf
+    clashing = [f for f in checkpoints(output_dir)
+                if saved.global_step < step_of(f) <= end and run_of(f) != saved.run_id]
+    if clashing:
+        raise ResumeError(
+            f"{output_dir} holds checkpoints of another run at steps this run will save "
+            f"({describe_runs(clashing)}). Move them away, delete them with overwrite_output_dir=True (CLI: "
+            f"--overwrite-output-dir), or resume {folder} into another output_dir")
+
+
+def continue_state(saved: TrainerState, fresh: TrainerState, folder: str | Path) -> TrainerState:
+    """The resumed run's state: progress from the checkpoint (`saved`), the plan from this run (`fresh`).
+
+    The plan (`max_steps`, `num_train_epochs`, logging/eval/save intervals) is this run's, so a resume may train
+    longer (or shorter) than first planned. The learning-rate schedule cannot follow exactly: its position comes
+    from the checkpoint but its shape from the new total, so from the resumed step on the LR is that of a run
+    planned for the new total (it may jump, e.g. back up from 0 at the end of a linear decay). A warning says so;
+    for an exact schedule, plan the full length from the start.
+
+    Raises:
+        ResumeError: the checkpoint is already past the new `max_steps`, or (an older checkpoint without a data
+            fingerprint) its steps per epoch differ from this run's.
+    """
+    if saved.steps_per_epoch and saved.steps_per_epoch != fresh.steps_per_epoch:
+        raise ResumeError(f"{folder} was saved with {saved.steps_per_epoch} steps per epoch, this run has "
+                          f"{fresh.steps_per_epoch}: the training data, batch size or accumulation changed. Use the "
+                          f"ones it was saved with, or start a new run in another output_dir")
+    if saved.global_step > fresh.max_steps:
+        raise ResumeError(f"{folder} is at step {saved.global_step}, past this run's {fresh.max_steps} steps; raise "
+                          f"max_steps (or num_train_epochs) to at least {saved.global_step}, or resume an earlier "
+                          f"checkpoint")
+    if saved.max_steps and saved.max_steps != fresh.max_steps:
+        logger.warning("resuming %s with %d steps in all instead of %d: the learning-rate schedule was planned for "
+                       "%d steps and now continues as one planned for %d (not what a run planned for %d from the "
+                       "start would do before step %d)", folder, fresh.max_steps, saved.max_steps, saved.max_steps,
+                       fresh.max_steps, fresh.max_steps, saved.global_step)
+    return dataclasses.replace(
+        saved, max_steps=fresh.max_steps, num_train_epochs=fresh.num_train_epochs, logging_steps=fresh.logging_steps,
+        eval_steps=fresh.eval_steps, save_steps=fresh.save_steps, train_batch_size=fresh.train_batch_size,
+        data_fingerprint=fresh.data_fingerprint, model_fingerprint=fresh.model_fingerprint)

@@ -1,0 +1,264 @@
+"""Runs in one output_dir, resume planning before anything is written, fingerprints, a longer resumed run."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_bert
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from finch import Trainer, TrainerCallback, TrainingArguments
+from finch.checkpoint import LOADED_FILES, checkpoints, remove_leftovers, run_of, verify
+from finch.errors import ResumeError
+from finch.fingerprint import Fingerprint, config_fingerprint, data_fingerprint
+from finch.preemption import TrainingPreempted
+from finch.resume import plan_resume
+
+
+def run_args(output_dir, **overrides):
+    values = {"output_dir": str(output_dir), "save_strategy": "steps", "save_steps": 2, "logging_steps": 1000,
+              "disable_tqdm": True, "learning_rate": 2e-3, "seed": 3, "per_device_train_batch_size": 4,
+              "gradient_accumulation_steps": 1, "max_steps": 2, "bf16": False}
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def train(output_dir, data, tokenizer, resume=None, model=None, callbacks=(), **overrides):
+    trainer = Trainer(model=model or tiny_bert(), args=run_args(output_dir, **overrides), train_dataset=data,
+                      processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def folder_digest(folder: Path) -> str:
+    """Names and bytes of everything under `folder`."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def rewrite_manifest(folder: Path, drop=()) -> None:
+    """Re-list every file of `folder` in its manifest, as a forger (or an older finch, with `drop`) would."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in drop:
+        manifest.pop(key, None)
+    manifest["files"] = {p.name: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                         for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def make_legacy(folder: Path) -> None:
+    """Turn a checkpoint into one an older finch wrote: no run id, no fingerprints."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    for key in ("run_id", "data_fingerprint", "model_fingerprint"):
+        state.pop(key)
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    rewrite_manifest(folder, drop=("run_id", "saved_at"))
+
+
+class SigtermAt(TrainerCallback):
+    """A scheduler's preemption notice arriving during step `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_it_untouched(tmp_path, toy, tokenizer):
+    train(tmp_path, toy, tokenizer)
+    before = folder_digest(tmp_path)
+    with pytest.raises(ResumeError, match=r"already holds checkpoints of another run \(run \w{8}: checkpoint-2") as error:
+        train(tmp_path, toy, tokenizer, max_steps=4)
+    for choice in ("resume_from_checkpoint=True", "--resume auto", "overwrite_output_dir=True",
+                   "--overwrite-output-dir", "another output_dir"):
+        assert choice in str(error.value)
+    assert folder_digest(tmp_path) == before
+    make_legacy(tmp_path / "checkpoint-2")
+    with pytest.raises(ResumeError, match=r"an older finch's run \(no run id\): checkpoint-2"):
+        plan_resume(tmp_path, None, run_args(tmp_path))
+
+
+def test_overwrite_output_dir_deletes_the_other_runs_checkpoints_with_a_warning(tmp_path, toy, tokenizer, caplog):
+    first = train(tmp_path, toy, tokenizer)
+    args = run_args(tmp_path, save_steps=1)
+    args.overwrite_output_dir = True  # the field the lead adds to TrainingArguments
+    second = Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer)
+    second.train()
+    assert "overwrite_output_dir=True: deleting the checkpoints of other runs" in caplog.text
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-2"]
+    assert {run_of(p) for p in checkpoints(tmp_path)} == {second.state.run_id} != {first.state.run_id}
+
+
+def test_mixed_folder_keeps_every_runs_checkpoints_and_the_preemption_save(tmp_path, toy, tokenizer, caplog):
+    """Run A left checkpoint-8 in `shared`; run B, resumed into `shared`, is preempted at step 3 with
+    save_total_limit=1: rotation kept the higher-numbered checkpoint-8 and deleted B's, and resume=True took A's."""
+    shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    first = train(shared, toy, tokenizer, max_steps=8, save_steps=8, save_total_limit=1)
+    a_before = folder_digest(shared / "checkpoint-8")
+    train(elsewhere, toy, tokenizer)  # run B: checkpoint-2
+    b_args = {"max_steps": 6, "save_steps": 100, "save_total_limit": 1}
+    with pytest.raises(TrainingPreempted) as stop:
+        train(shared, toy, tokenizer, resume=str(elsewhere / "checkpoint-2"), callbacks=[SigtermAt(3)], **b_args)
+    assert stop.value.checkpoint == str(shared / "checkpoint-3")
+    assert verify(shared / "checkpoint-3") is None, "the checkpoint the message names exists and is whole"
+    assert folder_digest(shared / "checkpoint-8") == a_before and run_of(shared / "checkpoint-8") == first.state.run_id
+    assert plan_resume(shared, True, run_args(shared, **b_args)) == shared / "checkpoint-3"
+    resumed = train(shared, toy, tokenizer, resume=True, **b_args)
+    assert "holds checkpoints of several runs; resuming" in caplog.text and resumed.state.global_step == 6
+    assert [p.name for p in checkpoints(shared)] == ["checkpoint-6", "checkpoint-8"]
+    assert folder_digest(shared / "checkpoint-8") == a_before
+
+
+def test_resume_that_would_save_over_another_runs_checkpoints_is_refused(tmp_path, toy, tokenizer):
+    shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    train(shared, toy, tokenizer, max_steps=4, save_steps=4)
+    train(elsewhere, toy, tokenizer)
+    with pytest.raises(ResumeError, match=r"holds checkpoints of another run at steps this run will save \(run "):
+        plan_resume(shared, elsewhere / "checkpoint-2", run_args(shared, max_steps=6))
+    assert plan_resume(shared, elsewhere / "checkpoint-2", run_args(shared, max_steps=3))  # stops before step 4
+
+
+def test_refused_resumes_leave_the_folder_byte_identical(tmp_path, toy, tokenizer):
+    """Every refusal comes before the first write; most before any weights are loaded (`plan_resume`)."""
+    run, spare = tmp_path / "run", tmp_path / "spare"
+    train(run, toy, tokenizer)
+    flipped = toy.map(lambda row, index: {"label": 1 - row["label"] if index == 0 else row["label"]},
+                      with_indices=True)
+    cases = [  # (resume, overrides, data, model, expected message)
+        (str(run / "checkpoint-9"), {}, toy, None, r"no such checkpoint folder: .*9\. Checkpoints present: .*run: checkpoint-2"),
+        (str(run), {}, toy, None, r"is not a finch checkpoint folder .*it holds checkpoint-2: pass one of those"),
+        (True, {"seed": 4}, toy, None, "cannot resume .* exactly: seed: 3 then, 4 now"),
+        (True, {"per_device_train_batch_size": 8}, toy, None, "per_device_train_batch_size: 4 then, 8 now"),
+        (True, {}, flipped, None, "the training data differs from the data this checkpoint was trained on"),
+        (True, {}, toy, tiny_bert(dropout=0.2), "the model differs from the one this checkpoint was trained on"),
+        (True, {"max_steps": 1}, toy, None, "is at step 2, past this run's 1 steps; raise max_steps"),
+    ]
+    before = folder_digest(tmp_path)
+    for resume, overrides, data, model, message in cases:
+        with pytest.raises(ResumeError, match=message):
+            train(run, data, tokenizer, resume=resume, model=model, **overrides)
+        assert folder_digest(tmp_path) == before, message
+
+    damaged = spare / "checkpoint-2"
+    shutil.copytree(run / "checkpoint-2", damaged)
+    (damaged / "scheduler.json").write_text("{}\n")
+    pickled = spare / "pickled" / "checkpoint-2"
+    shutil.copytree(run / "checkpoint-2", pickled)
+    torch.save({"state": Pwn()}, pickled / "optimizer.pt")
+    rewrite_manifest(pickled)  # a forged checkpoint: the manifest matches
+    before = folder_digest(tmp_path)
+    for folder, message in ((damaged, "checkpoint-2 is damaged: scheduler.json has 3 bytes"),
+                            (pickled, "optimizer.pt is not a plain tensor file")):
+        with pytest.raises(ResumeError, match=message):
+            train(spare, toy, tokenizer, resume=str(folder))
+        assert folder_digest(tmp_path) == before, message
+
+
+class Pwn:
+    def __reduce__(self):
+        return print, ("PWNED",)
+
+
+def test_optimizer_file_that_is_not_plain_tensors_is_refused_and_not_run(tmp_path, toy, tokenizer, capfd):
+    train(tmp_path, toy, tokenizer)
+    folder = tmp_path / "checkpoint-2"
+    torch.save({"state": Pwn(), "param_groups": []}, folder / "optimizer.pt")
+    rewrite_manifest(folder)
+    with pytest.raises(ResumeError) as error:
+        train(tmp_path, toy, tokenizer, resume=True, max_steps=4)
+    assert "not a plain tensor file" in str(error.value) and "refused" in str(error.value)
+    assert "weights_only" not in str(error.value), "never advise weights_only=False"
+    assert "PWNED" not in capfd.readouterr().out
+
+
+def test_larger_max_steps_on_resume_takes_the_new_plan_and_warns_about_the_schedule(tmp_path, toy, tokenizer,
+                                                                                    caplog, capsys):
+    train(tmp_path, toy, tokenizer)
+    resumed = train(tmp_path, toy, tokenizer, resume=True, max_steps=4)
+    assert (resumed.state.global_step, resumed.state.max_steps) == (4, 4)
+    assert resumed.state.num_train_epochs == 4 / resumed.state.steps_per_epoch
+    assert "learning-rate schedule was planned for 2 steps and now continues as one planned for 4" in caplog.text
+    assert json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())["max_steps"] == 4
+    assert "step 4/4" in capsys.readouterr().out
+
+
+def test_checkpoint_of_an_older_finch_resumes_with_a_warning(tmp_path, toy, tokenizer, caplog):
+    train(tmp_path, toy, tokenizer)
+    make_legacy(tmp_path / "checkpoint-2")
+    with pytest.raises(ResumeError, match="saved with 24 steps per epoch, this run has 5"):
+        train(tmp_path, toy.select(range(20)), tokenizer, resume=True, max_steps=4)
+    resumed = train(tmp_path, toy, tokenizer, resume=True, max_steps=4, save_total_limit=1)
+    assert "saved by an older finch without data and model fingerprints" in caplog.text
+    assert resumed.state.global_step == 4 and resumed.state.run_id is None  # the older run goes on as itself
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-4"]
+
+
+def test_cli_can_plan_the_resume_before_loading_the_model(tmp_path, toy, tokenizer, tiny_model_dir):
+    """What the CLI has before loading weights (tokenized data, config) gives the fingerprint train() records."""
+    labels = {"num_labels": 2}
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, **labels)
+    train(tmp_path, toy, tokenizer, model=model)
+    before_loading = Fingerprint(data_fingerprint(toy), config_fingerprint(
+        AutoConfig.from_pretrained(tiny_model_dir, **labels), AutoModelForSequenceClassification))
+    assert plan_resume(tmp_path, True, run_args(tmp_path, max_steps=4), before_loading) == tmp_path / "checkpoint-2"
+    with pytest.raises(ResumeError, match="no such checkpoint folder"):
+        plan_resume(tmp_path, tmp_path / "checkpoint-3", run_args(tmp_path), before_loading)
+    with pytest.raises(ResumeError, match="another run"):
+        plan_resume(tmp_path, None, run_args(tmp_path), before_loading)
+
+
+def test_manifest_names_outside_the_folder_are_refused(tmp_path):
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"not yours")
+    described = {"size": 9, "sha256": hashlib.sha256(b"not yours").hexdigest()}
+    folder = tmp_path / "run" / "checkpoint-1"
+    folder.mkdir(parents=True)
+    for name in ("../../secret", str(outside)):
+        (folder / "manifest.json").write_text(json.dumps({"files": {name: described}}))
+        assert "outside the checkpoint folder" in verify(folder), name
+    (folder / "model.safetensors").symlink_to(outside)
+    (folder / "manifest.json").write_text(json.dumps({"files": {"model.safetensors": described}}))
+    assert "outside the checkpoint folder" in verify(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "optimizer.pt").write_bytes(b"added later")
+    (folder / "manifest.json").write_text(json.dumps({"files": {}}))
+    assert verify(folder) == "optimizer.pt is not listed in manifest.json (added after the save?)"
+    assert "optimizer.pt" in LOADED_FILES
+
+
+def test_remove_leftovers_spares_other_runs_live_saves(tmp_path):
+    mine, other = "a" * 32, "b" * 32
+    host = "".join(c if c.isascii() and (c.isalnum() or c == ".") else "_" for c in socket.gethostname())
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    dead, live = int(ended.stdout), os.getpid()
+    names = {
+        f".tmp-checkpoint-4-{other}-{host}-{live}": True,  # another run saving right now: kept
+        f".tmp-checkpoint-4-{other}-elsewhere-{dead}": True,  # another machine's: kept
+        f".tmp-checkpoint-5-{other}-{host}-{dead}": False,  # a killed process's unfinished save: removed
+        f".tmp-checkpoint-6-{mine}-{host}-{live}": False,  # this run's: removed
+        f".tmp-checkpoint-7-{dead}": False,  # an older finch's, killed: removed
+        ".tmp-checkpoint-notes": True,  # not finch's name
+    }
+    for name in names:
+        (tmp_path / name).mkdir()
+    stale = tmp_path / f".stale-checkpoint-8-{mine}-{host}-{dead}"  # killed between the two renames of a re-save
+    stale.mkdir()
+    (stale / "manifest.json").write_text(json.dumps({"run_id": mine, "files": {}}))
+    remove_leftovers(tmp_path, mine)
+    assert {name: (tmp_path / name).exists() for name in names} == names
+    assert (tmp_path / "checkpoint-8").is_dir() and not stale.exists(), "restored, not deleted"
