@@ -4,7 +4,10 @@ Differences from transformers 5, each on purpose:
 - `bf16` / `fp16` default to `None` ("unset"): finch then picks bf16 where the hardware runs it fast.
 - `train_sampling_strategy` defaults to "group_by_length" (same examples per epoch, less padding).
 - Old names that transformers 5 rejects (`evaluation_strategy`, `group_by_length`, `warmup_ratio`, `logging_dir`,
-  `overwrite_output_dir`) are accepted with one warning each.
+  `no_cuda`) are accepted with one warning each; one that disagrees with its new name is an error.
+- `overwrite_output_dir` (gone from transformers 5) is a field again: a fresh run refuses a folder that holds another
+  run's checkpoints unless it is set, and then deletes them.
+- Every value is checked against its field's type (strings that spell one are converted; NaN is refused).
 - Arguments are saved as JSON (`training_args.json`), never pickled.
 """
 

@@ -115,10 +115,24 @@ def prepare(options: dict[str, Any]) -> Job:
     print(f"tokens: {describe_token_limit(tokenized['train'], max_length, source)}", flush=True)
     warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
     check_output_dir(args.output_dir)
+    _plan_resume(args, options.get("resume"), tokenized["train"], config, splits.task)
     card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
                      max_length=requested, task=splits.task.kind)
     build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, options.get("metric"))
     return Job(args, splits, card, build)
+
+
+def _plan_resume(args: TrainingArguments, resume: str | None, train: Any, config: Any, task: Task) -> None:
+    """Every resume check (another run's folder, a missing checkpoint, other data or model...) before the weights
+    load; `Trainer.train` repeats it with the same function, so both say the same."""
+    from transformers import AutoModelForSequenceClassification
+
+    from finch.fingerprint import Fingerprint, config_fingerprint, data_fingerprint
+    from finch.resume import plan_resume
+
+    config.num_labels = task.num_labels  # as the model will be built; the config object is this job's own copy
+    fingerprint = Fingerprint(data_fingerprint(train), config_fingerprint(config, AutoModelForSequenceClassification))
+    plan_resume(args.output_dir, True if resume == "auto" else resume, args, fingerprint)
 
 
 def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -> TrainingArguments:

@@ -50,7 +50,7 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
             data or another model; another run's checkpoints at the steps this run would save.
     """
     output_dir = Path(output_dir)
-    overwrite = bool(getattr(args, "overwrite_output_dir", False))
+    overwrite = args.overwrite_output_dir
     if resume is None or resume is False:
         found = checkpoints(output_dir)
         if found and not overwrite:

@@ -145,7 +145,7 @@ class Trainer:
         if resume is not None:
             self.state = state = self._resume(resume, state, scaler)
         # only now, every check passed, is output_dir written to
-        checkpoint.prepare_output_dir(args.output_dir, state.run_id, getattr(args, "overwrite_output_dir", False))
+        checkpoint.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
         args.save(Path(args.output_dir) / "training_args.json")
         self._print_header(len(dataset), dropped, resume)
         self.control = TrainerControl()

@@ -266,3 +266,24 @@ def test_predict_keeps_input_columns_and_refuses_an_empty_file(tmp_path, trained
     assert main(["predict", "--model", str(model), "--data", str(tmp_path / "header.csv"), "--out",
                  str(tmp_path / "q.csv")]) == 2
     assert "no data rows" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
+
+
+def test_a_refused_resume_leaves_the_run_folder_byte_identical(tmp_path, tiny_model_dir, capsys, no_weights_loaded):
+    """A second `finch train` in the same folder, and a resume with other data: exit 2, found before the weights
+    load, and not one byte of the first run's folder (finch_config.yaml included) changes."""
+    train = write_csv(tmp_path / "t.csv", reviews(40))
+    out = tmp_path / "o"
+    first = subprocess.run([sys.executable, "-m", "finch.cli", "train", "--model", tiny_model_dir, "--train", train,
+                            "--output-dir", str(out), "--max-steps", "2", *FAST], capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()}
+    other = write_csv(tmp_path / "other.csv", reviews(40, offset=7))
+    for extra, message in (([], "already holds checkpoints of another run"),
+                           (["--resume", "auto", "--train", other], "training data"),
+                           (["--resume", str(out / "checkpoint-99")], "no such checkpoint")):
+        code = main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(out),
+                     "--max-steps", "4", *FAST, *extra])
+        error = capsys.readouterr().err
+        assert code == 2 and message in error and "Traceback" not in error, error
+        assert {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()} == before
