@@ -237,7 +237,7 @@ def _first_undecodable(path: Path, encoding: str) -> tuple[int | None, bytes | N
 
 def _delimited_rows(file: IO[str], path: Path, tab: bool) -> Iterator[dict[str, str]]:
     """Rows of a CSV (quoted fields) or TSV (quoting off, as GLUE's files need), checked against the header."""
-    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
+    csv.field_size_limit(FIELD_SIZE_LIMIT)
     reader = csv.reader(file, delimiter="\t" if tab else ",", quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL)
     try:
         header = next((record for record in reader if record), None)
