@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,7 +270,7 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
     _check_class_count(task, len(train), f"{train_where}, column {label!r}", checks)
     train = encode_labels(train, texts, label, task, train_where)
     if validation is None:
-        stratify = "label" if task.kind in ("binary", "multiclass") else None
+        stratify = _stratify_by(train, task, train_where, checks)
         parts = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column=stratify)
         train, validation = parts["train"], parts["test"]
         held_out = f"10% of {train_spec} held out for validation ({'stratified, ' if stratify else ''}seed {seed})"
@@ -285,6 +286,27 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
     description = (f"text {' + '.join(texts)}, label {columns.describe_label()}: {task.describe()}; {len(train)} "
                    f"training rows, {len(validation)} validation rows; {held_out}")
     return Splits(train, validation, texts, task, description)
+
+
+def _stratify_by(train: datasets.Dataset, task: Task, where: str, checks: Checks) -> str | None:
+    """"label" when 10% can be held out stratified by class (each class twice or more, and as many rows held out and
+    kept as there are classes); otherwise None, with a warning, and 10% held out at random."""
+    if len(train) < 2:
+        raise DataError(f"{where}: {len(train)} row(s): too few to train on and hold out validation from; add rows")
+    if task.kind not in ("binary", "multiclass"):
+        return None
+    counts = Counter(train["label"])
+    single = [task.label_names[i] for i, count in sorted(counts.items()) if count < 2]
+    held_out = math.ceil(0.1 * len(train))
+    if single:
+        reason = f"{len(single)} class(es) have a single row ({', '.join(map(repr, single[:5]))})"
+    elif min(held_out, len(train) - held_out) < len(counts):
+        reason = f"10% of the rows ({held_out}) are fewer than the {len(counts)} classes"
+    else:
+        return "label"
+    checks.warn(f"{where}: {reason}, too few to hold out validation stratified by label; it is held out at random "
+                f"instead. Add rows, or pass a validation file with --validation")
+    return None
 
 
 def _has_labels(split: datasets.Dataset) -> bool:
