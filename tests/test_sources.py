@@ -226,12 +226,12 @@ def test_parquet_is_read_whole_and_by_record_batches(tmp_path):
 
 @pytest.mark.parametrize(("name", "content", "message"), [
     ("a.json", '[{"text": "a b", "label": 1},\n {"text": oops}]', "a.json, line 2: not valid JSON"),
-    ("o.json", '{\n "text": "a b", "label": 1\n}\n', "o.json, line 1: not valid JSON (Expecting property name "
+    ("o.json", '{\n "text": "a b", "label": 1\n}\n', ("o.json, line 1: not valid JSON (Expecting property name "
                                                      "enclosed in double quotes); each line must be one JSON object "
-                                                     "(or the whole file one array of them"),
+                                                     "(or the whole file one array of them")),
     ("n.jsonl", '{"text": "a b", "label": 1}\n[1, 2]\n', "n.jsonl, line 2: [1, 2] is not a JSON object"),
-    ("k.jsonl", '{"text": "a b", "label": 1, "label": 2}\n', "k.jsonl, line 1: the object names key(s) ['label'] "
-                                                             "more than once"),
+    ("k.jsonl", '{"text": "a b", "label": 1, "label": 2}\n', ("k.jsonl, line 1: the object names key(s) ['label'] "
+                                                             "more than once")),
     ("r.csv", "text,label\n\na b c,1\n\nd e f,0,extra\n", "r.csv, line 5: 3 fields, the header has 2"),
     ("q.csv", 'text,label\n"a b\nc d",1\ne f,0,extra\n', "q.csv, line 4: 3 fields, the header has 2"),
     ("h.tsv", "text\tlabel\n\n\n", "h.tsv: no data rows"),
