@@ -47,7 +47,7 @@ def read_source(spec: str | Path, encoding: str = "utf-8") -> dict[str, datasets
     Raises:
         DataError: a missing or unreadable file, or malformed data (the message names the file, line and fix).
     """
-    path = Path(spec)
+    path = Path(spec).expanduser()
     looks_like_a_path = path.suffix.lower() in (*TEXT_SUFFIXES, ".parquet") or str(spec).startswith((".", "/", "~"))
     if not _exists(path, raise_missing=looks_like_a_path):
         return _read_hub(str(spec))

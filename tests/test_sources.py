@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -94,18 +96,14 @@ except DataError as error:
 
 
 @pytest.mark.skipif(not hasattr(os, "setuid"), reason="needs os.setuid")
-def test_a_file_without_read_permission(tmp_path):
-    path = write(tmp_path / "secret.csv", rows_text())
-    path.chmod(0o000)
-    tmp_path.chmod(0o755)
-    command = [sys.executable, "-c", UNREADABLE, str(path)]
-    if os.geteuid() == 0:
-        for parent in tmp_path.parents:  # pytest's base folder is private to its user; let nobody reach the file
-            if str(parent).startswith("/tmp/") and parent.stat().st_mode & 0o005 != 0o005:
-                parent.chmod(parent.stat().st_mode | 0o005)
-    else:
-        command[2] = UNREADABLE.replace("os.setuid(65534)", "")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+def test_a_file_without_read_permission():
+    script = UNREADABLE if os.geteuid() == 0 else UNREADABLE.replace("os.setuid(65534)", "")
+    with tempfile.TemporaryDirectory() as folder:  # not pytest's tmp_path: its base folder is private to root
+        os.chmod(folder, 0o755)
+        path = write(Path(folder) / "secret.csv", rows_text())
+        path.chmod(0o000)
+        done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300,
+                              check=False)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert f"{path}: permission denied; make the file readable (chmod a+r {path})" in done.stdout
 
