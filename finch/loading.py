@@ -1,7 +1,10 @@
 """Labelled text for `finch train` / `finch eval`: read, columns inferred, task detected, checked, labels encoded.
 
-Every check runs before any model is loaded. Errors raise `DataError` (the CLI prints it and exits with code 2);
-warnings (empty texts dropped, rows shared by training and validation) are printed, or raised with `strict`.
+Every check runs before any model is loaded. Errors raise `DataError` (the CLI prints it and exits with code 2):
+a column given twice or as both text and label, objects or lists where text is needed, no label found. Warnings
+(empty or invisible texts dropped, rows shared by training and validation, nearly one class per row, classes too
+rare to stratify) are printed, or raised with `strict`. The label is found by its name, else by its values (the one
+column beside the text with few distinct values), and the description says so.
 """
 
 from __future__ import annotations
@@ -50,17 +53,17 @@ class Checks:
 
 @dataclass
 class Columns:
-    """The text column(s) and the label column of a data set; `label_found_by` says how the label was chosen."""
+    """The text column(s) and the label column of a data set, and why the label was taken when its values decided."""
 
     texts: list[str]
     label: str | None
-    label_found_by: str = "given"  # "given", "name", or the reason it was inferred from the values
+    label_inferred_because: str = ""  # empty when the label was given, or found by its name
 
     def describe_label(self) -> str:
         """The label column's name, with the reason when it was inferred from its values."""
-        if self.label_found_by in ("given", "name"):
-            return str(self.label)
-        return f"{self.label} (inferred: {self.label_found_by})"
+        if self.label_inferred_because:
+            return f"{self.label} (inferred: {self.label_inferred_because})"
+        return str(self.label)
 
 
 def infer_columns(dataset: datasets.Dataset, where: str, text_columns: Sequence[str] | None = None,
@@ -81,15 +84,15 @@ def find_columns(dataset: datasets.Dataset, where: str, text_columns: Sequence[s
     names = dataset.column_names
     texts = list(text_columns or [])
     _check_given(names, where, texts, label_column)
-    label, found_by = label_column, "given"
+    label, because = label_column, ""
     if label is None and need_label:
         lowered = {name.lower(): name for name in names if name not in texts}
-        label, found_by = next((lowered[n] for n in LABEL_NAMES if n in lowered), None), "name"
+        label = next((lowered[n] for n in LABEL_NAMES if n in lowered), None)
     texts = texts or _infer_texts(dataset, where, label)
     if label is None and need_label:
-        label, found_by = _label_by_values(dataset, where, texts)
+        label, because = _label_by_values(dataset, where, texts)
     _check_value_types(dataset, where, texts, label)
-    return Columns(texts, label, found_by)
+    return Columns(texts, label, because)
 
 
 def _check_given(names: list[str], where: str, texts: list[str], label: str | None) -> None:
