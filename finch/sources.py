@@ -195,7 +195,8 @@ def _encoding_of(path: Path, suffix: str, head: bytes, codec: str) -> str:
         if half >= 2 and zeros_even > 0.6 * half and zeros_odd < 0.1 * half:
             return "utf-16-be"
         raise DataError(f"{path}: this is a binary file, not {suffix[1:].upper()} text (it holds NUL bytes); export "
-                        f"the data as text (CSV, TSV or JSON Lines) or Parquet")
+                        f"the data as text (CSV, TSV or JSON Lines) or Parquet. If it is UTF-16 text without a "
+                        f"byte-order mark, pass --encoding utf-16-le (or utf-16-be)")
     return codec
 
 
@@ -206,8 +207,8 @@ def _decode_error(path: Path, encoding: str, error: UnicodeDecodeError) -> DataE
         bad, context = error.object[error.start:error.end], ""
     shown = " ".join(f"0x{byte:02x}" for byte in bad[:8])
     where = f"{path}, line {line}" if line else str(path)
-    name = codecs.lookup(encoding).name
-    if name in ("utf-8", "utf-8-sig"):
+    name = codecs.lookup(encoding).name.removesuffix("-sig")
+    if name == "utf-8":
         fix = (f"It is probably in cp1252 or Latin-1 (as Excel and older tools write): convert it to UTF-8, e.g. "
                f"iconv -f cp1252 -t utf-8 {path.name} > {path.stem}-utf8{path.suffix}, or pass --encoding cp1252 "
                f"(or --encoding latin-1)")
