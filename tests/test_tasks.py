@@ -188,3 +188,11 @@ def test_predict_streams_in_constant_memory(tmp_path, tiny_model_dir):
         with open(tmp_path / "o.csv") as written:
             assert sum(1 for _ in written) == rows + 1
     assert peaks[200_000] < peaks[20_000] * 1.10, peaks
+
+
+def test_objects_as_labels_are_an_error_and_lists_of_names_are_multilabel():
+    with pytest.raises(DataError, match=r"f: rows 1, 2 have labels that are JSON objects \(\{'name': 'a'\}\)"):
+        detect_task([{"name": "a"}, {"name": "b"}], "f")
+    with pytest.raises(DataError, match="rows 2 have labels that are lists of objects or lists"):
+        encode([["a"], [{"name": "b"}]], Task("multilabel", ["a", "b"]), "f")
+    assert detect_task([["a", "b"], [1], []], "f").label_names == ["1", "a", "b"]
