@@ -24,6 +24,7 @@ import torch
 
 from finch.card import ModelCard
 from finch.errors import DataError, OutputError
+from finch.loading import find_empty_texts
 from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
 from finch.outputs import check_output_file, replaced_on_success, write_text
 from finch.sources import iter_chunks
@@ -56,17 +57,6 @@ class Predictor:
         self.text_columns = list(text_columns or card.text_columns)
         self.max_length = max_length_for(self.model.config, max_length, card.max_length, fallback=None)
         self.batch_size = batch_size
-
-    def columns_for(self, row: dict[str, Any], where: str) -> list[str]:
-        """The text columns to read, checked against the first row (inferred when not recorded or given)."""
-        import datasets
-
-        from finch.loading import infer_columns
-
-        columns, _ = infer_columns(datasets.Dataset.from_list([row]), where, self.text_columns or None,
-                                   need_label=False)
-        self.text_columns = list(columns)
-        return self.text_columns
 
     @torch.inference_mode()
     def logits(self, rows: list[dict[str, Any]], columns: list[str]) -> torch.Tensor:
@@ -102,10 +92,18 @@ class Predictor:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        raise DataError(f"a text value is a {type(value).__name__} ({str(value)[:60]}), not text; flatten the column "
-                        f"or name the right one with --text-columns")
     return "" if value is None else str(value)
+
+
+def text_columns_for(row: dict[str, Any], where: str, given: list[str] | None, card: ModelCard) -> list[str]:
+    """The text columns to read: given, else recorded at training, else inferred; checked against `row`."""
+    import datasets
+
+    from finch.loading import infer_columns
+
+    columns, _ = infer_columns(datasets.Dataset.from_list([row]), where, given or card.text_columns or None,
+                               need_label=False)
+    return list(columns)
 
 
 def _flat(result: dict[str, Any]) -> dict[str, Any]:
@@ -129,19 +127,21 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, text_
     if out.suffix.lower() not in (".csv", ".jsonl"):
         raise OutputError(f"--out {out}: write predictions to a .csv or .jsonl file")
     check_output_file(out, inputs=(data,))
+    model_dir = model_source(str(model_dir))
     chunks = iter_chunks(data, rows_per_chunk, encoding=encoding)
-    first = next(chunks, None)  # reading (and checking) the input starts before the model loads or out is opened
+    first = next(chunks, None)  # the input is read and checked before the weights load or `out` is opened
     if not first:
         raise DataError(f"{data}: no data rows to predict")
-    predictor = Predictor(model_dir, text_columns, batch_size)
-    columns = predictor.columns_for(first[0], str(data))
+    columns = text_columns_for(first[0], str(data), text_columns, ModelCard.read(model_dir))
+    find_empty_texts(first, columns, str(data))
+    predictor = Predictor(model_dir, columns, batch_size)
     started, written, empty = time.perf_counter(), 0, 0
     jsonl = out.suffix.lower() == ".jsonl"
     with replaced_on_success(out, encoding="utf-8", newline="") as file:
         writer = None
         for chunk in _chain(first, chunks):
+            empty += len(find_empty_texts(chunk, columns, str(data), first_row=written + 1))
             results = predictor.describe(predictor.logits(chunk, columns))
-            empty += sum(1 for row in chunk if not any(_text(row.get(c)).strip() for c in columns))
             for row, result in zip(chunk, results):
                 _check_no_clash(row, result, str(data))
                 if jsonl:

@@ -47,7 +47,7 @@ def read_source(spec: str | Path, encoding: str = "utf-8") -> dict[str, datasets
     Raises:
         DataError: a missing or unreadable file, or malformed data (the message names the file, line and fix).
     """
-    path = Path(spec)
+    path = Path(spec).expanduser()
     looks_like_a_path = path.suffix.lower() in (*TEXT_SUFFIXES, ".parquet") or str(spec).startswith((".", "/", "~"))
     if not _exists(path, raise_missing=looks_like_a_path):
         return _read_hub(str(spec))
@@ -195,7 +195,8 @@ def _encoding_of(path: Path, suffix: str, head: bytes, codec: str) -> str:
         if half >= 2 and zeros_even > 0.6 * half and zeros_odd < 0.1 * half:
             return "utf-16-be"
         raise DataError(f"{path}: this is a binary file, not {suffix[1:].upper()} text (it holds NUL bytes); export "
-                        f"the data as text (CSV, TSV or JSON Lines) or Parquet")
+                        f"the data as text (CSV, TSV or JSON Lines) or Parquet. If it is UTF-16 text without a "
+                        f"byte-order mark, pass --encoding utf-16-le (or utf-16-be)")
     return codec
 
 
@@ -206,8 +207,8 @@ def _decode_error(path: Path, encoding: str, error: UnicodeDecodeError) -> DataE
         bad, context = error.object[error.start:error.end], ""
     shown = " ".join(f"0x{byte:02x}" for byte in bad[:8])
     where = f"{path}, line {line}" if line else str(path)
-    name = codecs.lookup(encoding).name
-    if name in ("utf-8", "utf-8-sig"):
+    name = codecs.lookup(encoding).name.removesuffix("-sig")
+    if name == "utf-8":
         fix = (f"It is probably in cp1252 or Latin-1 (as Excel and older tools write): convert it to UTF-8, e.g. "
                f"iconv -f cp1252 -t utf-8 {path.name} > {path.stem}-utf8{path.suffix}, or pass --encoding cp1252 "
                f"(or --encoding latin-1)")
@@ -237,7 +238,7 @@ def _first_undecodable(path: Path, encoding: str) -> tuple[int | None, bytes | N
 
 def _delimited_rows(file: IO[str], path: Path, tab: bool) -> Iterator[dict[str, str]]:
     """Rows of a CSV (quoted fields) or TSV (quoting off, as GLUE's files need), checked against the header."""
-    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
+    csv.field_size_limit(FIELD_SIZE_LIMIT)
     reader = csv.reader(file, delimiter="\t" if tab else ",", quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL)
     try:
         header = next((record for record in reader if record), None)

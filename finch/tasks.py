@@ -65,7 +65,8 @@ def is_missing(value: Any) -> bool:
 
 
 def detect_task(values: Sequence[Any], where: str) -> Task:
-    """The task the training labels imply. Raises `DataError` for missing, mixed or single-class labels."""
+    """The task the training labels imply. Raises `DataError` for missing, mixed, nested or single-class labels."""
+    _check_not_nested(values, where)
     missing = [i for i, v in enumerate(values) if is_missing(v) and not isinstance(v, list)]
     if missing:
         raise DataError(f"{where}: {len(missing)} row(s) have no label (rows {_rows(missing)}); fill them in or "
@@ -97,6 +98,7 @@ def encode(values: Sequence[Any], task: Task, where: str) -> list:
     Raises:
         DataError: a label that the training data never had (with the rows), or a missing or unparsable one.
     """
+    _check_not_nested(values, where)
     missing = [i for i, v in enumerate(values) if is_missing(v) and not isinstance(v, list)]
     if missing:
         raise DataError(f"{where}: {len(missing)} row(s) have no label (rows {_rows(missing)}); fill them in or "
@@ -123,6 +125,17 @@ def encode(values: Sequence[Any], task: Task, where: str) -> list:
                         f"{_rows(unseen_rows)}); known: {task.label_names[:10]}. Fix the labels, or add examples of "
                         f"them to the training file")
     return [index[key] for key in keys]
+
+
+def _check_not_nested(values: Sequence[Any], where: str) -> None:
+    """Objects, or lists holding objects or lists, are no labels (as text they would be classes like "{'a': 1}")."""
+    nested = [i for i, v in enumerate(values) if isinstance(v, dict) or (
+        isinstance(v, list) and any(isinstance(item, (dict, list)) for item in v))]
+    if nested:
+        example = values[nested[0]]
+        kind = "JSON objects" if isinstance(example, dict) else "lists of objects or lists"
+        raise DataError(f"{where}: rows {_rows(nested)} have labels that are {kind} ({str(example)[:60]}); a label is a class name, a number, or a list of class names "
+                        f"(multi-label). Pick the field that holds the label and pass it with --label-column")
 
 
 def compute_metrics_for(task: Task, extra: Sequence[str] = ()) -> Callable[[Any], dict[str, float]]:

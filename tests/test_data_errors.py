@@ -72,9 +72,40 @@ CASES = {
     "bad config key": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--config",
                                   csv_file(d / "c.yaml", "learning_rat: 0.1\n")],
                        "unknown option(s) 'learning_rat' (did you mean 'learning_rate'"),
+    "duplicated header name": (lambda d: ["--train", csv_file(d / "d.csv", "text,label,label\nsome words,1,0\n")],
+                               "d.csv, line 1: the header names a column more than once: 'label' 2 times"),
+    "latin-1 file": (lambda d: ["--train", _latin1(d / "l.csv")],
+                     "l.csv, line 3: not valid utf-8 text: byte(s) 0xe9"),
+    "corrupt parquet": (lambda d: ["--train", csv_file(d / "p.parquet", rows_csv())],
+                        "p.parquet: not a valid Parquet file"),
+    "symbolic link loop": (lambda d: ["--train", _loop(d / "loop.csv")], "loop.csv: a symbolic link loop"),
+    "text column of objects": (lambda d: ["--train", jsonl(d / "o.jsonl", [{"text": {"title": "a b c"}, "label": i % 2}
+                                                                           for i in range(12)])],
+                               "column 'text': its values are objects"),
+    "one column as text and label": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--text-columns",
+                                                "label", "--label-column", "label"],
+                                     "column 'label' cannot be both a text column and the label"),
+    "three text columns": (lambda d: ["--train", csv_file(d / "t.csv", "a,b,c,label\nx y,y z,z w,1\n"),
+                                      "--text-columns", "a", "b", "c"],
+                           "--text-columns names 3 columns (a, b, c); finch takes one text column, or two"),
+    "only invisible texts": (lambda d: ["--train", csv_file(d / "z.csv", "text,label\n\u200b,1\n\u00a0\u2060,0\n")],
+                             "every row's text (text) is empty (or only spaces and invisible characters)"),
+    "an id column as the label with --strict": (
+        lambda d: ["--train", csv_file(d / "i.csv", rows_csv(60, label=lambda i: f"id{i}")), "--strict"],
+        "column 'label': 60 classes in 60 rows, most of them seen once; is it an id column"),
     "bad override value": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "num_train_epochs=many"],
                            "option num_train_epochs: 'many' is not a float"),
 }
+
+
+def _latin1(path):
+    path.write_bytes("text,label\nplain words,1\nun café crème,0\n".encode("latin-1"))
+    return str(path)
+
+
+def _loop(path):
+    path.symlink_to(path)
+    return str(path)
 
 
 def _binary(path):
@@ -99,3 +130,13 @@ def test_hub_name_offline_suggests_local_files(tmp_path, capsys, monkeypatch):
     code = main(["train", "--model", str(tmp_path / "m"), "--train", "some-org/some-dataset-not-cached"])
     error = capsys.readouterr().err
     assert code == 2 and "loading it from the HuggingFace hub failed" in error and "pass local files" in error
+
+
+def test_the_data_line_says_why_a_label_column_was_inferred(tmp_path, tiny_model_dir, capsys):
+    rows = "".join(f"a long text with words number {i},{('happy', 'sad')[i % 2]}\n" for i in range(30))
+    data = csv_file(tmp_path / "moods.csv", "opinion,mood\n" + rows)
+    assert main(["train", "--model", tiny_model_dir, "--output-dir", str(tmp_path / "out"), "--train", data,
+                 "--max-steps", "1", "--no-bf16", "--disable-tqdm", "--eval-strategy", "no", "--save-strategy", "no",
+                 "--no-load-best-model-at-end"]) == 0
+    assert ("data: text opinion, label mood (inferred: the one column beside the text with few distinct values, 2): "
+            "binary classification, 2 labels: happy, sad") in capsys.readouterr().out

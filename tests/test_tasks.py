@@ -54,8 +54,9 @@ def test_string_labelled_multiclass_trains_and_predicts_names(tmp_path, tiny_mod
     new = write_csv(tmp_path / "new.csv", [{"text": "goal match team goal"}, {"text": "bank stock price market"}])
     assert main(["predict", "--model", str(out / "model"), "--data", new, "--out", str(tmp_path / "p.csv")]) == 0
     predicted = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
-    assert [row["label"] for row in predicted] == ["sport", "money"]
-    assert {"prob_money", "prob_sport", "prob_tech", "score", "text"} <= set(predicted[0])
+    assert [row["predicted_label"] for row in predicted] == ["sport", "money"]
+    assert {"predicted_prob_money", "predicted_prob_sport", "predicted_prob_tech", "predicted_score",
+            "text"} <= set(predicted[0])
     assert main(["eval", "--model", str(out / "model"), "--data", write_csv(tmp_path / "dev.csv", topic_rows(60, 1)),
                  "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["eval_accuracy"] > 0.6
@@ -76,7 +77,7 @@ def test_regression_csv_trains_with_one_output(tmp_path, tiny_model_dir, capsys)
     assert config["problem_type"] == "regression" and len(config["id2label"]) == 1
     new = write_csv(tmp_path / "new.csv", [{"review": "great great great great great"}])
     assert main(["predict", "--model", str(out / "model"), "--data", new, "--out", str(tmp_path / "p.jsonl")]) == 0
-    assert "prediction" in json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    assert "predicted_value" in json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
 
 
 def test_multilabel_jsonl_trains_and_predicts_label_sets(tmp_path, tiny_model_dir, capsys):
@@ -95,8 +96,8 @@ def test_multilabel_jsonl_trains_and_predicts_label_sets(tmp_path, tiny_model_di
     new.write_text(json.dumps({"text": "goal match bank price"}) + "\n")
     assert main(["predict", "--model", str(out / "model"), "--data", str(new), "--out", str(tmp_path / "p.jsonl")]) == 0
     result = json.loads((tmp_path / "p.jsonl").read_text())
-    assert set(result["probabilities"]) == {"money", "sport", "tech"}
-    assert set(result["labels"].split("|")) <= {"money", "sport", "tech"}
+    assert set(result["predicted_probabilities"]) == {"money", "sport", "tech"}
+    assert set(result["predicted_labels"].split("|")) <= {"money", "sport", "tech"}
 
 
 def test_config_file_with_overrides_and_print_config(tmp_path, tiny_model_dir, capsys):
@@ -188,3 +189,11 @@ def test_predict_streams_in_constant_memory(tmp_path, tiny_model_dir):
         with open(tmp_path / "o.csv") as written:
             assert sum(1 for _ in written) == rows + 1
     assert peaks[200_000] < peaks[20_000] * 1.10, peaks
+
+
+def test_objects_as_labels_are_an_error_and_lists_of_names_are_multilabel():
+    with pytest.raises(DataError, match=r"f: rows 1, 2 have labels that are JSON objects \(\{'name': 'a'\}\)"):
+        detect_task([{"name": "a"}, {"name": "b"}], "f")
+    with pytest.raises(DataError, match="rows 2 have labels that are lists of objects or lists"):
+        encode([["a"], [{"name": "b"}]], Task("multilabel", ["a", "b"]), "f")
+    assert detect_task([["a", "b"], [1], []], "f").label_names == ["1", "a", "b"]
