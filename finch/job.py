@@ -49,11 +49,12 @@ def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
     overrides = config_files.parse_overrides(flags.get("overrides") or [])
     config_files.check_keys(overrides, known, "key=value overrides")
     given = {k: v for k, v in flags.items() if k in known}
-    chosen = config_files.coerce({**from_file, **overrides, **given}, field_types())
+    merged = {**from_file, **overrides, **given}
+    if merged.get("class_weights") is not None:  # `balanced`, `1,3`, [1, 3] or the flag's ["1", "3"]
+        merged["class_weights"] = _class_weights(merged["class_weights"])
+    chosen = config_files.coerce(merged, field_types())
     if isinstance(chosen.get("text_columns"), str):
         chosen["text_columns"] = [chosen["text_columns"]]
-    if "class_weights" in chosen:
-        chosen["class_weights"] = _class_weights(chosen["class_weights"])
     if chosen.get("max_length") is not None and chosen["max_length"] < 1:
         raise ConfigError(f"max_length={chosen['max_length']}: the token limit must be at least 1 (e.g. 128)")
     demo = chosen.get("train") is None
@@ -62,7 +63,7 @@ def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
 
 def _class_weights(value: Any) -> str | list[float] | None:
     """`balanced`, `[1, 3]`, `"1,3"` or `["1", "3"]` (from the flag) -> "balanced" or floats."""
-    parts = value if isinstance(value, list) else [value]
+    parts = value if isinstance(value, (list, tuple)) else [value]
     parts = [p for part in parts for p in (str(part).split(",") if isinstance(part, str) else [part])]
     if parts == ["balanced"]:
         return "balanced"
@@ -94,13 +95,13 @@ def prepare(options: dict[str, Any]) -> Job:
     from finch.tokenize import tokenize_splits
 
     args = training_arguments(options)  # flag mistakes surface before any data is read
-    model_name = model_source(options.get("model") or packaged_model())
     _check_freeze_spec(options.get("freeze"))
     splits = load_splits(options.get("train"), options.get("validation"), options.get("text_columns"),
                          options.get("label_column"), seed=args.seed, strict=bool(options.get("strict")),
                          **({"encoding": options["encoding"]} if options.get("encoding") else {}))
     print(f"data: {splits.description}", flush=True)
     args = _with_metric(args, options, splits.task)
+    model_name = model_source(options.get("model") or packaged_model())
     config = load_config(model_name)
     check_head(config, splits.task, model_name)
     _check_freeze_depth(options.get("freeze"), config)

@@ -94,7 +94,7 @@ CASES = {
         lambda d: ["--train", csv_file(d / "i.csv", rows_csv(60, label=lambda i: f"id{i}")), "--strict"],
         "column 'label': 60 classes in 60 rows, most of them seen once; is it an id column"),
     "bad override value": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "num_train_epochs=many"],
-                           "option num_train_epochs: 'many' is not a float"),
+                           "option num_train_epochs: must be a number, but it is 'many'"),
 }
 
 
