@@ -4,9 +4,10 @@ from transformers import EvalPrediction
 
 from finch.args import TrainingArguments
 from finch.callbacks import EarlyStoppingCallback, ProgressCallback, TrainerCallback
+from finch.hf_metrics import load_metric
 from finch.state import TrainerControl, TrainerState
 from finch.trainer import Trainer
 
 __version__ = "0.1.0"
 __all__ = ["EarlyStoppingCallback", "EvalPrediction", "ProgressCallback", "Trainer", "TrainerCallback",
-           "TrainerControl", "TrainerState", "TrainingArguments", "__version__"]
+           "TrainerControl", "TrainerState", "TrainingArguments", "__version__", "load_metric"]

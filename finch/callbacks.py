@@ -18,6 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from finch.args import TrainingArguments
+from finch.errors import ConfigError
 from finch.state import TrainerControl, TrainerState
 
 logger = logging.getLogger("finch")
@@ -74,6 +75,9 @@ class CallbackHandler:
 class EarlyStoppingCallback(TrainerCallback):
     """Stop training when `metric_for_best_model` has not improved for `early_stopping_patience` evaluations.
 
+    Without `metric_for_best_model` (and without `load_best_model_at_end`, which defaults it to "loss") it watches
+    the evaluation loss, lower being better, and says so once in a warning at the start of training.
+
     Args:
         early_stopping_patience: evaluations without improvement before stopping.
         early_stopping_threshold: how much better than the best so far a value must be to count as improvement.
@@ -87,21 +91,24 @@ class EarlyStoppingCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if args.eval_strategy == "no":
-            raise ValueError("EarlyStoppingCallback needs evaluations: set eval_strategy='epoch' or 'steps'")
+            raise ConfigError("EarlyStoppingCallback needs evaluations to compare, but eval_strategy='no': set "
+                              "eval_strategy='epoch' (or 'steps' with eval_steps=N) and pass eval_dataset=... to the "
+                              "Trainer, or remove the callback")
         if args.metric_for_best_model is None:
-            raise ValueError("EarlyStoppingCallback needs metric_for_best_model (e.g. 'loss' or 'accuracy'), "
-                             "or load_best_model_at_end=True, which defaults it to 'loss'")
+            logger.warning("EarlyStoppingCallback: no metric_for_best_model is set, so training stops when the "
+                           "evaluation loss (eval_loss, lower is better) has not improved for %d evaluations; set "
+                           "metric_for_best_model (e.g. 'accuracy') to watch another metric",
+                           self.early_stopping_patience)
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, float] | None = None, **kwargs: Any):
-        name = args.metric_for_best_model
-        key = name if name.startswith("eval_") else f"eval_{name}"
+        key, greater_is_better = _watched_metric(args)
         if not metrics or key not in metrics:
             logger.warning("Early stopping is off for this evaluation: metric %r missing from %s", key,
                            sorted(metrics or {}))
             return
         value = metrics[key]
-        sign = 1 if args.greater_is_better else -1
+        sign = 1 if greater_is_better else -1
         if self.best is None or sign * (value - self.best) > self.early_stopping_threshold:
             self.best, self.evaluations_without_improvement = value, 0
         else:
@@ -120,16 +127,27 @@ class EarlyStoppingCallback(TrainerCallback):
 
 
 class ProgressCallback(TrainerCallback):
-    """A progress bar on a terminal; one line per log otherwise (files, CI, notebooks' captured output)."""
+    """A progress bar on a terminal; otherwise (files, CI, notebooks' captured output) one line per log, and a
+    line with step, epoch, elapsed time and ETA at least every `heartbeat_seconds` between logs, so a run logging
+    every 500 steps is not silent for minutes.
 
-    def __init__(self, use_bar: bool | None = None) -> None:
+    Args:
+        use_bar: True/False forces the bar on/off; None (default): a bar when stdout is a terminal and
+            `disable_tqdm` is not set.
+        heartbeat_seconds: longest silence without a bar, in seconds.
+    """
+
+    def __init__(self, use_bar: bool | None = None, heartbeat_seconds: float = 30.0) -> None:
         self.use_bar = use_bar
+        self.heartbeat_seconds = heartbeat_seconds
         self.bar: tqdm | None = None
-        self.started: float | None = None  # None until train() begins: evaluate() alone has no elapsed time
+        self.started: float | None = None  # None outside train(): an evaluate() alone has no elapsed time
         self.started_step = 0
+        self.last_line = 0.0  # when the last line was printed (perf_counter)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.started, self.started_step = time.perf_counter(), state.global_step
+        self.last_line = self.started
         if self.use_bar is None:
             self.use_bar = not args.disable_tqdm and sys.stdout.isatty()
         if self.use_bar:
@@ -138,6 +156,16 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
+            return
+        now = time.perf_counter()
+        if self.started is not None and now - self.last_line >= self.heartbeat_seconds:
+            # no loss in this line: reading it would be a host sync; it comes with the next logging step
+            print(format_log_line({}, state, now - self.started, self.started_step), flush=True)
+            self.last_line = now
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if control.should_training_stop or state.global_step >= state.max_steps:
+            self._close_bar()  # the loop is over: what the trainer logs next ("Loading the best model") gets its own line
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any):
@@ -146,7 +174,8 @@ class ProgressCallback(TrainerCallback):
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
                                  samples_s=f"{logs.get('samples_per_second', 0):.1f}")
             return
-        elapsed = None if self.started is None else time.perf_counter() - self.started
+        self.last_line = time.perf_counter()
+        elapsed = None if self.started is None else self.last_line - self.started
         line = format_log_line(logs, state, elapsed, self.started_step)
         if self.bar is not None:
             self.bar.write(line)
@@ -154,6 +183,10 @@ class ProgressCallback(TrainerCallback):
             print(line, flush=True)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self._close_bar()
+        self.started = None  # an evaluate() after train() is outside training: metrics only
+
+    def _close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -162,9 +195,9 @@ class ProgressCallback(TrainerCallback):
 def format_log_line(logs: dict[str, Any], state: TrainerState, elapsed: float | None, started_step: int = 0) -> str:
     """`step 50/1377 | epoch 0.11 | loss 0.6931 | ... | elapsed 1m02s | eta 25m40s` for logs without a bar.
 
-    `elapsed` is the time since this run's `train()` began at `started_step` (not 0 on resume); None leaves the
-    times out (an `evaluate()` outside training)."""
-    parts = [f"step {state.global_step}/{state.max_steps}", f"epoch {state.epoch:.2f}"]
+    `elapsed` is the time since this run's `train()` began at `started_step` (not 0 on resume). None means
+    outside training (`evaluate()` alone, `finch eval`): the metrics only, `eval_loss 0.25 | eval_accuracy 0.9`."""
+    parts = [] if elapsed is None else [f"step {state.global_step}/{state.max_steps}", f"epoch {state.epoch:.2f}"]
     for key, value in logs.items():
         if key == "epoch":
             continue
@@ -178,6 +211,15 @@ def format_log_line(logs: dict[str, Any], state: TrainerState, elapsed: float | 
     if done > 0 and state.global_step < state.max_steps:
         parts.append(f"eta {_duration(elapsed * (state.max_steps - state.global_step) / done)}")
     return " | ".join(parts)
+
+
+def _watched_metric(args: TrainingArguments) -> tuple[str, bool]:
+    """The evaluation metric early stopping compares, and whether greater is better: `metric_for_best_model`, or
+    the evaluation loss (lower is better) when none is set."""
+    name = args.metric_for_best_model
+    if name is None:
+        return "eval_loss", False
+    return (name if name.startswith("eval_") else f"eval_{name}"), bool(args.greater_is_better)
 
 
 def _duration(seconds: float) -> str:

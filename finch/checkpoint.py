@@ -89,16 +89,16 @@ def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
     """Load `model.safetensors` from `folder` into `model` (in place)."""
     path = Path(folder) / WEIGHTS
     if not path.exists():
-        raise FileNotFoundError(f"No {WEIGHTS} in {folder}: not a finch checkpoint or model folder")
+        raise ResumeError(f"No {WEIGHTS} in {folder}: not a finch checkpoint or model folder")
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
     except RuntimeError as error:  # shapes differ: another architecture, vocabulary or number of labels
-        raise ValueError(f"{path} does not fit this model (was it saved from a different model?): "
+        raise ResumeError(f"{path} does not fit this model (was it saved from a different model?): "
                          f"{str(error).splitlines()[-1].strip()}") from error
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [key for key in missing if key not in tied]
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+        raise ResumeError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
                          f"(was it saved from a different model?)")
 
 

@@ -8,8 +8,10 @@ by < 1e-5), the same seeded torch generator (so runs and resumes stay exact), ab
 
 Two places drop out in a transformers model: `nn.Dropout` modules, and the attention probabilities, which the
 model hands to its attention function (`config._attn_implementation`, usually "sdpa"; torch's SDPA on the CPU
-falls back to its math path and `bernoulli_` when dropout is on). `fast_dropout(model)` swaps both for the
-duration of training and puts them back after; evaluation and GPUs never reach the new code.
+falls back to its math path and `bernoulli_` when dropout is on). `fast_dropout(model)` swaps both and puts
+them back after; the trainer swaps them around each micro-batch's forward and backward only (`DropoutSwap`), so
+evaluation, checkpoints and callbacks see the model as built, and GPUs never reach the new code. Attention other
+than SDPA (DeBERTa's disentangled attention, "eager") keeps torch's dropout; the run header says so.
 """
 
 from __future__ import annotations
@@ -100,22 +102,59 @@ def _register_attention(model: nn.Module) -> bool:
     return True
 
 
+class DropoutSwap:
+    """The swap `fast_dropout` makes, planned once per model and applied around each forward/backward.
+
+    Entering swaps `model`'s `nn.Dropout` modules (and its SDPA attention, when transformers' registry lets us) for
+    finch's CPU dropout; leaving puts the original classes and attention implementation back, also on an exception.
+    The trainer enters it for one micro-batch's forward and backward only, so everything else (evaluation,
+    checkpoint saving, callbacks, logging) sees the model exactly as it was built. Swapping is a class assignment
+    per module: microseconds, against a forward of milliseconds.
+
+    Args:
+        model: the model to train.
+        enabled: False plans nothing: entering and leaving change nothing.
+    """
+
+    def __init__(self, model: nn.Module, enabled: bool = True) -> None:
+        self.model = model
+        self.modules = [m for m in model.modules() if type(m) is nn.Dropout] if enabled else []
+        config = getattr(model, "config", None)
+        self.original_attention: str | None = getattr(config, "_attn_implementation", None)
+        self.swaps_attention = enabled and _register_attention(model)
+        self.enabled = enabled
+
+    def describe(self) -> str:
+        """What is swapped, for the run header: says when the attention keeps torch's dropout, and why."""
+        if not self.enabled:
+            return "torch"
+        modules = f"{len(self.modules)} nn.Dropout modules"
+        if self.swaps_attention:
+            return f"fast (CPU): {modules} and the SDPA attention"
+        if self.original_attention is None:
+            return f"fast (CPU): {modules}"
+        return (f"fast (CPU): {modules}; the attention ({self.original_attention!r}) keeps torch's dropout, "
+                f"as only SDPA attention is swapped")
+
+    def __enter__(self) -> int:
+        if self.swaps_attention:
+            self.model.config._attn_implementation = ATTENTION_NAME
+        for module in self.modules:
+            module.__class__ = FastDropout
+        return len(self.modules)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for module in self.modules:
+            module.__class__ = nn.Dropout
+        if self.swaps_attention:
+            self.model.config._attn_implementation = self.original_attention
+
+
 @contextlib.contextmanager
 def fast_dropout(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     """While inside, `model`'s `nn.Dropout` modules and SDPA attention drop out with `dropout` above.
 
     Yields how many dropout modules were swapped; everything is restored on exit, also on an exception.
     `enabled=False` changes nothing (yields 0)."""
-    swapped = [m for m in model.modules() if type(m) is nn.Dropout] if enabled else []
-    attention = enabled and _register_attention(model)
-    if attention:
-        model.config._attn_implementation = ATTENTION_NAME
-    for module in swapped:
-        module.__class__ = FastDropout
-    try:
-        yield len(swapped)
-    finally:
-        for module in swapped:
-            module.__class__ = nn.Dropout
-        if attention:
-            model.config._attn_implementation = "sdpa"
+    with DropoutSwap(model, enabled) as swapped:
+        yield swapped

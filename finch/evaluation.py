@@ -28,16 +28,6 @@ def split_outputs(outputs: Any, has_labels: bool, ignore_keys: Sequence[str] = (
     return loss, (rest[0] if len(rest) == 1 else tuple(rest))
 
 
-def loss_from(outputs: Any) -> torch.Tensor:
-    """The loss a model returned (output object, dict or tuple), with a clear error when there is none."""
-    loss = outputs.get("loss") if isinstance(outputs, Mapping) else (
-        outputs[0] if isinstance(outputs, (tuple, list)) else None)
-    if loss is None:
-        raise ValueError("The model returned no loss: the batches have no labels it recognises. Name the label column "
-                         "'label' or 'labels', or set label_names=[...] in TrainingArguments.")
-    return loss
-
-
 def to_numpy(value: Any) -> Any:
     """Tensors (possibly nested in tuples) as float32/int NumPy arrays on the CPU."""
     if isinstance(value, (tuple, list)):

@@ -214,7 +214,7 @@ def glue_mrpc(folder: str | Path) -> datasets.DatasetDict:
         if not (folder / file).exists():
             if name == "test":
                 continue
-            raise FileNotFoundError(f"{folder / file}: no such file; --data must be a folder with GLUE MRPC's TSVs")
+            raise DataError(f"{folder / file}: no such file; --data must be a folder with GLUE MRPC's TSVs")
         rows = read_file(folder / file)
         splits[name] = datasets.Dataset.from_dict(
             {"sentence1": rows["#1 String"], "sentence2": rows["#2 String"],

@@ -7,12 +7,14 @@ and saving as the strategies say. Data order is a pure function of (seed, epoch)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ from transformers.trainer_utils import PredictionOutput, TrainOutput
 from finch import checkpoint, data, evaluation
 from finch.args import TrainingArguments
 from finch.callbacks import CallbackHandler, ProgressCallback, reporters
-from finch.dropout import fast_dropout
+from finch.dropout import DropoutSwap
+from finch.errors import ConfigError, DataError, ModelError
 from finch.fingerprint import Fingerprint, model_fingerprint
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
@@ -34,6 +37,8 @@ from finch.runtime import choose_device, choose_precision, set_seed
 from finch.state import TrainerControl, TrainerState
 
 logger = logging.getLogger("finch")
+
+METRICS_CHECK_ROWS = 8  # rows compute_metrics is tried on before training: enough for shapes, seconds at most
 
 
 class Trainer:
@@ -65,7 +70,7 @@ class Trainer:
                           FutureWarning, stacklevel=2)
             processing_class = processing_class if processing_class is not None else tokenizer
         if model is None and model_init is None:
-            raise ValueError("Trainer needs a model: pass model=... or model_init=...")
+            raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
         self.args = args if args is not None else TrainingArguments()
         self.device = choose_device(self.args.use_cpu)
         self.precision = choose_precision(self.args.bf16, self.args.fp16, self.device)
@@ -115,7 +120,7 @@ class Trainer:
         Returns `TrainOutput(global_step, training_loss, metrics)`."""
         args = self.args
         if self.train_dataset is None:
-            raise ValueError("Trainer.train() needs a train_dataset")
+            raise ConfigError("Trainer.train() needs a train_dataset")
         fingerprint = Fingerprint.of(self.train_dataset, self.model)  # hashes the token ids: once per train()
         resume = self._checkpoint_to_resume(resume_from_checkpoint, fingerprint)
         set_seed(args.seed)
@@ -147,7 +152,10 @@ class Trainer:
         # only now, every check passed, is output_dir written to
         checkpoint.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
         args.save(Path(args.output_dir) / "training_args.json")
-        self._print_header(len(dataset), dropped, resume)
+        dropout_swap = DropoutSwap(model, self._uses_fast_dropout)
+        self._print_header(len(dataset), dropped, resume, dropout_swap.describe())
+        self._warn_if_warmup_outlasts_the_run(max_steps)
+        self._check_compute_metrics()
         self.control = TrainerControl()
         self.control = self._fire("on_train_begin")
         if args.eval_on_start and resume is None:
@@ -161,8 +169,9 @@ class Trainer:
         grad_norm = None
         nonfinite = NonFiniteGuard(args.max_nonfinite_steps, NonFiniteGuard.supports_on_device(self.optimizer, device))
         self._nonfinite = nonfinite
-        with PreemptionGuard() as preemption, fast_dropout(model, self._uses_fast_dropout):
-            for epoch in range(state.global_step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch)):
+        with PreemptionGuard() as preemption:
+            epochs = range(state.global_step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch))
+            for epoch in epochs if state.global_step < max_steps else ():  # a finished run, resumed, trains no more
                 batches = data.epoch_batches(len(dataset), batch_size, args.sampler_seed, epoch,
                                              args.train_sampling_strategy, lengths)
                 steps = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
@@ -181,7 +190,7 @@ class Trainer:
                     for index, batch in enumerate(step_batches):
                         window["samples"] += data.batch_rows(batch)
                         window["tokens"] += _token_count(batch)
-                        step_loss += self._forward_backward(batch, step_items, scaler)
+                        step_loss += self._forward_backward(batch, step_items, scaler, dropout_swap)
                         state.micro_step += 1
                         if index < len(step_batches) - 1:
                             self.control = self._fire("on_substep_end")
@@ -234,23 +243,29 @@ class Trainer:
             self.push_to_hub()
         return TrainOutput(state.global_step, training_loss, metrics)
 
-    def _forward_backward(self, batch: dict, step_items: int, scaler: Any) -> torch.Tensor:
+    def _forward_backward(self, batch: dict, step_items: int, scaler: Any, dropout_swap: DropoutSwap) -> torch.Tensor:
         """One micro-batch: forward, loss scaled by its share of the step's items, backward.
 
-        Returns the summed (not averaged) loss of the micro-batch, detached and left on the device: reading it
-        is a host sync, done only at logging steps.
+        finch's CPU dropout is swapped in for this forward and backward only (`dropout_swap`). Returns the summed
+        (not averaged) loss of the micro-batch, detached and left on the device: reading it is a host sync, done
+        only at logging steps.
         """
-        items = data.count_items(batch, self.label_names)
-        batch = _to_device(batch, self.device)
-        with self.precision.autocast(self.device):
-            loss = self.compute_loss(self._train_model, batch)
-        scaled = loss * (items / step_items)  # sum over the step's examples / their number: accumulation-invariant
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        items = data.count_items(batch, self.label_names)  # counted before compute_loss, which may pop the labels
+        batch = _to_device(batch, self.device)  # a new dict: an override's `inputs.pop("labels")` leaves ours intact
+        with dropout_swap:
+            with self.precision.autocast(self.device):
+                loss = self.compute_loss(self._train_model, batch)
+            scaled = loss * (items / step_items)  # sum over the step's examples / their number: accumulation-invariant
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         return loss.detach().float() * items
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
                      num_items_in_batch: int | None = None) -> Any:
-        """Mean loss over the batch's items (override for custom losses, as with HF's Trainer)."""
+        """Mean loss over the batch's items (override for custom losses, as with HF's Trainer).
+
+        finch calls it without `num_items_in_batch` (an override gets its default, None): the loop itself scales
+        each micro-batch's mean loss by its share of the step's items, so an override returns the batch's mean.
+        Overrides may `inputs.pop("labels")`: the trainer reads the labels before it calls this."""
         labels = inputs.get(self.label_names[0]) if self.label_names else None
         weighted = self._class_weights is not None or self.args.label_smoothing_factor > 0
         custom = self.compute_loss_func is not None or weighted
@@ -266,7 +281,7 @@ class Trainer:
                                                      weight=self._class_weights, ignore_index=-100,
                                                      label_smoothing=self.args.label_smoothing_factor)
         else:
-            loss = evaluation.loss_from(outputs)
+            loss = _model_loss(outputs, model, self.label_names, labels_given=labels is not None)
         return (loss, outputs) if return_outputs else loss
 
     def _optimizer_step(self, scaler: Any, step_loss: torch.Tensor,
@@ -321,7 +336,7 @@ class Trainer:
 
     def _evaluate_during_training(self) -> None:
         if self.eval_dataset is None:
-            raise ValueError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset; pass eval_dataset= "
+            raise ConfigError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset; pass eval_dataset= "
                              f"to the Trainer or set eval_strategy='no'")
         metrics = self.evaluate()
         name = self.args.metric_for_best_model
@@ -329,7 +344,7 @@ class Trainer:
             return
         key = name if name.startswith("eval_") else f"eval_{name}"
         if key not in metrics:
-            raise KeyError(f"metric_for_best_model={name!r} is not among the evaluation metrics {sorted(metrics)}; "
+            raise ConfigError(f"metric_for_best_model={name!r} is not among the evaluation metrics {sorted(metrics)}; "
                            f"return it from compute_metrics or choose one of those")
         best, value = self.state.best_metric, metrics[key]
         if best is None or (value > best if self.args.greater_is_better else value < best):
@@ -366,20 +381,60 @@ class Trainer:
         self._last_checkpoint = str(folder)
         return state
 
-    def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None) -> None:
+    def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None, dropout: str) -> None:
         args, state = self.args, self.state
         fused = bool(getattr(self.optimizer, "defaults", {}).get("fused"))
         logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | dropout %s | "
                     "compile %s", self.device, self.precision.name, self.precision.reason,
                     args.train_sampling_strategy, type(self.optimizer).__name__, " fused" if fused else "",
                     f"multiple of {self.padding_multiple}" if self.padding_multiple else "longest in batch",
-                    "fast (CPU)" if self._uses_fast_dropout else "torch", "on" if args.torch_compile else "off")
+                    dropout, "on" if args.torch_compile else "off")
         logger.info("%d examples | batch %d x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
                     args.per_device_train_batch_size, args.gradient_accumulation_steps, state.steps_per_epoch,
                     state.max_steps, f" | resuming at step {state.global_step}" if resume else "")
         if dropped:
             logger.info("dropped columns the model does not take: %s (remove_unused_columns=False keeps them)",
                         ", ".join(dropped))
+
+    def _warn_if_warmup_outlasts_the_run(self, max_steps: int) -> None:
+        """A warmup longer than the run (the tutorial's 500 steps in a 40-step run) never reaches the learning rate."""
+        warmup = self.args.resolve_steps(self.args.warmup_steps, max_steps) if self.args.warmup_steps else 0
+        if warmup > max_steps:
+            logger.warning("warmup_steps=%d is more than this run's %d training steps: the learning rate climbs for "
+                           "the whole run and never reaches learning_rate=%g. Set warmup_steps below %d, or a "
+                           "fraction such as warmup_steps=0.1 (10%% of the steps).", warmup, max_steps,
+                           self.args.learning_rate, max_steps)
+
+    def _check_compute_metrics(self) -> None:
+        """Run `compute_metrics` (and the evaluation loss) on a few evaluation rows before training, so a broken
+        function fails in seconds instead of after the first epoch. Invisible to the run: no log entry, no
+        callback event, and every RNG left exactly where it was (exact resume and parity compare bit for bit)."""
+        dataset = self.eval_dataset
+        if self.compute_metrics is None or dataset is None:
+            return
+        if isinstance(dataset, dict):
+            dataset = next(iter(dataset.values()), None)
+        if dataset is None or len(dataset) == 0:
+            return
+        with _rng_preserved():
+            self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval", tell_callbacks=False)
+
+    def _call_compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        """`compute_metrics(prediction)`, its mistakes reported with the function's name and what it was given."""
+        name = getattr(self.compute_metrics, "__qualname__", type(self.compute_metrics).__name__)
+        try:
+            result = self.compute_metrics(prediction)
+        except Exception as error:
+            raise ConfigError(
+                f"compute_metrics={name} raised {type(error).__name__}: {error}. It was given an EvalPrediction with "
+                f"predictions {_describe(prediction.predictions)} and label_ids {_describe(prediction.label_ids)} "
+                f"(finch tries it on {METRICS_CHECK_ROWS} evaluation rows before training, so this shows early). "
+                f"Fix the function (the traceback above points into it); the usual start is "
+                f"`logits, labels = eval_pred; predictions = np.argmax(logits, axis=-1)`.") from error
+        if not isinstance(result, Mapping):
+            raise ConfigError(f"compute_metrics={name} returned {type(result).__name__} {result!r:.80}, not a dict: "
+                              f"return metric names mapped to numbers, e.g. {{'accuracy': 0.91, 'f1': 0.88}}")
+        return dict(result)
 
     # ---- evaluation and prediction -------------------------------------------------------------------------------
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
@@ -388,13 +443,14 @@ class Trainer:
         `eval_<name>_*` metrics for each. Logged, and passed to callbacks' `on_evaluate`."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
-            raise ValueError("Trainer.evaluate() needs an eval_dataset (pass one here or to the Trainer)")
+            raise ConfigError("Trainer.evaluate() needs an eval_dataset (pass one here or to the Trainer)")
         if isinstance(dataset, dict):
             metrics: dict[str, float] = {}
             for name, subset in dataset.items():
                 metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
         metrics = self._prediction_loop(dataset, ignore_keys, metric_key_prefix).metrics
+        metrics["epoch"] = self._logged_epoch()  # as HF's evaluate() returns it: tutorials read metrics["epoch"]
         self.log(metrics)
         self.control = self._fire("on_evaluate", metrics=metrics)
         return metrics
@@ -406,8 +462,11 @@ class Trainer:
         self.control = self._fire("on_predict", metrics=output.metrics)
         return output
 
-    def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str) -> PredictionOutput:
-        """Batches in decreasing length under `inference_mode`; outputs to the CPU batch by batch; dataset order."""
+    def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str,
+                         tell_callbacks: bool = True) -> PredictionOutput:
+        """Batches in decreasing length under `inference_mode`; outputs to the CPU batch by batch; dataset order.
+
+        `tell_callbacks=False` fires no `on_prediction_step` (finch's own check before training)."""
         model, args = self.model, self.args
         dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns)
         batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, data.example_lengths(dataset))
@@ -423,6 +482,8 @@ class Trainer:
                 has_labels = all(batch.get(name) is not None for name in self.label_names)
                 batch_items = data.count_items(batch, self.label_names)
                 batch = _to_device(batch, self.device)
+                # read before compute_loss: an override may `inputs.pop("labels")` (HF's class-imbalance recipe)
+                labels = batch[self.label_names[0]] if has_labels else None
                 with self.precision.autocast(self.device):
                     if has_labels:
                         loss, outputs = self.compute_loss(model, batch, return_outputs=True)
@@ -431,13 +492,13 @@ class Trainer:
                     else:
                         outputs = model(**batch)
                 logits = evaluation.split_outputs(outputs, has_labels, ignore_keys or ())[1]
-                labels = batch[self.label_names[0]] if has_labels else None
                 if self.preprocess_logits_for_metrics is not None:
                     logits = self.preprocess_logits_for_metrics(logits, labels)
                 logits_chunks.append(evaluation.to_numpy(logits))
                 if labels is not None:
                     label_chunks.append(evaluation.to_numpy(labels))
-                self.control = self._fire("on_prediction_step")
+                if tell_callbacks:
+                    self.control = self._fire("on_prediction_step")
         model.train(was_training)
         order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else np.zeros(0, int)
         predictions = evaluation.reorder(evaluation.concatenate(logits_chunks), order)
@@ -446,7 +507,7 @@ class Trainer:
         if items:
             metrics["loss"] = loss_sum.item() / items
         if self.compute_metrics is not None and label_ids is not None:
-            metrics.update(self.compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)))
+            metrics.update(self._call_compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)))
         runtime = time.perf_counter() - started
         metrics.update(runtime=round(runtime, 4), samples_per_second=round(len(dataset) / runtime, 3),
                        steps_per_second=round(len(batches) / runtime, 3))
@@ -456,9 +517,12 @@ class Trainer:
     # ---- logging and saving ---------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float]) -> None:
         """Record `logs` (with the current epoch and step) in `state.log_history` and tell the callbacks."""
-        logs = {**logs, "epoch": round(self.state.epoch, 4)}
+        logs = {**logs, "epoch": self._logged_epoch()}
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self._fire("on_log", logs=logs)
+
+    def _logged_epoch(self) -> float:
+        return round(self.state.epoch, 4)
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`."""
@@ -488,6 +552,59 @@ class Trainer:
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _model_loss(outputs: Any, model: torch.nn.Module, label_names: list[str], labels_given: bool) -> torch.Tensor:
+    """The loss a model returned (output object, dict or tuple), or an error that names the model and the fix.
+
+    A tuple's first element counts as the loss only when it is a scalar: a tuple of logits has none."""
+    if isinstance(outputs, Mapping):
+        loss = outputs.get("loss")
+    elif isinstance(outputs, (tuple, list)) and outputs:
+        loss = outputs[0] if isinstance(outputs[0], torch.Tensor) and outputs[0].ndim == 0 else None
+    else:
+        loss = None
+    if loss is not None:
+        return loss
+    model_class = type(getattr(model, "_orig_mod", model)).__name__  # torch.compile's wrapper hides the class
+    if not labels_given:
+        raise DataError(f"{model_class} returned no loss: the batches have no labels it recognises. Name the label "
+                        f"column 'label' or 'labels', or set label_names=[...] in TrainingArguments.")
+    raise ModelError(f"{model_class} returned no loss although the batch has labels ({', '.join(label_names)}): its "
+                     f"forward returned {_describe(outputs)}. Use a model with a task head that computes its loss from "
+                     f"`labels` (e.g. AutoModelForSequenceClassification, not AutoModel), pass compute_loss_func="
+                     f"(outputs, labels, num_items_in_batch) -> loss to the Trainer, or override Trainer.compute_loss.")
+
+
+def _describe(value: Any) -> str:
+    """A short description of a model output or array for error messages: type, keys, shapes."""
+    if isinstance(value, Mapping):
+        return f"{type(value).__name__} with keys {[k for k, v in value.items() if v is not None]}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: ({', '.join(_describe(v) for v in value[:4])})"
+    shape = getattr(value, "shape", None)
+    return f"shape {tuple(shape)}" if shape is not None else type(value).__name__
+
+
+@contextlib.contextmanager
+def _rng_preserved() -> Iterator[None]:
+    """Every RNG the run draws from (Python, NumPy, torch CPU and CUDA) is put back as it was on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def _first_rows(dataset: Any, count: int) -> Any:
+    """The first `count` rows, keeping the dataset's type where it can (`datasets.Dataset.select`)."""
+    count = min(count, len(dataset))
+    if hasattr(dataset, "select"):
+        return dataset.select(range(count))
+    return torch.utils.data.Subset(dataset, range(count))
 
 
 def _token_count(batch: dict) -> int:

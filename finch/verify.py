@@ -17,6 +17,7 @@ import torch
 
 from finch.args import TrainingArguments
 from finch.callbacks import TrainerCallback
+from finch.errors import ConfigError
 from finch.runtime import set_seed
 
 
@@ -61,7 +62,7 @@ def verify_resume(build_trainer: Callable[[TrainingArguments], object], args: Tr
         steps: optimizer steps to run (at least 2); the stop is at `steps // 2`.
     """
     if steps < 2:
-        raise ValueError(f"verify-resume needs at least 2 steps, got {steps}")
+        raise ConfigError(f"verify-resume needs at least 2 steps, got {steps}")
     stop = steps // 2
     with tempfile.TemporaryDirectory(prefix="finch-verify-") as scratch:
         def arguments(name: str, **overrides: object) -> TrainingArguments:

@@ -1,7 +1,20 @@
-"""The progress line printed when stdout is not a terminal."""
+"""The progress printed during training: lines when stdout is not a terminal, the bar when it is."""
 
+import logging
+import sys
+
+from conftest import sentiment_dataset, tiny_bert
+
+from finch import ProgressCallback, Trainer, TrainingArguments
 from finch.callbacks import format_log_line
 from finch.state import TrainerState
+
+
+def quiet_args(tmp_path, **overrides) -> TrainingArguments:
+    values = {"output_dir": str(tmp_path / "run"), "bf16": False, "save_strategy": "no", "logging_steps": 1000,
+              "disable_tqdm": True, "seed": 7}
+    values.update(overrides)
+    return TrainingArguments(**values)
 
 
 def test_eta_counts_only_the_steps_this_run_has_done():
@@ -10,6 +23,56 @@ def test_eta_counts_only_the_steps_this_run_has_done():
     assert "loss 0.5" in line and "elapsed 10s" in line and "eta 40s" in line
 
 
-def test_evaluate_outside_training_prints_no_times():
-    line = format_log_line({"eval_loss": 0.25}, TrainerState(), elapsed=None)
-    assert line == "step 0/0 | epoch 0.00 | eval_loss 0.25"
+def test_evaluate_outside_training_prints_just_the_metrics():
+    line = format_log_line({"eval_loss": 0.25, "eval_accuracy": 0.875, "epoch": 3.0}, TrainerState(), elapsed=None)
+    assert line == "eval_loss 0.25 | eval_accuracy 0.875"
+
+
+def progress_of(trainer) -> ProgressCallback:
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback))
+
+
+def test_finch_eval_prints_no_step_epoch_or_eta(tmp_path, toy, tokenizer, capsys):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path), eval_dataset=toy, processing_class=tokenizer)
+    trainer.evaluate()
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("eval_loss ")
+    assert not printed[0].startswith("step") and " epoch " not in printed[0] and "eta" not in printed[0]
+
+
+def test_off_a_terminal_a_progress_line_comes_at_least_every_heartbeat(tmp_path, toy, tokenizer, capsys):
+    runs = {}
+    for heartbeat in (30.0, 0.0):
+        trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path / str(heartbeat), max_steps=3),
+                          train_dataset=toy, processing_class=tokenizer)
+        progress_of(trainer).heartbeat_seconds = heartbeat
+        trainer.train()
+        runs[heartbeat] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    # logging_steps=1000: with the default 30 s a 3-step run prints only its final summary line
+    assert [line.split(" | ")[0] for line in runs[30.0]] == ["step 3/3"]
+    heartbeats = [line for line in runs[0.0] if "train_runtime" not in line]
+    assert [line.split(" | ")[0] for line in heartbeats] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert all("elapsed" in line and "epoch" in line and "loss" not in line for line in heartbeats)
+    assert "eta" in heartbeats[0]
+
+
+def test_the_bar_is_closed_before_loading_the_best_model(tmp_path, tokenizer, capsys):
+    """The bar is drawn once, and 'Loading the best model' starts a line of its own after it."""
+    data = sentiment_dataset(tokenizer, rows=16)
+    args = quiet_args(tmp_path, num_train_epochs=2, eval_strategy="epoch", save_strategy="epoch",
+                      load_best_model_at_end=True)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=data, eval_dataset=data,
+                      processing_class=tokenizer)
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(ProgressCallback(use_bar=True))
+    handler = logging.StreamHandler(sys.stderr)  # the bar's stream: their order on screen is the order here
+    logger = logging.getLogger("finch")
+    logger.addHandler(handler)
+    try:
+        trainer.train()
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    before, message, after = err.partition("Loading the best model")
+    assert message and before.endswith("\n")  # on a line of its own
+    assert "4/4" in before and "4/4" not in after  # the finished bar was drawn before the message, not again

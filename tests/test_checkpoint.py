@@ -92,7 +92,7 @@ def test_resume_with_different_data_is_refused(tmp_path, toy, tokenizer):
 
 
 def test_rotation_keeps_the_best_and_loads_it_at_the_end(tmp_path, toy, tokenizer):
-    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])  # the first evaluation is the best
+    scores = iter([0.0, 0.9, 0.5, 0.4, 0.3, 0.2])  # 0.0: compute_metrics tried before training; then the first evaluation is the best
     args = run_args(tmp_path, eval_strategy="steps", eval_steps=2, save_steps=2, max_steps=10, save_total_limit=1,
                     load_best_model_at_end=True, metric_for_best_model="score")
     trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),

@@ -5,6 +5,17 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_bert
 from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from finch import Trainer, TrainerCallback, TrainingArguments
 from finch.dropout import FastDropout, dropout, fast_dropout, keep_mask, math_attention
@@ -124,25 +135,94 @@ def test_restores_the_model_when_training_raises():
     assert model.config._attn_implementation == "sdpa"
 
 
-class SeeDropout(TrainerCallback):
-    """Records the dropout class and attention function the model uses at each step."""
-
-    def __init__(self):
-        self.seen = set()
-
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
-        self.seen.add((type(model.bert.encoder.layer[0].output.dropout).__name__, model.config._attn_implementation))
+def record_training_forwards(model: nn.Module) -> set:
+    """(dropout class, attention implementation) seen by the first dropout module in each training forward."""
+    seen = set()
+    module = next(m for m in model.modules() if type(m) is nn.Dropout)
+    module.register_forward_pre_hook(
+        lambda module, inputs: seen.add((type(module).__name__, model.config._attn_implementation))
+        if module.training else None)
+    return seen
 
 
 @pytest.mark.parametrize("setting, expected", [(None, ("FastDropout", "finch_sdpa")), (False, ("Dropout", "sdpa"))])
 def test_trainer_uses_fast_dropout_on_the_cpu_unless_turned_off(tmp_path, toy, tokenizer, setting, expected, caplog):
-    seen = SeeDropout()
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, bf16=False,
                              save_strategy="no", disable_tqdm=True, fast_dropout=setting)
     model = tiny_bert()
+    seen = record_training_forwards(model)
     with caplog.at_level("INFO", logger="finch"):
-        Trainer(model=model, args=args, train_dataset=toy, processing_class=tokenizer, callbacks=[seen]).train()
-    assert seen.seen == {expected}
+        Trainer(model=model, args=args, train_dataset=toy, processing_class=tokenizer).train()
+    assert seen == {expected}
     assert f"dropout {'fast (CPU)' if setting is None else 'torch'}" in caplog.text
     assert type(model.bert.encoder.layer[0].output.dropout) is nn.Dropout
     assert model.config._attn_implementation == "sdpa"
+
+
+TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 64}
+ENCODERS = {
+    "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(**TINY)),
+    "distilbert": lambda: DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)),
+    "deberta-v2": lambda: DebertaV2ForSequenceClassification(DebertaV2Config(**TINY)),  # its own attention
+    "electra": lambda: ElectraForSequenceClassification(ElectraConfig(embedding_size=16, **TINY)),
+}
+
+
+class SeesTheModel(TrainerCallback):
+    """Records the dropout classes and attention implementation callbacks see, event by event."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def _record(self, event, model):
+        classes = frozenset(type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout))
+        self.seen.add((event, classes, model.config._attn_implementation))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._record("on_step_end", model)
+
+    def on_log(self, args, state, control, model=None, **kwargs):
+        self._record("on_log", model)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        self._record("on_save", model)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_other_encoders_train_with_it_and_saving_and_callbacks_see_the_model_as_built(
+        tmp_path, toy, tokenizer, name, caplog, monkeypatch):
+    import finch.dropout
+
+    attention_calls = []
+    monkeypatch.setattr(finch.dropout, "math_attention", lambda *a: attention_calls.append(1) or math_attention(*a))
+    torch.manual_seed(0)
+    model = ENCODERS[name]()
+    original = model.config._attn_implementation
+    forwards, watcher = record_training_forwards(model), SeesTheModel()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=8,
+                             bf16=False, learning_rate=1e-3, save_strategy="steps", save_steps=3, logging_steps=1,
+                             disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=toy, processing_class=tokenizer, callbacks=[watcher])
+    with caplog.at_level("INFO", logger="finch"):
+        result = trainer.train()
+    trainer.save_model(str(tmp_path / "model"))
+
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it trained
+    swapped_attention = original == "sdpa"
+    assert forwards == {("FastDropout", "finch_sdpa" if swapped_attention else original)}
+    assert bool(attention_calls) == swapped_attention  # finch's attention ran, or the header says it did not:
+    assert "dropout fast (CPU)" in caplog.text
+    assert ("keeps torch's dropout" in caplog.text) == (not swapped_attention)
+    # outside forward/backward the model is as built: callbacks, checkpoints and the saved model see it so
+    assert {(classes, attention) for _, classes, attention in watcher.seen} == {(frozenset({"Dropout"}), original)}
+    assert {event for event, _, _ in watcher.seen} == {"on_step_end", "on_log", "on_save"}
+    for folder in (tmp_path / "run" / "checkpoint-3", tmp_path / "model"):
+        config = (folder / "config.json").read_text()
+        assert "finch" not in config
+        reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+        assert reloaded.config._attn_implementation == original
+        assert all(type(m) is nn.Dropout for m in reloaded.modules() if isinstance(m, nn.Dropout))

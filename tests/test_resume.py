@@ -262,3 +262,12 @@ def test_remove_leftovers_spares_other_runs_live_saves(tmp_path):
     remove_leftovers(tmp_path, mine)
     assert {name: (tmp_path / name).exists() for name in names} == names
     assert (tmp_path / "checkpoint-8").is_dir() and not stale.exists(), "restored, not deleted"
+
+
+def test_resuming_a_finished_run_trains_no_further_step(tmp_path, toy, tokenizer):
+    """96 rows, batch 4: 24 steps an epoch; a run of 5 steps ends mid-epoch and, resumed, must stay at step 5."""
+    finished = train(tmp_path / "o", toy, tokenizer, max_steps=5, save_steps=5)
+    weights = {k: v.clone() for k, v in finished.model.state_dict().items()}
+    again = train(tmp_path / "o", toy, tokenizer, resume=True, max_steps=5, save_steps=5)
+    assert again.state.global_step == 5
+    assert all(torch.equal(weights[k], v) for k, v in again.model.state_dict().items())

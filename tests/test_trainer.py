@@ -121,13 +121,6 @@ def test_early_stopping_stops_after_patience(tmp_path, toy, tokenizer):
     assert sum("eval_score" in entry for entry in trainer.state.log_history) == 3
 
 
-def test_early_stopping_needs_a_metric(tmp_path, toy, tokenizer):
-    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="epoch"), train_dataset=toy,
-                      eval_dataset=toy, processing_class=tokenizer, callbacks=[EarlyStoppingCallback(2)])
-    with pytest.raises(ValueError, match="metric_for_best_model"):
-        trainer.train()
-
-
 def test_predictions_come_back_in_dataset_order(tmp_path, toy, tokenizer):
     trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, per_device_eval_batch_size=5), processing_class=tokenizer)
     output = trainer.predict(toy)

@@ -1,0 +1,233 @@
+"""Code written for HuggingFace's Trainer, as its documentation and tutorials write it, run by finch's."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import sentiment_dataset, tiny_bert, weights_of
+
+from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from finch.errors import ConfigError, ModelError
+from finch.metrics import classification_metrics
+
+CLASS_WEIGHTS = [1.0, 3.0]
+
+
+def quiet_args(tmp_path, **overrides) -> TrainingArguments:
+    values = {"output_dir": str(tmp_path / "run"), "bf16": False, "save_strategy": "no", "logging_steps": 1000,
+              "disable_tqdm": True, "learning_rate": 1e-3, "seed": 7, "per_device_train_batch_size": 8,
+              "per_device_eval_batch_size": 64}
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+# ---- compute_loss overrides: HF's class-imbalance recipe, `pop` and `get`, with and without num_items_in_batch ----
+class PopLabelsTrainer(Trainer):
+    """HF's documentation, verbatim but for the weights."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.seen_num_items = getattr(self, "seen_num_items", set()) | {num_items_in_batch}
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs.get("logits")
+        loss_fct = torch.nn.CrossEntropyLoss(weight=torch.tensor(CLASS_WEIGHTS, device=model.device))
+        loss = loss_fct(logits.view(-1, self.model.config.num_labels), labels.view(-1))
+        return (loss, outputs) if return_outputs else loss
+
+
+class GetLabelsTrainer(Trainer):
+    """The older signature, without num_items_in_batch, reading the labels with `get`."""
+
+    def compute_loss(self, model, inputs, return_outputs=False):
+        labels = inputs.get("labels")
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        loss = torch.nn.functional.cross_entropy(outputs.logits, labels,
+                                                 weight=torch.tensor(CLASS_WEIGHTS, device=labels.device))
+        return (loss, outputs) if return_outputs else loss
+
+
+@pytest.mark.parametrize("trainer_class", [PopLabelsTrainer, GetLabelsTrainer])
+def test_compute_loss_override_trains_evaluates_and_predicts(tmp_path, tokenizer, trainer_class):
+    data = sentiment_dataset(tokenizer, rows=24)
+    trainer = trainer_class(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=3), train_dataset=data,
+                            eval_dataset=data, processing_class=tokenizer, compute_metrics=classification_metrics)
+    result = trainer.train()
+    assert trainer.state.global_step == 3 and np.isfinite(result.training_loss)
+    metrics = trainer.evaluate()
+    output = trainer.predict(data)
+    np.testing.assert_array_equal(output.label_ids, np.array(data["label"]))  # read before the override popped them
+    # one evaluation batch (64 rows fit): eval_loss is the override's weighted loss over every prediction
+    expected = torch.nn.functional.cross_entropy(torch.tensor(output.predictions), torch.tensor(output.label_ids),
+                                                 weight=torch.tensor(CLASS_WEIGHTS))
+    assert metrics["eval_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert output.metrics["test_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert {"eval_accuracy", "eval_f1"} <= set(metrics)
+    if trainer_class is PopLabelsTrainer:
+        assert trainer.seen_num_items == {None}  # finch's loop scales the batch's mean loss itself
+
+
+def test_popping_labels_in_training_leaves_finchs_accounting_intact(tmp_path, tokenizer):
+    """Same weights as the built-in loss: the items of each step were counted before the override popped labels."""
+
+    class PlainPop(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
+
+    data = sentiment_dataset(tokenizer, rows=20)  # batches of 4 x accumulation 3: steps of 12 and 8 rows
+    runs = {}
+    for trainer_class in (Trainer, PlainPop):
+        trainer = trainer_class(model=tiny_bert(dropout=0.0), train_dataset=data, processing_class=tokenizer,
+                                args=quiet_args(tmp_path / trainer_class.__name__, num_train_epochs=1,
+                                                per_device_train_batch_size=4, gradient_accumulation_steps=3,
+                                                logging_strategy="epoch"))
+        trainer.train()
+        runs[trainer_class] = (weights_of(trainer.model), trainer.state.log_history[0]["loss"])
+    for key, value in runs[Trainer][0].items():
+        torch.testing.assert_close(runs[PlainPop][0][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert runs[PlainPop][1] == pytest.approx(runs[Trainer][1], rel=1e-5)
+
+
+# ---- evaluate() returns the epoch ------------------------------------------------------------------------------
+def test_evaluate_returns_the_epoch_as_hf_does(tmp_path, tokenizer):
+    data = sentiment_dataset(tokenizer, rows=16)
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, num_train_epochs=2), train_dataset=data,
+                      eval_dataset=data, processing_class=tokenizer, compute_metrics=classification_metrics)
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["epoch"] == 2.0  # the tutorial reads metrics["epoch"]
+    assert {"eval_loss", "eval_accuracy"} <= set(metrics)
+    assert trainer.state.log_history[-1]["epoch"] == 2.0
+
+
+# ---- EarlyStoppingCallback without metric_for_best_model ---------------------------------------------------------
+def test_early_stopping_without_a_metric_watches_the_eval_loss(tmp_path, tokenizer, caplog):
+    data = sentiment_dataset(tokenizer, rows=16)
+    args = quiet_args(tmp_path, eval_strategy="steps", eval_steps=1, max_steps=50, learning_rate=0.0)  # loss constant
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=data, eval_dataset=data.select(range(8)),
+                      processing_class=tokenizer)
+    trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=3))
+    with caplog.at_level("WARNING", logger="finch"):
+        trainer.train()
+    # evaluation 1 sets the best loss; 2, 3 and 4 do not improve on it: patience 3 is used up at step 4
+    assert trainer.state.global_step == 4
+    warnings = [r.getMessage() for r in caplog.records if "EarlyStoppingCallback" in r.getMessage()]
+    assert len(warnings) == 1 and "eval_loss" in warnings[0] and "lower is better" in warnings[0]
+
+
+def test_early_stopping_without_evaluation_is_a_config_error(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path), train_dataset=toy, processing_class=tokenizer,
+                      callbacks=[EarlyStoppingCallback(2)])
+    with pytest.raises(ConfigError, match="eval_strategy='epoch'"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+# ---- compute_metrics mistakes show at once -------------------------------------------------------------------------
+def broken_metrics(eval_pred):
+    logits, labels = eval_pred
+    predictions = np.argmax(logits, axis=2)  # the bug: logits are (rows, classes)
+    return {"accuracy": float((predictions == labels).mean())}
+
+
+def test_a_broken_compute_metrics_fails_before_the_first_step(tmp_path, tokenizer):
+    data = sentiment_dataset(tokenizer, rows=400)
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="epoch", num_train_epochs=3),
+                      train_dataset=data, eval_dataset=data, processing_class=tokenizer,
+                      compute_metrics=broken_metrics)
+    with pytest.raises(ConfigError, match="compute_metrics=broken_metrics raised AxisError") as raised:
+        trainer.train()
+    assert isinstance(raised.value.__cause__, np.exceptions.AxisError)
+    assert "(8, 2)" in str(raised.value)  # tried on 8 rows: shapes are named
+    assert trainer.state.global_step == 0
+    with pytest.raises(ConfigError, match="broken_metrics") as raised:  # the same report from evaluate()
+        trainer.evaluate()
+    assert "(400, 2)" in str(raised.value)
+
+
+def test_compute_metrics_returning_a_number_names_the_function_and_the_fix(tmp_path, toy, tokenizer):
+    def accuracy_only(eval_pred):
+        logits, labels = eval_pred
+        return float((logits.argmax(-1) == labels).mean())
+
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path), eval_dataset=toy, processing_class=tokenizer,
+                      compute_metrics=accuracy_only)
+    with pytest.raises(ConfigError, match=r"accuracy_only returned float .*not a dict.*'accuracy'"):
+        trainer.evaluate()
+
+
+class Recorder(TrainerCallback):
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda args, state, control, **kwargs: self.events.append(name)
+        raise AttributeError(name)
+
+
+def bootstrap_metrics(eval_pred):
+    """Accuracy with a bootstrap resample: it draws from every global RNG, as users' metrics may."""
+    logits, labels = eval_pred
+    correct = logits.argmax(-1) == labels
+    resample = np.random.randint(0, len(labels), len(labels))
+    torch.rand(3)
+    random.random()
+    return {"accuracy": float(correct.mean()), "accuracy_bootstrap": float(correct[resample].mean())}
+
+
+def test_the_check_before_training_is_invisible_to_the_run(tmp_path, tokenizer):
+    """Same weights (dropout on, so the RNG stream matters), same log, same callback events as without it."""
+    data = sentiment_dataset(tokenizer, rows=32)
+    runs = []
+    for metrics in (None, bootstrap_metrics):
+        recorder = Recorder()
+        trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path / str(bool(metrics)), max_steps=4,
+                                                             logging_steps=2),
+                          train_dataset=data, eval_dataset=data, processing_class=tokenizer,
+                          compute_metrics=metrics, callbacks=[recorder])
+        trainer.train()
+        history = [{k: v for k, v in e.items() if not k.endswith(("_per_second", "runtime"))}
+                   for e in trainer.state.log_history]
+        runs.append((weights_of(trainer.model), history, recorder.events))
+    assert all(torch.equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
+    assert runs[0][1] == runs[1][1] and runs[0][2] == runs[1][2]
+
+
+# ---- a model that returns no loss ---------------------------------------------------------------------------------
+class LogitsOnly(torch.nn.Module):
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.linear, self.as_dict = torch.nn.Linear(3, 2), as_dict
+
+    def forward(self, features, labels=None):
+        logits = self.linear(features)
+        return {"logits": logits} if self.as_dict else (logits,)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_model_without_a_loss_names_its_class_and_the_fix(tmp_path, as_dict):
+    rows = [{"features": torch.randn(3), "labels": i % 2} for i in range(16)]
+    trainer = Trainer(model=LogitsOnly(as_dict), args=quiet_args(tmp_path, max_steps=2), train_dataset=rows)
+    with pytest.raises(ModelError, match="LogitsOnly returned no loss although the batch has labels") as raised:
+        trainer.train()
+    assert "compute_loss_func" in str(raised.value) and "ForSequenceClassification" in str(raised.value)
+
+
+# ---- warmup longer than the run ------------------------------------------------------------------------------------
+def test_warmup_longer_than_the_run_is_said_once_with_both_numbers(tmp_path, toy, tokenizer, caplog):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=3, warmup_steps=500, logging_steps=1),
+                      train_dataset=toy, processing_class=tokenizer)
+    with caplog.at_level("WARNING", logger="finch"):
+        trainer.train()
+    warnings = [r.getMessage() for r in caplog.records if "warmup_steps" in r.getMessage()]
+    assert len(warnings) == 1 and "warmup_steps=500" in warnings[0] and "3 training steps" in warnings[0]
+    quiet = Trainer(model=tiny_bert(), args=quiet_args(tmp_path / "short", max_steps=3, warmup_steps=2),
+                    train_dataset=toy, processing_class=tokenizer)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="finch"):
+        quiet.train()
+    assert "warmup_steps" not in caplog.text
