@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import sentiment_dataset, tiny_bert, weights_of
+from test_trainer import Recorder
 
-from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from finch import EarlyStoppingCallback, Trainer, TrainingArguments
 from finch.errors import ConfigError, ModelError
 from finch.metrics import classification_metrics
 
@@ -157,16 +158,6 @@ def test_compute_metrics_returning_a_number_names_the_function_and_the_fix(tmp_p
                       compute_metrics=accuracy_only)
     with pytest.raises(ConfigError, match=r"accuracy_only returned float .*not a dict.*'accuracy'"):
         trainer.evaluate()
-
-
-class Recorder(TrainerCallback):
-    def __init__(self):
-        self.events = []
-
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda args, state, control, **kwargs: self.events.append(name)
-        raise AttributeError(name)
 
 
 def bootstrap_metrics(eval_pred):
