@@ -15,7 +15,8 @@ from transformers import AutoTokenizer
 from finch.loading import glue_mrpc
 from finch.metrics import accuracy, f1_per_class
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc"
+# GLUE MRPC's TSVs: $FINCH_MRPC, else the project's ../shared/data/mrpc (pass --data DIR otherwise)
+DEFAULT_DATA = Path(os.environ.get("FINCH_MRPC") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc")
 
 
 def packaged_model() -> str:

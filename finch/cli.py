@@ -198,6 +198,8 @@ def run_train(flags: dict[str, Any]) -> int:
     write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print("\nfinal metrics on the validation set")
     _print_metrics(metrics)
+    if job.collapse is not None and job.collapse.warning():
+        print(f"warning: {job.collapse.warning()}", flush=True)
     print(f"model:  {model_dir}  (transformers.pipeline('text-classification', model='{model_dir}'))")
     print(f"logs:   {output / 'log.jsonl'}")
     return 0

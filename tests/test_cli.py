@@ -118,3 +118,17 @@ def test_verify_resume_detects_a_resume_that_is_not_exact(tmp_path, tiny_model_d
     code = main(["verify-resume", "--model", tiny_model_dir, "--train", train, "--steps", "6", *FAST])
     printed = capsys.readouterr().out
     assert code == 1 and "Resume is NOT exact" in printed
+
+
+def test_the_demo_learns_bbc_news_with_the_packaged_model(tmp_path, monkeypatch, capsys):
+    """`finch train` with no data: the packaged MiniLM on the packaged BBC News (real data that installs with the
+    test extra, so this runs on a fresh clone too), cut short."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--max-steps", "24", "--eval-strategy", "no", "--save-strategy", "no",
+                 "--no-load-best-model-at-end", "--disable-tqdm"]) == 0
+    printed = capsys.readouterr().out
+    assert "BBC News: 1780 articles to train on, 445 held out" in printed
+    assert "tokens: limit 128 (the demo's setting)" in printed
+    metrics = json.loads((tmp_path / "finch-output" / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] > 0.5, metrics  # 5 topics: chance is 0.2
+    assert (tmp_path / "finch-output" / "model" / "finch.json").exists()

@@ -51,6 +51,7 @@ def test_string_labelled_multiclass_trains_and_predicts_names(tmp_path, tiny_mod
     printed = capsys.readouterr().out
     assert "label topic: multiclass classification, 3 labels: money, sport, tech" in printed
     assert json.loads((out / "metrics.json").read_text())["eval_f1_macro"] > 0.6
+    assert "collapsed" not in printed, "a healthy run is not called collapsed"
     new = write_csv(tmp_path / "new.csv", [{"text": "goal match team goal"}, {"text": "bank stock price market"}])
     assert main(["predict", "--model", str(out / "model"), "--data", new, "--out", str(tmp_path / "p.csv")]) == 0
     predicted = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
@@ -197,3 +198,36 @@ def test_objects_as_labels_are_an_error_and_lists_of_names_are_multilabel():
     with pytest.raises(DataError, match="rows 2 have labels that are lists of objects or lists"):
         encode([["a"], [{"name": "b"}]], Task("multilabel", ["a", "b"]), "f")
     assert detect_task([["a", "b"], [1], []], "f").label_names == ["1", "a", "b"]
+
+
+def test_collapse_watch_warns_only_when_every_evaluation_predicts_one_class():
+    from finch.tasks import CollapseWatch
+
+    class Prediction:
+        def __init__(self, predicted, labels):
+            self.predictions = np.eye(3)[predicted] * 5.0
+            self.label_ids = np.asarray(labels)
+
+    task = Task("multiclass", ["a", "b", "c"])
+    labels = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0] * 2
+    collapsed = CollapseWatch(rows=20)
+    compute = compute_metrics_for(task, watch=collapsed)
+    compute(Prediction([0, 1, 2, 0, 1, 2, 0, 1], labels[:8]))  # the 8-row try before training: not counted
+    for predicted in ([1] * 20, [1] * 19 + [0]):
+        compute(Prediction(predicted, labels))
+    message = collapsed.warning()
+    assert message is not None and "each of its 2 evaluation(s) (100% 'b', 95% 'b')" in message
+    assert "--learning-rate" in message and "--seed" in message
+    healthy = CollapseWatch(rows=20)
+    compute = compute_metrics_for(task, watch=healthy)
+    compute(Prediction([1] * 20, labels))
+    compute(Prediction(labels, labels))  # recovered: not a collapsed run
+    assert healthy.warning() is None
+
+
+def test_a_collapsed_cli_run_is_named(tmp_path, tiny_model_dir, capsys):
+    """A learning rate of 3 drives the tiny model to one class; the healthy run of
+    `test_string_labelled_multiclass_trains_and_predicts_names` must stay silent."""
+    train(tmp_path, tiny_model_dir, write_csv(tmp_path / "t.csv", topic_rows(60)), "--learning-rate", "3",
+          "--max-grad-norm", "0")
+    assert "the run collapsed to a constant guess" in capsys.readouterr().out
