@@ -51,7 +51,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 def train_args(output_dir: str, **overrides) -> TrainingArguments:
     values = {"output_dir": output_dir, "per_device_train_batch_size": 4, "num_train_epochs": 2, "learning_rate": 1e-3,
               "train_sampling_strategy": "random", "logging_steps": 3, "save_strategy": "no", "disable_tqdm": True,
-              "bf16": False, "seed": 11}
+              "bf16": False, "seed": 11,
+              "ddp_timeout": 90}  # a rank left waiting fails (and exits) within the test's timeout
     return TrainingArguments(**{**values, **overrides})
 
 
