@@ -15,6 +15,8 @@ import atexit
 import contextlib
 import datetime
 import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from finch.errors import ConfigError
 from finch.runtime import Runtime, choose_precision, set_seed
 
 logger = logging.getLogger("finch")
@@ -130,3 +133,63 @@ class DistributedRuntime(Runtime):
 def _leave_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- launching: `finch train --nproc-per-node N` --------------------------------------------------------------------
+LAUNCH_FLAGS = {"--nproc-per-node": "nproc_per_node", "--nnodes": "nnodes", "--node-rank": "node_rank",
+                "--rdzv-endpoint": "rdzv_endpoint", "--max-restarts": "max_restarts"}
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a rank that torchrun started (then `finch train` trains, it does not relaunch)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
+    """The `torch.distributed.run` command that runs `python -m finch.cli <command_args>` once per process.
+
+    `command_args` are the CLI's own arguments with the launch flags removed (`without_launch_flags`). One node
+    without `--rdzv-endpoint` uses torchrun's `--standalone` (a free local port); several nodes meet at the
+    endpoint (c10d rendezvous), each started with its own `--node-rank`."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={flags['nproc_per_node']}"]
+    nodes = int(flags.get("nnodes") or 1)
+    if nodes == 1 and not flags.get("rdzv_endpoint"):
+        command.append("--standalone")
+    else:
+        if not flags.get("rdzv_endpoint"):
+            raise ConfigError(f"--nnodes {nodes} needs --rdzv-endpoint HOST:PORT, the address of node 0 that every "
+                              f"node can reach (e.g. --rdzv-endpoint node0:29500)")
+        command += [f"--nnodes={nodes}", f"--node-rank={flags.get('node_rank') or 0}", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint={flags['rdzv_endpoint']}"]
+    if flags.get("max_restarts"):
+        command.append(f"--max-restarts={flags['max_restarts']}")
+    return [*command, "-m", "finch.cli", *command_args]
+
+
+def without_launch_flags(argv: list[str]) -> list[str]:
+    """`argv` with the launch flags and their values taken out (`--flag value` and `--flag=value`)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in LAUNCH_FLAGS:
+            skip = True
+        elif item.split("=", 1)[0] not in LAUNCH_FLAGS:
+            kept.append(item)
+    return kept
+
+
+def relaunch(argv: list[str], flags: dict[str, Any]) -> None:
+    """Replace this process with torchrun running the same CLI command once per process (never returns).
+
+    exec, not a child: a scheduler's SIGTERM then reaches torchrun, which passes it to every rank."""
+    command = launch_command(without_launch_flags(argv), flags)
+    logger.info("launching: %s", " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+
+
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun restarted this rank after a failure (`--max-restarts`): then the run resumes."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
