@@ -18,6 +18,7 @@ import difflib
 import functools
 import json
 import math
+import os
 import types
 import typing
 import warnings
@@ -32,6 +33,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomia
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "sgd")
 SAMPLING = ("group_by_length", "random", "sequential")
 REPORTERS = ("none", "all", "tensorboard", "jsonl")
+BACKENDS = ("nccl", "gloo", "mpi", "xccl")
 
 
 def _arg(default: Any, group: str, help: str) -> Any:
@@ -120,6 +122,16 @@ class TrainingArguments:
     label_names: list[str] | None = _arg(None, "data", "batch keys holding labels; default labels")  # noqa: RUF009
     dataloader_num_workers: int = _arg(0, "data", "background processes that collate batches")
     dataloader_pin_memory: bool = _arg(True, "data", "pinned host memory for batches (CUDA only)")
+    dataloader_drop_last: bool = _arg(False, "data", "drop each epoch's last global batch when it is incomplete")
+    # distributed (torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; see docs/distributed.md)
+    ddp_backend: str | None = _arg(None, "distributed", "torch.distributed backend: " + ", ".join(BACKENDS)
+                                   + "; unset: nccl on CUDA, gloo on the CPU")
+    ddp_timeout: int = _arg(1800, "distributed", "seconds a collective may wait for the other ranks before failing")
+    ddp_find_unused_parameters: bool | None = _arg(None, "distributed",
+                                                   "DDP's find_unused_parameters; unset: on when parameters are frozen")
+    ddp_bucket_cap_mb: int | None = _arg(None, "distributed", "DDP gradient bucket size in MB; unset: torch's 25")
+    allow_world_size_change: bool = _arg(False, "distributed",
+                                         "resume a checkpoint saved by another number of processes (not exact)")
     # hub
     push_to_hub: bool = _arg(False, "hub", "upload the model at the end (needs network and a token)")
     hub_model_id: str | None = _arg(None, "hub", "repository name on the hub; default: output_dir's name")
@@ -158,6 +170,21 @@ class TrainingArguments:
     @property
     def eval_batch_size(self) -> int:
         return self.per_device_eval_batch_size
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the run: torchrun's `WORLD_SIZE` (1 without torchrun)."""
+        return int(os.environ.get("WORLD_SIZE", "1"))
+
+    @property
+    def process_index(self) -> int:
+        """This process's rank among all: torchrun's `RANK` (0 without torchrun)."""
+        return int(os.environ.get("RANK", "0"))
+
+    @property
+    def local_process_index(self) -> int:
+        """This process's rank on its machine: torchrun's `LOCAL_RANK` (0 without torchrun)."""
+        return int(os.environ.get("LOCAL_RANK", "0"))
 
     @property
     def sampler_seed(self) -> int:
@@ -340,6 +367,13 @@ def _problems(args: TrainingArguments) -> list[str]:
             problems.append(f"{strategy}='steps' needs {name} > 0; set {name} or use {strategy}='epoch'")
     if args.save_total_limit is not None and args.save_total_limit < 1:
         problems.append(f"save_total_limit={args.save_total_limit} must be >= 1 (or None to keep every checkpoint)")
+    if args.ddp_backend is not None and args.ddp_backend not in BACKENDS:
+        problems.append(f"ddp_backend={args.ddp_backend!r} is not one of {', '.join(map(repr, BACKENDS))} (unset: "
+                        f"nccl on CUDA, gloo on the CPU)")
+    if args.ddp_timeout < 1:
+        problems.append(f"ddp_timeout={args.ddp_timeout} must be >= 1 (seconds)")
+    if args.ddp_bucket_cap_mb is not None and args.ddp_bucket_cap_mb < 1:
+        problems.append(f"ddp_bucket_cap_mb={args.ddp_bucket_cap_mb} must be >= 1 (or unset for torch's 25)")
     if args.dataloader_num_workers < 0:
         problems.append(f"dataloader_num_workers={args.dataloader_num_workers} must be >= 0")
     if args.fp16 and args.bf16:

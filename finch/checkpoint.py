@@ -104,10 +104,12 @@ def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
 
 def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: TrainerState, args: TrainingArguments,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
-                    processing_class: Any = None) -> Path:
+                    processing_class: Any = None, rng_states: list[dict] | None = None) -> Path:
     """Write `checkpoint-<global_step>` completely into a temporary folder, then rename it into place.
 
     A checkpoint of the same step from this run (saved before a resume) is replaced; one of another run never is.
+    `rng_states` holds every rank's RNG state, rank 0's first (default: this process's only); rank r's is saved as
+    `rng_state_<r>.json` (rank 0's as `rng_state.json`), and the manifest records how many ranks there were.
 
     Raises:
         CheckpointError: the disk is full, read-only or not writable; the temporary folder is removed and every
@@ -124,12 +126,14 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
             torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
             _write_json(temporary / "scheduler.json", scheduler.state_dict() if scheduler is not None else None)
             _write_json(temporary / "scaler.json", scaler.state_dict() if scaler is not None else None)
-            _write_json(temporary / "rng_state.json", rng_state())
+            for rank, states in enumerate(rng_states or [rng_state()]):
+                _write_json(temporary / rng_file(rank), states)
         state.save_to_json(temporary / STATE)
         args.save(temporary / "training_args.json")
         files = {path.relative_to(temporary).as_posix(): _describe(path)
                  for path in sorted(temporary.rglob("*")) if path.is_file()}
-        _write_json(temporary / MANIFEST, {"run_id": state.run_id, "saved_at": time.time(), "files": files})
+        _write_json(temporary / MANIFEST, {"run_id": state.run_id, "saved_at": time.time(),
+                                           "world_size": len(rng_states or [None]), "files": files})
         _fsync_tree(temporary)
         if final.exists():  # the same step saved again (after a resume): move the old one aside, then drop it
             stale = final.with_name(_leftover_name("stale", final.name, state.run_id))
@@ -202,6 +206,18 @@ def verify(folder: str | Path) -> str | None:
     return None
 
 
+def rng_file(rank: int) -> str:
+    """The file holding rank `rank`'s RNG state in a checkpoint."""
+    return "rng_state.json" if rank == 0 else f"rng_state_{rank}.json"
+
+
+def world_size_of(folder: str | Path) -> int:
+    """How many processes saved checkpoint `folder` (1 for checkpoints saved before finch recorded it)."""
+    manifest = _manifest(Path(folder))
+    size = manifest.get("world_size") if manifest is not None else None
+    return size if isinstance(size, int) and size >= 1 else 1
+
+
 def run_of(folder: str | Path) -> str | None:
     """The id of the run that saved checkpoint `folder`; None for an older finch's (or an unreadable manifest)."""
     manifest = _manifest(Path(folder))
@@ -224,8 +240,9 @@ def new_run_id() -> str:
 
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, scaler: Any = None) -> TrainerState:
-    """Restore model, optimizer, scheduler, scaler and RNG states from `folder`; return its `TrainerState`.
+                    scheduler: Any = None, scaler: Any = None, rank: int = 0) -> TrainerState:
+    """Restore model, optimizer, scheduler, scaler and rank `rank`'s RNG states from `folder` (RNGs are left alone
+    when it holds none for that rank: saved by fewer processes); return its `TrainerState`.
 
     Raises:
         ResumeError: `folder` is not a checkpoint, is damaged, does not fit `model`, or holds an `optimizer.pt`
@@ -248,7 +265,8 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
             saved = json.loads((folder / name).read_text())
             if target is not None and saved is not None:
                 target.load_state_dict(saved)
-        set_rng_state(json.loads((folder / "rng_state.json").read_text()))
+        if (folder / rng_file(rank)).exists():
+            set_rng_state(json.loads((folder / rng_file(rank)).read_text()))
     return TrainerState.load_from_json(folder / STATE)
 
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return options.run(vars(options))
+        return options.run({**vars(options), "argv": list(sys.argv[1:] if argv is None else argv)})
     except UserError as error:  # finch's own checks found a mistake: the message says the fix
         print(f"finch {options.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "[--config FILE] [options] [KEY=VALUE ...]")
     train.set_defaults(run=run_train)
     train.add_argument("--print-config", action="store_true", help="print the resolved options and exit")
+    add_launch_options(train)
     add_job_options(train)
     verify = commands.add_parser("verify-resume", argument_default=argparse.SUPPRESS, allow_abbrev=False,
                                  usage="finch verify-resume [the options of finch train] [--steps N]",
@@ -87,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
     return parser
+
+
+def add_launch_options(parser: argparse.ArgumentParser) -> None:
+    """torchrun's flags: `finch train --nproc-per-node N` relaunches itself as N processes (docs/distributed.md)."""
+    launch = parser.add_argument_group("several processes (through torchrun; see docs/distributed.md)")
+    launch.add_argument("--nproc-per-node", type=_positive_int, help="processes on this machine, one per GPU (or "
+                                                                      "CPU share); relaunches through torchrun")
+    launch.add_argument("--nnodes", type=_positive_int, help="machines in the run (default 1)")
+    launch.add_argument("--node-rank", type=int, help="this machine's index, 0 to nnodes-1 (default 0)")
+    launch.add_argument("--rdzv-endpoint", help="HOST:PORT where the machines meet (node 0's address)")
+    launch.add_argument("--max-restarts", type=int, help="restart every process this many times after a failure; "
+                                                         "each restart resumes from the newest whole checkpoint")
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -173,8 +186,11 @@ def _base_type(hint: Any) -> type:
 
 
 def run_train(flags: dict[str, Any]) -> int:
-    """Resolve options, check the data, fine-tune, evaluate, save; print the metrics and where things are."""
+    """Resolve options, check the data, fine-tune, evaluate, save; print the metrics and where things are.
+    With `--nproc-per-node`, check the options, then relaunch as that many processes through torchrun."""
     from finch import config as config_files
+    from finch.checkpoint import latest_checkpoint
+    from finch.distributed import launched_by_torchrun, relaunch, restarted_by_torchrun
     from finch.job import prepare, resolve_options, training_arguments
     from finch.outputs import write_text
 
@@ -183,17 +199,26 @@ def run_train(flags: dict[str, Any]) -> int:
         training_arguments(options)  # validated, so what is printed would run
         print(config_files.dump(options))
         return 0
+    if flags.get("nproc_per_node") and not launched_by_torchrun():
+        training_arguments(options)  # a mistake in the flags shows once, here, not once per process
+        relaunch(flags["argv"], flags)
     print(f"options:\n{_indent(config_files.dump(options))}", flush=True)
     job = prepare(options)  # every check that needs no weights: nothing is written before it passes
     trainer = job.build(job.args)
+    writes = trainer.is_world_process_zero()  # one writer per file when there are several processes
     output = Path(job.args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    write_text(output / "finch_config.yaml", config_files.dump(options) + "\n")
+    if writes:
+        output.mkdir(parents=True, exist_ok=True)
+        write_text(output / "finch_config.yaml", config_files.dump(options) + "\n")
     resume = options.get("resume")
+    if resume is None and restarted_by_torchrun() and latest_checkpoint(output) is not None:
+        resume = "auto"  # --max-restarts: a restarted process goes on from the newest whole checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "auto" else resume)
     metrics = trainer.evaluate()
     model_dir = output / "model"
     trainer.save_model(str(model_dir))
+    if not writes:
+        return 0
     job.card.write(model_dir)
     write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print("\nfinal metrics on the validation set")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,6 +80,36 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, str
     longest = max(range(len(batches)), key=lambda b: lengths[batches[b]].max())
     batches[0], batches[longest] = batches[longest], batches[0]
     return batches
+
+
+def steps_per_epoch(num_examples: int, global_batch: int, accumulation: int, drop_last: bool = False) -> int:
+    """Optimizer steps in one epoch of `num_examples` in batches of `global_batch` rows (all ranks together)."""
+    batches = num_examples // global_batch if drop_last else math.ceil(num_examples / global_batch)
+    return math.ceil(batches / accumulation)
+
+
+def epoch_steps(num_examples: int, global_batch: int, accumulation: int, seed: int, epoch: int, strategy: str,
+                lengths: Sequence[int] | None = None, drop_last: bool = False) -> list[list[list[int]]]:
+    """One epoch's optimizer steps, each a list of `accumulation` global micro-batches (all ranks' rows), each a
+    list of example indices: a pure function of its arguments, whatever the number of processes.
+
+    `global_batch` is `per_device_train_batch_size * world_size`, so 2 ranks x 4 see the examples 1 x 8 does;
+    `drop_last` drops the epoch's one incomplete batch (wherever length grouping put it)."""
+    batches = epoch_batches(num_examples, global_batch, seed, epoch, strategy, lengths)
+    if drop_last:
+        batches = [batch for batch in batches if len(batch) == global_batch]
+    return [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
+
+
+def rank_share(global_batch: list[int], rank: int, world_size: int) -> tuple[list[int], bool]:
+    """This rank's rows of a global micro-batch, and whether they count: rank r takes the r-th slice of
+    `ceil(len / world_size)` rows (the tail batch leaves the last ranks fewer rows, or none).
+
+    A rank left with no rows gets the batch's first row to run with weight 0 (False): DDP needs every rank's
+    backward, and no example may count twice."""
+    per_rank = math.ceil(len(global_batch) / world_size)
+    share = global_batch[rank * per_rank:(rank + 1) * per_rank]
+    return (share, True) if share else (global_batch[:1], False)
 
 
 def eval_batches(num_examples: int, batch_size: int, lengths: Sequence[int] | None) -> list[list[int]]:

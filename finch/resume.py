@@ -16,7 +16,17 @@ import math
 from pathlib import Path
 
 from finch.args import TrainingArguments
-from finch.checkpoint import PREFIX, STATE, checkpoints, describe_runs, latest_checkpoint, run_of, step_of, verify
+from finch.checkpoint import (
+    PREFIX,
+    STATE,
+    checkpoints,
+    describe_runs,
+    latest_checkpoint,
+    run_of,
+    step_of,
+    verify,
+    world_size_of,
+)
 from finch.errors import ResumeError
 from finch.fingerprint import Fingerprint
 from finch.optim import total_training_steps
@@ -25,7 +35,7 @@ from finch.state import TrainerState
 logger = logging.getLogger("finch")
 # Arguments that decide the data order or the step count: resuming with others changes the run, not just its end.
 RESUME_FIXED = ("seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "train_sampling_strategy")
+                "train_sampling_strategy", "dataloader_drop_last")
 
 
 def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: TrainingArguments,
@@ -101,10 +111,33 @@ def _folder_to_resume(output_dir: Path, resume: str | Path | bool) -> Path:
 
 
 def check_compatible(folder: str | Path, args: TrainingArguments) -> None:
-    """Raise `ResumeError` if `folder` was saved with arguments that set a different data order than `args` do."""
+    """Raise `ResumeError` if `folder` was saved with arguments that set a different data order than `args` do, or
+    by another number of processes (unless `allow_world_size_change`: then the global batch must be the same)."""
     path = Path(folder) / "training_args.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
-    changed = [f"{name}: {saved.get(name)!r} then, {getattr(args, name)!r} now" for name in RESUME_FIXED
+    saved_world, world = world_size_of(folder), args.world_size
+    fixed = RESUME_FIXED
+    if saved_world != world:
+        if not args.allow_world_size_change:
+            raise ResumeError(
+                f"cannot resume from {folder} exactly: it was saved by {saved_world} process(es), this run has "
+                f"{world}. Each rank's random state (dropout) and its share of every batch belong to the number of "
+                f"processes. Relaunch with {saved_world} process(es) (torchrun --nproc-per-node {saved_world}), or set "
+                f"allow_world_size_change=True (CLI: --allow-world-size-change) to continue without the exact "
+                f"guarantee")
+        per_device = saved.get("per_device_train_batch_size")
+        if per_device is not None and per_device * saved_world != args.per_device_train_batch_size * world:
+            raise ResumeError(
+                f"cannot resume from {folder}: its global batch was {per_device} x {saved_world} process(es) = "
+                f"{per_device * saved_world} examples, this run's is {args.per_device_train_batch_size} x {world} = "
+                f"{args.per_device_train_batch_size * world}, which changes every step. Set "
+                f"per_device_train_batch_size={per_device * saved_world // world} if that divides evenly, or start a "
+                f"new run in another output_dir")
+        logger.warning("resuming %s, saved by %d process(es), with %d (allow_world_size_change=True): the data order "
+                       "is the same, but dropout's random streams and the order of float sums differ, so the run "
+                       "is not the one an uninterrupted run would have been", folder, saved_world, world)
+        fixed = tuple(name for name in RESUME_FIXED if name != "per_device_train_batch_size")
+    changed = [f"{name}: {saved.get(name)!r} then, {getattr(args, name)!r} now" for name in fixed
                if name in saved and saved[name] != getattr(args, name)]
     if changed:
         raise ResumeError(f"cannot resume from {folder} exactly: {'; '.join(changed)}. Use the arguments it was "

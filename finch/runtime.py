@@ -1,13 +1,17 @@
-"""Device, precision choice, seeding and RNG state (saved as JSON, never pickled)."""
+"""The seam between one process and many (`Runtime`), device and precision choice, seeding and RNG state (saved
+as JSON, never pickled). The trainer asks the runtime, never `torch.distributed` or `torch.cuda`, about devices,
+ranks and reductions, so the loop reads the same for one process and for many."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,3 +117,82 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+class Runtime:
+    """What differs between one process and many: device, precision, rank and world, reductions, `no_sync`,
+    model wrapping, barriers, and which rank writes. This is the single-process form: every method is the identity
+    or does nothing, and nothing here touches `torch.distributed` (see `finch.distributed.DistributedRuntime`).
+
+    Args:
+        device: where the model and batches live.
+        precision: the autocast dtype and whether a gradient scaler is needed.
+    """
+
+    rank = 0
+    local_rank = 0
+    world_size = 1
+
+    def __init__(self, device: torch.device, precision: Precision) -> None:
+        self.device, self.precision = device, precision
+
+    @classmethod
+    def for_args(cls, args: Any) -> Runtime:
+        """The runtime `args` ask for: distributed when launched by torchrun with WORLD_SIZE > 1, else this one."""
+        if args.world_size > 1:
+            from finch.distributed import DistributedRuntime
+
+            return DistributedRuntime.start(args)
+        device = choose_device(args.use_cpu)
+        return cls(device, choose_precision(args.bf16, args.fp16, device))
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes the run's artifacts (checkpoints, logs, models): rank 0."""
+        return self.rank == 0
+
+    @property
+    def is_local_main_process(self) -> bool:
+        return self.local_rank == 0
+
+    def describe(self) -> str:
+        return str(self.device)
+
+    def seed_rank(self, seed: int, step: int = 0) -> None:
+        """Give this rank its own random stream for dropout (rank 0, and one process, keep the one they have)."""
+
+    def wrap(self, model: torch.nn.Module, args: Any) -> torch.nn.Module:
+        """The module the training forward runs on (DDP in many processes); its parameters are `model`'s."""
+        return model
+
+    def no_sync(self, model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        """Around a micro-step's forward and backward: gradients are reduced across ranks only when `sync`."""
+        return contextlib.nullcontext()
+
+    def sum_ints(self, *values: int) -> tuple[int, ...]:
+        """Each value summed over all ranks (a host sync in many processes)."""
+        return values
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over all ranks (in place in many processes); no host sync."""
+        return tensor
+
+    def all_true(self, flag: torch.Tensor) -> torch.Tensor:
+        """A device boolean that is True where it is True on every rank; no host sync."""
+        return flag
+
+    def any_rank(self, *flags: bool) -> tuple[bool, ...]:
+        """For each flag, whether any rank has it set: one collective for all of them."""
+        return tuple(bool(flag) for flag in flags)
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's `value` (picklable, from finch's own processes), in rank order."""
+        return [value]
+
+    def on_main(self, decide: Callable[[], Any]) -> Any:
+        """`decide()` run on rank 0 and its result (or the user error it raised) given to every rank, so that all
+        ranks take the same decision from files that only rank 0 may see the same way (a shared folder)."""
+        return decide()
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""

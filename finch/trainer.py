@@ -15,6 +15,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,55 @@ from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
 from finch.preemption import PreemptionGuard, TrainingPreempted
 from finch.resume import continue_state, plan_resume
-from finch.runtime import choose_device, choose_precision, set_seed
+from finch.runtime import Runtime, rng_state, set_seed
 from finch.state import TrainerControl, TrainerState
 
 logger = logging.getLogger("finch")
 
 METRICS_CHECK_ROWS = 8  # rows compute_metrics is tried on before training: enough for shapes, seconds at most
+
+
+@dataclass
+class TrainingRun:
+    """What one `train()` call builds and the loop's helpers use, passed to them explicitly (never kept on the
+    trainer, so nothing outlives the call by accident).
+
+    Attributes:
+        model: the module the training forward runs on: the trainer's model, wrapped in DDP when there are several
+            processes and compiled with `torch_compile`; its parameters are the trainer's model's.
+        scaler: fp16's gradient scaler, else None.
+        nonfinite: counts NaN/Inf steps and decides whether the optimizer may step.
+        dropout: finch's CPU dropout, swapped in around each micro-batch.
+        last_checkpoint: the newest checkpoint this run saved or resumed from (named in error messages).
+    """
+
+    model: torch.nn.Module
+    scaler: torch.amp.GradScaler | None
+    nonfinite: NonFiniteGuard
+    dropout: DropoutSwap
+    last_checkpoint: str | None = None
+
+
+@dataclass
+class LogWindow:
+    """What the loop saw since the last log: summed loss (left on the device; read only at logging steps), items
+    (of every rank), and this rank's samples and tokens."""
+
+    loss: torch.Tensor
+    start: float
+    items: int = 0
+    samples: int = 0
+    tokens: int = 0
+    steps: int = 0
+
+    @classmethod
+    def open(cls, device: torch.device, start: float | None = None) -> LogWindow:
+        return cls(torch.zeros((), device=device), time.perf_counter() if start is None else start)
+
+
+def _due(strategy: str, every: int, step: int, epoch_done: bool) -> bool:
+    """Whether a `logging`/`eval`/`save` strategy with interval `every` asks for action at `step`."""
+    return (strategy == "steps" and step % every == 0) or (strategy == "epoch" and epoch_done)
 
 
 class Trainer:
@@ -72,8 +116,10 @@ class Trainer:
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
         self.args = args if args is not None else TrainingArguments()
-        self.device = choose_device(self.args.use_cpu)
-        self.precision = choose_precision(self.args.bf16, self.args.fp16, self.device)
+        self.runtime = Runtime.for_args(self.args)  # joins torchrun's process group when there is one
+        self.device, self.precision = self.runtime.device, self.runtime.precision
+        if not self.runtime.is_main_process:
+            logger.setLevel(logging.WARNING)  # one run header, not one per rank; warnings still show
         self.model_init = model_init
         self.model = (model if model is not None else self._build_model()).to(self.device)
         self.processing_class = processing_class
@@ -89,11 +135,14 @@ class Trainer:
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.compute_loss_func = compute_loss_func
         self.optimizer, self.lr_scheduler = optimizers
-        self._last_checkpoint: str | None = None
         self._class_weights: torch.Tensor | None = None
         self.label_names = data.label_names_of(self.model, self.args.label_names)
-        self.state, self.control = TrainerState(), TrainerControl()
-        default_callbacks = [ProgressCallback(), *reporters(self.args.report_to)]
+        self.state = TrainerState(is_local_process_zero=self.runtime.is_local_main_process,
+                                  is_world_process_zero=self.runtime.is_main_process)
+        self.control = TrainerControl()
+        # progress lines from rank 0 only; the writers among `reporters` check `state.is_world_process_zero`
+        default_callbacks = [ProgressCallback()] if self.runtime.is_main_process else []
+        default_callbacks += reporters(self.args.report_to)
         self.callback_handler = CallbackHandler(default_callbacks + list(callbacks or []))
         _name_labels(self.model, data.class_names(train_dataset))
         self.control = self._fire("on_init_end")
@@ -118,42 +167,60 @@ class Trainer:
         """Train; `resume_from_checkpoint=True` continues from the newest checkpoint in `output_dir`, a path from
         that one (see `finch.resume.plan_resume` for what is refused, before anything is written).
         Returns `TrainOutput(global_step, training_loss, metrics)`."""
-        args = self.args
+        args, runtime = self.args, self.runtime
         if self.train_dataset is None:
             raise ConfigError("Trainer.train() needs a train_dataset")
         fingerprint = Fingerprint.of(self.train_dataset, self.model)  # hashes the token ids: once per train()
-        resume = self._checkpoint_to_resume(resume_from_checkpoint, fingerprint)
+        # rank 0 decides from the files and tells the others: every rank resumes the same checkpoint, or none
+        resume = runtime.on_main(lambda: plan_resume(args.output_dir, resume_from_checkpoint, args, fingerprint))
         set_seed(args.seed)
         if self.model_init is not None and resume is None:
             self.model = self._build_model().to(self.device)
             self.optimizer = self.lr_scheduler = None
             fingerprint = dataclasses.replace(fingerprint, model=model_fingerprint(self.model))
         model, device = self.model, self.device
-        self._train_model = torch.compile(model) if args.torch_compile else model  # same parameters, compiled forward
         dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns)
         lengths = data.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
         self._class_weights = data.class_weights(args.class_weights, dataset, self.label_names, device)
+        # HF's meaning: per_device_train_batch_size rows on each process, so a step holds that x world x accumulation
         batch_size, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
-        steps_per_epoch = math.ceil(math.ceil(len(dataset) / batch_size) / accumulation)
+        global_batch = batch_size * runtime.world_size
+        steps_per_epoch = data.steps_per_epoch(len(dataset), global_batch, accumulation, args.dataloader_drop_last)
+        if steps_per_epoch == 0:
+            raise DataError(f"dataloader_drop_last=True drops every batch: {len(dataset)} training examples are fewer "
+                            f"than one batch of {global_batch}; lower per_device_train_batch_size or set "
+                            f"dataloader_drop_last=False")
         max_steps = total_training_steps(args, steps_per_epoch)
         if self.optimizer is None:
             self.optimizer = create_optimizer(model, args)
         if self.lr_scheduler is None:
             self.lr_scheduler = create_scheduler(self.optimizer, args, max_steps)
-        scaler = torch.amp.GradScaler(device.type) if self.precision.needs_scaler else None
+        run = TrainingRun(
+            model=model, scaler=torch.amp.GradScaler(device.type) if self.precision.needs_scaler else None,
+            nonfinite=NonFiniteGuard(args.max_nonfinite_steps,
+                                     NonFiniteGuard.supports_on_device(self.optimizer, device)),
+            dropout=DropoutSwap(model, self._uses_fast_dropout))
         self.state = state = TrainerState(
             max_steps=max_steps, steps_per_epoch=steps_per_epoch, num_train_epochs=max_steps / steps_per_epoch,
             logging_steps=args.resolve_steps(args.logging_steps, max_steps),
             eval_steps=args.resolve_steps(args.eval_steps, max_steps),
             save_steps=args.resolve_steps(args.save_steps, max_steps), train_batch_size=batch_size,
-            run_id=checkpoint.new_run_id(), data_fingerprint=fingerprint.data, model_fingerprint=fingerprint.model)
+            run_id=runtime.on_main(checkpoint.new_run_id), data_fingerprint=fingerprint.data,
+            model_fingerprint=fingerprint.model, is_local_process_zero=runtime.is_local_main_process,
+            is_world_process_zero=runtime.is_main_process)
         if resume is not None:
-            self.state = state = self._resume(resume, state, scaler)
-        # only now, every check passed, is output_dir written to
-        checkpoint.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
-        args.save(Path(args.output_dir) / "training_args.json")
-        dropout_swap = DropoutSwap(model, self._uses_fast_dropout)
-        self._print_header(len(dataset), dropped, resume, dropout_swap.describe())
+            self.state = state = self._resume(run, resume, state)
+        else:
+            runtime.seed_rank(args.seed)  # dropout: each rank its own stream (rank 0 keeps one process's)
+        # DDP after loading: it broadcasts rank 0's weights; compiled: same parameters, compiled forward
+        run.model = runtime.wrap(model, args)
+        run.model = torch.compile(run.model) if args.torch_compile else run.model
+
+        def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by rank 0)
+            checkpoint.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
+            args.save(Path(args.output_dir) / "training_args.json")
+        runtime.on_main(prepare_output_dir)
+        self._print_header(len(dataset), dropped, resume, run.dropout.describe())
         self._warn_if_warmup_outlasts_the_run(max_steps)
         self._check_compute_metrics()
         self.control = TrainerControl()
@@ -161,102 +228,131 @@ class Trainer:
         if args.eval_on_start and resume is None:
             self._evaluate_during_training()
 
-        model.train()
+        run.model.train()
         started, run_start_step = time.perf_counter(), state.global_step
-        window = {"loss": torch.zeros((), device=device), "items": 0, "samples": 0, "tokens": 0, "steps": 0,
-                  "start": started}
+        window = LogWindow.open(device, started)
         total_loss, total_items = torch.zeros((), device=device), 0
         grad_norm = None
-        nonfinite = NonFiniteGuard(args.max_nonfinite_steps, NonFiniteGuard.supports_on_device(self.optimizer, device))
-        self._nonfinite = nonfinite
         with PreemptionGuard() as preemption:
             epochs = range(state.global_step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch))
             for epoch in epochs if state.global_step < max_steps else ():  # a finished run, resumed, trains no more
-                batches = data.epoch_batches(len(dataset), batch_size, args.sampler_seed, epoch,
-                                             args.train_sampling_strategy, lengths)
-                steps = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
+                # the step's global micro-batches, planned alike on every rank; then each rank loads only its share
+                steps = data.epoch_steps(len(dataset), global_batch, accumulation, args.sampler_seed, epoch,
+                                         args.train_sampling_strategy, lengths, args.dataloader_drop_last)
                 first_step = state.global_step - epoch * steps_per_epoch  # > 0 only when resuming mid-epoch
-                loader = data.make_loader(dataset, [b for step in steps[first_step:] for b in step], self.data_collator,
+                shares = [[data.rank_share(b, runtime.rank, runtime.world_size) for b in step]
+                          for step in steps[first_step:]]
+                loader = data.make_loader(dataset, [rows for step in shares for rows, _ in step], self.data_collator,
                                           args.dataloader_num_workers, args.dataloader_pin_memory and device.type == "cuda")
                 micro_batches = iter(loader)
                 self.control._new_epoch()
                 self.control = self._fire("on_epoch_begin")
                 for step_in_epoch in range(first_step, len(steps)):
-                    step_batches = [next(micro_batches) for _ in steps[step_in_epoch]]
-                    step_items = sum(data.count_items(b, self.label_names) for b in step_batches)
+                    step_shares = shares[step_in_epoch - first_step]
+                    # all micro-batches are loaded before the first backward: the loss is divided by the whole
+                    # step's item count (all micro-batches, all ranks: one small reduction)
+                    step_batches = [next(micro_batches) for _ in step_shares]
+                    (step_items,) = runtime.sum_ints(sum(data.count_items(batch, self.label_names)
+                                                         for batch, (_, counts) in zip(step_batches, step_shares)
+                                                         if counts))
                     self.control._new_step()
                     self.control = self._fire("on_step_begin")
                     step_loss = torch.zeros((), device=device)
-                    for index, batch in enumerate(step_batches):
-                        window["samples"] += data.batch_rows(batch)
-                        window["tokens"] += _token_count(batch)
-                        step_loss += self._forward_backward(batch, step_items, scaler, dropout_swap)
+                    for index, (batch, (_, counts)) in enumerate(zip(step_batches, step_shares)):
+                        last = index == len(step_batches) - 1
+                        if counts:
+                            window.samples += data.batch_rows(batch)
+                            window.tokens += _token_count(batch)
+                        with runtime.no_sync(run.model, sync=last):  # gradients cross ranks once per step
+                            step_loss += self._forward_backward(run, batch, step_items, counts)
                         state.micro_step += 1
-                        if index < len(step_batches) - 1:
+                        if not last:
                             self.control = self._fire("on_substep_end")
-                    grad_norm, finite = self._optimizer_step(scaler, step_loss, steps[step_in_epoch])
-                    window["loss"] += torch.where(finite, step_loss, 0.0)  # a skipped step's NaN stays out of logs
-                    window["items"] += step_items
-                    window["steps"] += 1
+                    grad_norm, finite = self._optimizer_step(run, step_loss, steps[step_in_epoch])
+                    window.loss += torch.where(finite, step_loss, 0.0)  # a skipped step's NaN stays out of logs
+                    window.items += step_items
+                    window.steps += 1
                     state.global_step += 1
                     state.epoch = epoch + (step_in_epoch + 1) / steps_per_epoch
                     self.control = self._fire("on_step_end")
+                    self._agree_on_control()
 
                     epoch_done = step_in_epoch == len(steps) - 1 or state.global_step >= max_steps
-                    if self._due("logging", epoch_done) or self.control.should_log or (
-                            args.logging_first_step and state.global_step == 1):
-                        total_loss, total_items = total_loss + window["loss"], total_items + window["items"]
-                        self._log_training(window, grad_norm)
-                    if self._due("eval", epoch_done) or self.control.should_evaluate:
+                    if _due(args.logging_strategy, state.logging_steps, state.global_step, epoch_done) or \
+                            self.control.should_log or (args.logging_first_step and state.global_step == 1):
+                        runtime.all_reduce_sum(window.loss)  # the logged loss is every rank's
+                        total_loss, total_items = total_loss + window.loss, total_items + window.items
+                        self._log_training(run, window, grad_norm)
+                        window = LogWindow.open(device)
+                    if _due(args.eval_strategy, state.eval_steps, state.global_step, epoch_done) or \
+                            self.control.should_evaluate:
                         self._evaluate_during_training()
+                        self._agree_on_control()  # on_evaluate may stop training (early stopping)
                     saved = None
-                    if self._due("save", epoch_done) or self.control.should_save or (
-                            state.global_step >= max_steps and args.save_strategy != "no"):
-                        saved = self._save_checkpoint(scaler)
-                    if preemption.requested:  # a stop signal arrived during this step: save, then exit
-                        nonfinite.flush(self._last_checkpoint)
-                        stop = TrainingPreempted(preemption.requested, str(saved or self._save_checkpoint(scaler)))
+                    if _due(args.save_strategy, state.save_steps, state.global_step, epoch_done) or \
+                            self.control.should_save or (state.global_step >= max_steps and args.save_strategy != "no"):
+                        saved = self._save_checkpoint(run)
+                    if self._agree_on_control(preemption):  # a stop signal reached some rank: save, then exit
+                        run.nonfinite.flush(run.last_checkpoint)
+                        stop = TrainingPreempted(preemption.requested or "a stop signal to another rank",
+                                                 str(saved or self._save_checkpoint(run)))
                         logger.warning("%s", stop)
                         raise stop
                     if self.control.should_training_stop or self.control.should_epoch_stop \
                             or state.global_step >= max_steps:
                         break
                 self.control = self._fire("on_epoch_end")
+                self._agree_on_control()
                 if self.control.should_training_stop or state.global_step >= max_steps:
                     break
 
-        nonfinite.flush(self._last_checkpoint)
-        runtime = time.perf_counter() - started
-        total_loss, total_items = total_loss + window["loss"], total_items + window["items"]
+        run.nonfinite.flush(run.last_checkpoint)
+        runtime_seconds = time.perf_counter() - started
+        runtime.all_reduce_sum(window.loss)
+        total_loss, total_items = total_loss + window.loss, total_items + window.items
         training_loss = total_loss.item() / max(total_items, 1)
         if args.load_best_model_at_end and state.best_model_checkpoint:
             logger.info("Loading the best model (%s = %s) from %s", args.metric_for_best_model, state.best_metric,
                         state.best_model_checkpoint)
             checkpoint.load_model_weights(model, state.best_model_checkpoint)
         steps_run = state.global_step - run_start_step
-        metrics = {"train_runtime": round(runtime, 3),
-                   "train_samples_per_second": round(steps_run * batch_size * accumulation / runtime, 3),
-                   "train_steps_per_second": round(steps_run / runtime, 3), "train_loss": training_loss}
+        metrics = {"train_runtime": round(runtime_seconds, 3),
+                   "train_samples_per_second": round(steps_run * global_batch * accumulation / runtime_seconds, 3),
+                   "train_steps_per_second": round(steps_run / runtime_seconds, 3), "train_loss": training_loss}
         self.log(metrics)
         self.control = self._fire("on_train_end")
-        if args.push_to_hub:
+        if args.push_to_hub and runtime.is_main_process:
             self.push_to_hub()
         return TrainOutput(state.global_step, training_loss, metrics)
 
-    def _forward_backward(self, batch: dict, step_items: int, scaler: Any, dropout_swap: DropoutSwap) -> torch.Tensor:
+    def _agree_on_control(self, preemption: PreemptionGuard | None = None) -> bool:
+        """Every rank takes up each control flag that a callback set on any rank, in one collective (nothing in one
+        process), so all ranks log, evaluate, save and stop together. Returns whether a stop signal reached any
+        rank (asked only where the loop acts on it)."""
+        control = self.control
+        (control.should_training_stop, control.should_epoch_stop, control.should_save, control.should_evaluate,
+         control.should_log, preempted) = self.runtime.any_rank(
+            control.should_training_stop, control.should_epoch_stop, control.should_save, control.should_evaluate,
+            control.should_log, preemption is not None and preemption.requested is not None)
+        return preempted
+
+    def _forward_backward(self, run: TrainingRun, batch: dict, step_items: int, counts: bool) -> torch.Tensor:
         """One micro-batch: forward, loss scaled by its share of the step's items, backward.
 
-        finch's CPU dropout is swapped in for this forward and backward only (`dropout_swap`). Returns the summed
-        (not averaged) loss of the micro-batch, detached and left on the device: reading it is a host sync, done
-        only at logging steps.
+        `step_items` counts the whole step's items on every rank; DDP averages gradients over ranks, so each rank's
+        share is multiplied by the world size. A batch that does not count (`counts` False: a placeholder row on a
+        rank the epoch's tail left idle) is weighted 0. finch's CPU dropout is swapped in for this forward and
+        backward only (`run.dropout`). Returns the summed (not averaged) loss of the micro-batch, detached and left
+        on the device: reading it is a host sync, done only at logging steps.
         """
-        items = data.count_items(batch, self.label_names)  # counted before compute_loss, which may pop the labels
+        items = data.count_items(batch, self.label_names) if counts else 0  # before compute_loss, which may pop labels
         batch = _to_device(batch, self.device)  # a new dict: an override's `inputs.pop("labels")` leaves ours intact
-        with dropout_swap:
+        with run.dropout:
             with self.precision.autocast(self.device):
-                loss = self.compute_loss(self._train_model, batch)
-            scaled = loss * (items / step_items)  # sum over the step's examples / their number: accumulation-invariant
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                loss = self.compute_loss(run.model, batch)
+            # sum over the step's examples / their number: the same update for any accumulation or world size
+            scaled = loss * (items * self.runtime.world_size / step_items)
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         return loss.detach().float() * items
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
@@ -284,19 +380,21 @@ class Trainer:
             loss = _model_loss(outputs, model, self.label_names, labels_given=labels is not None)
         return (loss, outputs) if return_outputs else loss
 
-    def _optimizer_step(self, scaler: Any, step_loss: torch.Tensor,
+    def _optimizer_step(self, run: TrainingRun, step_loss: torch.Tensor,
                         batches: list[list[int]]) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Unscale, clip, step the optimizer and the schedule, clear gradients; a step whose loss or gradient norm
-        is NaN/Inf is skipped (see `finch.nonfinite`). Returns the gradient norm and the device flag `finite`."""
+        is NaN/Inf on any rank is skipped on all (see `finch.nonfinite`). Returns the gradient norm and the device
+        flag `finite`."""
+        scaler = run.scaler
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         grad_norm = None
         if self.args.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
-        finite = NonFiniteGuard.finite(step_loss, grad_norm)
+        finite = self.runtime.all_true(NonFiniteGuard.finite(step_loss, grad_norm))
         indices = [index for batch in batches for index in batch]
-        if not self._nonfinite.allow_step(finite, self.optimizer, self.state.global_step + 1, indices,
-                                          self._last_checkpoint):
+        if not run.nonfinite.allow_step(finite, self.optimizer, self.state.global_step + 1, indices,
+                                        run.last_checkpoint):
             if scaler is not None:
                 scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -312,27 +410,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, finite
 
-    def _due(self, what: str, epoch_done: bool) -> bool:
-        """Whether the `logging`/`eval`/`save` strategy asks for action at this step."""
-        strategy = getattr(self.args, f"{what}_strategy")
-        every = getattr(self.state, f"{what}_steps")
-        return (strategy == "steps" and self.state.global_step % every == 0) or (strategy == "epoch" and epoch_done)
-
-    def _log_training(self, window: dict, grad_norm: torch.Tensor | None) -> None:
-        """Log mean loss, lr, grad norm and throughput since the last log, then reset the window."""
-        elapsed = max(time.perf_counter() - window["start"], 1e-9)
-        logs = {"loss": window["loss"].item() / max(window["items"], 1)}  # host sync: only at logging steps
+    def _log_training(self, run: TrainingRun, window: LogWindow, grad_norm: torch.Tensor | None) -> None:
+        """Log mean loss (`window.loss` already summed over ranks), lr, grad norm and throughput since the last log."""
+        elapsed = max(time.perf_counter() - window.start, 1e-9)
+        logs = {"loss": window.loss.item() / max(window.items, 1)}  # host sync: only at logging steps
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
         logs["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
-        self._nonfinite.flush(self._last_checkpoint)
-        if self._nonfinite.skipped:
-            logs["nonfinite_steps"] = self._nonfinite.skipped
-        logs["samples_per_second"] = round(window["samples"] / elapsed, 2)
-        logs["tokens_per_second"] = round(window["tokens"] / elapsed, 1)
+        run.nonfinite.flush(run.last_checkpoint)
+        if run.nonfinite.skipped:
+            logs["nonfinite_steps"] = run.nonfinite.skipped
+        samples, tokens = self.runtime.sum_ints(window.samples, window.tokens)  # throughput of all ranks together
+        logs["samples_per_second"] = round(samples / elapsed, 2)
+        logs["tokens_per_second"] = round(tokens / elapsed, 1)
         self.log(logs)
-        window.update(loss=torch.zeros((), device=self.device), items=0, samples=0, tokens=0, steps=0,
-                      start=time.perf_counter())
 
     def _evaluate_during_training(self) -> None:
         if self.eval_dataset is None:
@@ -350,47 +441,56 @@ class Trainer:
         if best is None or (value > best if self.args.greater_is_better else value < best):
             self.state.best_metric, self.state.best_global_step = value, self.state.global_step
 
-    def _save_checkpoint(self, scaler: Any) -> Path:
+    def _save_checkpoint(self, run: TrainingRun) -> Path:
+        """Every rank's RNG state is gathered; rank 0 writes the checkpoint (atomically) and rotates, and the others
+        wait for it: when this returns on any rank, the checkpoint is whole on disk (or every rank raises)."""
         state, args = self.state, self.args
         path = Path(args.output_dir) / f"{checkpoint.PREFIX}{state.global_step}"
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(path)
         state.stateful_callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
                                     if hasattr(cb, "state_dict")}
-        checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
-                                   scaler, self.processing_class)
-        checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
-                                      state.run_id, keep=path)
-        self._last_checkpoint = str(path)
+        rng_states = self.runtime.all_gather(rng_state())
+
+        def write() -> None:
+            checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
+                                       run.scaler, self.processing_class, rng_states)
+            checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
+                                          state.run_id, keep=path)
+        self.runtime.on_main(write)
+        run.last_checkpoint = str(path)
         self.control = self._fire("on_save")
         return path
 
-    def _checkpoint_to_resume(self, resume_from_checkpoint: str | bool | None,
-                              fingerprint: Fingerprint) -> Path | None:
-        return plan_resume(self.args.output_dir, resume_from_checkpoint, self.args, fingerprint)
-
-    def _resume(self, folder: Path, fresh: TrainerState, scaler: Any) -> TrainerState:
-        """Load `folder` into the model, optimizer, scheduler and scaler; its progress with this run's plan."""
-        saved = checkpoint.load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, scaler)
+    def _resume(self, run: TrainingRun, folder: Path, fresh: TrainerState) -> TrainerState:
+        """Load `folder` into the model, optimizer, scheduler and scaler, and this rank's RNG state; its progress
+        with this run's plan."""
+        runtime = self.runtime
+        saved = checkpoint.load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, run.scaler,
+                                           rank=runtime.rank)
         state = continue_state(saved, fresh, folder)
+        state.is_local_process_zero, state.is_world_process_zero = fresh.is_local_process_zero, \
+            fresh.is_world_process_zero
+        if not (folder / checkpoint.rng_file(runtime.rank)).exists():  # saved by fewer ranks (allowed, not exact)
+            runtime.seed_rank(self.args.seed, state.global_step)
         for callback in self.callback_handler.callbacks:
             callback_state = state.stateful_callbacks.get(type(callback).__name__)
             if callback_state is not None and hasattr(callback, "load_state_dict"):
                 callback.load_state_dict(callback_state)
         logger.info("Resuming from %s at step %d (epoch %.2f)", folder, state.global_step, state.epoch)
-        self._last_checkpoint = str(folder)
+        run.last_checkpoint = str(folder)
         return state
-
     def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None, dropout: str) -> None:
         args, state = self.args, self.state
         fused = bool(getattr(self.optimizer, "defaults", {}).get("fused"))
         logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | dropout %s | "
-                    "compile %s", self.device, self.precision.name, self.precision.reason,
+                    "compile %s", self.runtime.describe(), self.precision.name, self.precision.reason,
                     args.train_sampling_strategy, type(self.optimizer).__name__, " fused" if fused else "",
                     f"multiple of {self.padding_multiple}" if self.padding_multiple else "longest in batch",
                     dropout, "on" if args.torch_compile else "off")
-        logger.info("%d examples | batch %d x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
-                    args.per_device_train_batch_size, args.gradient_accumulation_steps, state.steps_per_epoch,
+        processes = f" x {self.runtime.world_size} processes" if self.runtime.world_size > 1 else ""
+        logger.info("%d examples | batch %d%s x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
+                    args.per_device_train_batch_size, processes, args.gradient_accumulation_steps, state.steps_per_epoch,
                     state.max_steps, f" | resuming at step {state.global_step}" if resume else "")
         if dropped:
             logger.info("dropped columns the model does not take: %s (remove_unused_columns=False keeps them)",
@@ -466,17 +566,21 @@ class Trainer:
                          tell_callbacks: bool = True) -> PredictionOutput:
         """Batches in decreasing length under `inference_mode`; outputs to the CPU batch by batch; dataset order.
 
-        `tell_callbacks=False` fires no `on_prediction_step` (finch's own check before training)."""
-        model, args = self.model, self.args
+        With several processes, rank r runs batches r, r + world, ... of the one global plan, and every rank gets
+        every rank's outputs: each example is evaluated once, predictions come back in dataset order, and the loss
+        and `compute_metrics` see exactly what one process would (the same batches, summed in the same order), so
+        the metrics are identical on every rank. `tell_callbacks=False` fires no `on_prediction_step` (finch's own
+        check before training)."""
+        model, args, runtime = self.model, self.args, self.runtime
         dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns)
         batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, data.example_lengths(dataset))
-        loader = data.make_loader(dataset, batches, self.data_collator, args.dataloader_num_workers,
+        mine = batches[runtime.rank::runtime.world_size]
+        loader = data.make_loader(dataset, mine, self.data_collator, args.dataloader_num_workers,
                                   args.dataloader_pin_memory and self.device.type == "cuda")
         was_training = model.training
         model.eval()
         started = time.perf_counter()
-        loss_sum, items = torch.zeros((), device=self.device), 0
-        logits_chunks, label_chunks = [], []
+        outputs_of_batches = []  # (logits, labels or None, loss sum or None, items) of each of this rank's batches
         with torch.inference_mode():
             for batch in loader:
                 has_labels = all(batch.get(name) is not None for name in self.label_names)
@@ -484,33 +588,42 @@ class Trainer:
                 batch = _to_device(batch, self.device)
                 # read before compute_loss: an override may `inputs.pop("labels")` (HF's class-imbalance recipe)
                 labels = batch[self.label_names[0]] if has_labels else None
+                loss_sum = None
                 with self.precision.autocast(self.device):
                     if has_labels:
                         loss, outputs = self.compute_loss(model, batch, return_outputs=True)
-                        loss_sum += loss.float() * batch_items
-                        items += batch_items
+                        loss_sum = (loss.float() * batch_items).cpu()
                     else:
                         outputs = model(**batch)
                 logits = evaluation.split_outputs(outputs, has_labels, ignore_keys or ())[1]
                 if self.preprocess_logits_for_metrics is not None:
                     logits = self.preprocess_logits_for_metrics(logits, labels)
-                logits_chunks.append(evaluation.to_numpy(logits))
-                if labels is not None:
-                    label_chunks.append(evaluation.to_numpy(labels))
+                outputs_of_batches.append((evaluation.to_numpy(logits),
+                                           evaluation.to_numpy(labels) if labels is not None else None,
+                                           loss_sum, batch_items))
                 if tell_callbacks:
                     self.control = self._fire("on_prediction_step")
         model.train(was_training)
+        gathered = runtime.all_gather((outputs_of_batches, time.perf_counter() - started))
+        # global batch b was run by rank b % world as its (b // world)-th batch: back to the plan's order
+        in_order = [gathered[b % runtime.world_size][0][b // runtime.world_size] for b in range(len(batches))]
+        loss_sum, items = torch.zeros(()), 0
+        for _, _, batch_loss, batch_items in in_order:
+            if batch_loss is not None:
+                loss_sum += batch_loss
+                items += batch_items
         order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else np.zeros(0, int)
-        predictions = evaluation.reorder(evaluation.concatenate(logits_chunks), order)
+        predictions = evaluation.reorder(evaluation.concatenate([logits for logits, *_ in in_order]), order)
+        label_chunks = [labels for _, labels, *_ in in_order if labels is not None]
         label_ids = evaluation.reorder(evaluation.concatenate(label_chunks), order) if label_chunks else None
         metrics: dict[str, float] = {}
         if items:
             metrics["loss"] = loss_sum.item() / items
         if self.compute_metrics is not None and label_ids is not None:
             metrics.update(self._call_compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)))
-        runtime = time.perf_counter() - started
-        metrics.update(runtime=round(runtime, 4), samples_per_second=round(len(dataset) / runtime, 3),
-                       steps_per_second=round(len(batches) / runtime, 3))
+        runtime_seconds = max(seconds for _, seconds in gathered)  # the slowest rank's: the same on every rank
+        metrics.update(runtime=round(runtime_seconds, 4), samples_per_second=round(len(dataset) / runtime_seconds, 3),
+                       steps_per_second=round(len(batches) / runtime_seconds, 3))
         metrics = {k if k.startswith(f"{prefix}_") else f"{prefix}_{k}": v for k, v in metrics.items()}
         return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
 
@@ -525,10 +638,14 @@ class Trainer:
         return round(self.state.epoch, 4)
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`."""
+        """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`.
+        Rank 0 writes; every rank returns once the folder is complete."""
         folder = Path(output_dir or self.args.output_dir)
-        checkpoint.save_model_folder(self.model, folder, self.processing_class)
-        self.args.save(folder / "training_args.json")
+
+        def write() -> None:
+            checkpoint.save_model_folder(self.model, folder, self.processing_class)
+            self.args.save(folder / "training_args.json")
+        self.runtime.on_main(write)
 
     def push_to_hub(self, commit_message: str = "End of training") -> Any:
         """Upload the model and tokenizer to the HuggingFace hub as `hub_model_id` (needs network and a token)."""
@@ -539,7 +656,12 @@ class Trainer:
             self.processing_class.push_to_hub(repo, token=self.args.hub_token)
 
     def is_world_process_zero(self) -> bool:
-        return self.state.is_world_process_zero
+        """Whether this process is rank 0 of all (the one that writes); True in a single process."""
+        return self.runtime.is_main_process
+
+    def is_local_process_zero(self) -> bool:
+        """Whether this process is rank 0 of its machine; True in a single process."""
+        return self.runtime.is_local_main_process
 
     @property
     def tokenizer(self) -> Any:
@@ -566,7 +688,10 @@ def _model_loss(outputs: Any, model: torch.nn.Module, label_names: list[str], la
         loss = None
     if loss is not None:
         return loss
-    model_class = type(getattr(model, "_orig_mod", model)).__name__  # torch.compile's wrapper hides the class
+    unwrapped = getattr(model, "_orig_mod", model)  # torch.compile's wrapper hides the class, and DDP's
+    if isinstance(unwrapped, torch.nn.parallel.DistributedDataParallel):
+        unwrapped = unwrapped.module
+    model_class = type(unwrapped).__name__
     if not labels_given:
         raise DataError(f"{model_class} returned no loss: the batches have no labels it recognises. Name the label "
                         f"column 'label' or 'labels', or set label_names=[...] in TrainingArguments.")

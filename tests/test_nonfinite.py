@@ -61,10 +61,18 @@ def test_nan_steps_that_recover_do_not_stop(tmp_path, toy, tokenizer):
 
 def test_on_device_skip_leaves_weights_and_adam_untouched(tmp_path, toy, tokenizer, monkeypatch):
     """The CUDA path (fused AdamW's found_inf, flag read a step late), exercised on the CPU's fused kernel."""
+    guards = []
+
+    class RecordedGuard(NonFiniteGuard):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            guards.append(self)
+
     monkeypatch.setattr(NonFiniteGuard, "supports_on_device", staticmethod(lambda optimizer, device: True))
+    monkeypatch.setattr("finch.trainer.NonFiniteGuard", RecordedGuard)
     poisoned = PoisonedTrainer(model=tiny_bert(), args=args_for(tmp_path / "a"), train_dataset=toy,
                                processing_class=tokenizer, poisoned_steps={3})
     poisoned.train()
-    assert poisoned._nonfinite.on_device and poisoned._nonfinite.skipped == 1
+    assert len(guards) == 1 and guards[0].on_device and guards[0].skipped == 1
     assert all(torch.isfinite(p).all() for p in poisoned.model.parameters())
     assert {int(s["step"]) for s in poisoned.optimizer.state.values()} == {7}

@@ -1,0 +1,195 @@
+"""Many processes under `torchrun`: the `Runtime` whose reductions, barriers and model wrapping are real.
+
+torchrun starts one process per device and sets `RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `MASTER_ADDR` and
+`MASTER_PORT`; `DistributedRuntime.start` joins the process group they describe (nccl on CUDA, gloo on the CPU,
+unless `ddp_backend` says otherwise) and picks this process's device (`cuda:<LOCAL_RANK>`). The trainer then asks
+it to wrap the model in DDP, to reduce the step's item count, loss and control flags, and to let rank 0 write.
+
+Every collective here is called by every rank at the same point of the loop: the loop's decisions (log, evaluate,
+save, stop) are first agreed (`any_rank`), so no rank ever waits in a collective that another has left.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from finch.errors import ConfigError
+from finch.runtime import Runtime, choose_precision, set_seed
+
+logger = logging.getLogger("finch")
+
+
+class DistributedRuntime(Runtime):
+    """One rank of a `torch.distributed` process group (see `Runtime` for what each method promises)."""
+
+    def __init__(self, device: torch.device, precision: Any, rank: int, local_rank: int, world_size: int) -> None:
+        super().__init__(device, precision)
+        self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
+
+    @classmethod
+    def start(cls, args: Any) -> DistributedRuntime:
+        """Join (once per process) the process group torchrun describes; this rank's device and precision."""
+        cuda = torch.cuda.is_available() and not args.use_cpu
+        device = torch.device("cuda", args.local_process_index) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            backend = args.ddp_backend or ("nccl" if cuda else "gloo")
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.ddp_timeout),
+                                    device_id=device if cuda else None)
+            atexit.register(_leave_group)
+        if dist.get_world_size() != args.world_size:  # a group made by the application itself, of another size
+            logger.warning("the process group has %d ranks, WORLD_SIZE says %d: using the group's",
+                           dist.get_world_size(), args.world_size)
+        return cls(device, choose_precision(args.bf16, args.fp16, device), dist.get_rank(),
+                   args.local_process_index, dist.get_world_size())
+
+    def describe(self) -> str:
+        return f"{self.device} | rank {self.rank} of {self.world_size} ({dist.get_backend()})"
+
+    def seed_rank(self, seed: int, step: int = 0) -> None:
+        if self.rank == 0 and step == 0:
+            return  # rank 0 of a fresh run draws what one process would
+        set_seed(int(np.random.SeedSequence([seed, self.rank, step]).generate_state(1)[0]))
+
+    def wrap(self, model: torch.nn.Module, args: Any) -> torch.nn.Module:
+        """DDP around `model` (rank 0's weights are broadcast to the others here).
+
+        `ddp_find_unused_parameters` unset: on when some parameters are frozen (a partly frozen model often leaves
+        trainable ones out of the graph too), else off, which is faster."""
+        find_unused = args.ddp_find_unused_parameters
+        if find_unused is None:
+            find_unused = any(not parameter.requires_grad for parameter in model.parameters())
+        options: dict[str, Any] = {"find_unused_parameters": find_unused}
+        if args.ddp_bucket_cap_mb is not None:
+            options["bucket_cap_mb"] = args.ddp_bucket_cap_mb
+        if self.device.type == "cuda":
+            options["device_ids"] = [self.device.index]
+        return DistributedDataParallel(model, **options)
+
+    def no_sync(self, model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper around DDP
+        if sync or not isinstance(module, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return module.no_sync()
+
+    def sum_ints(self, *values: int) -> tuple[int, ...]:
+        tensor = torch.tensor(values, dtype=torch.int64, device=self._comm_device)
+        dist.all_reduce(tensor)
+        return tuple(int(v) for v in tensor.tolist())
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(tensor)
+        return tensor
+
+    def all_true(self, flag: torch.Tensor) -> torch.Tensor:
+        failed = (~flag).to(torch.int32)
+        dist.all_reduce(failed)
+        return failed == 0
+
+    def any_rank(self, *flags: bool) -> tuple[bool, ...]:
+        return tuple(total > 0 for total in self.sum_ints(*(int(bool(flag)) for flag in flags)))
+
+    def all_gather(self, value: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def on_main(self, decide: Callable[[], Any]) -> Any:
+        outcome: list[Any] = [None]
+        if self.rank == 0:
+            try:
+                outcome[0] = ("ok", decide())
+            except Exception as error:
+                outcome[0] = ("error", error)
+                dist.broadcast_object_list(outcome, src=0)
+                raise
+        dist.broadcast_object_list(outcome, src=0)
+        kind, value = outcome[0]
+        if kind == "error":
+            raise value
+        return value
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    @property
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---- launching: `finch train --nproc-per-node N` --------------------------------------------------------------------
+LAUNCH_FLAGS = {"--nproc-per-node": "nproc_per_node", "--nnodes": "nnodes", "--node-rank": "node_rank",
+                "--rdzv-endpoint": "rdzv_endpoint", "--max-restarts": "max_restarts"}
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a rank that torchrun started (then `finch train` trains, it does not relaunch)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
+    """The `torch.distributed.run` command that runs `python -m finch.cli <command_args>` once per process.
+
+    `command_args` are the CLI's own arguments with the launch flags removed (`without_launch_flags`). One node
+    without `--rdzv-endpoint` uses torchrun's `--standalone` (a free local port); several nodes meet at the
+    endpoint (c10d rendezvous), each started with its own `--node-rank`."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={flags['nproc_per_node']}"]
+    nodes = int(flags.get("nnodes") or 1)
+    if nodes == 1 and not flags.get("rdzv_endpoint"):
+        command.append("--standalone")
+    else:
+        if not flags.get("rdzv_endpoint"):
+            raise ConfigError(f"--nnodes {nodes} needs --rdzv-endpoint HOST:PORT, the address of node 0 that every "
+                              f"node can reach (e.g. --rdzv-endpoint node0:29500)")
+        command += [f"--nnodes={nodes}", f"--node-rank={flags.get('node_rank') or 0}", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint={flags['rdzv_endpoint']}"]
+    if flags.get("max_restarts"):
+        command.append(f"--max-restarts={flags['max_restarts']}")
+    return [*command, "-m", "finch.cli", *command_args]
+
+
+def without_launch_flags(argv: list[str]) -> list[str]:
+    """`argv` with the launch flags and their values taken out (`--flag value` and `--flag=value`)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in LAUNCH_FLAGS:
+            skip = True
+        elif item.split("=", 1)[0] not in LAUNCH_FLAGS:
+            kept.append(item)
+    return kept
+
+
+def relaunch(argv: list[str], flags: dict[str, Any]) -> None:
+    """Replace this process with torchrun running the same CLI command once per process (never returns).
+
+    exec, not a child: a scheduler's SIGTERM then reaches torchrun, which passes it to every rank."""
+    command = launch_command(without_launch_flags(argv), flags)
+    logger.info("launching: %s", " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+
+
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun restarted this rank after a failure (`--max-restarts`): then the run resumes."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0

