@@ -144,6 +144,9 @@ def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
     except Exception as error:  # sqlalchemy's ArgumentError and friends: all a malformed URL
         raise ConfigError(f"storage {url!r} is not a database URL; use sqlite:///path/search.db or "
                           f"postgresql://user:password@host/dbname") from error
+    if parsed.drivername == "postgresql" and _missing("psycopg") and not _missing("psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")  # SQLAlchemy 2.1 means psycopg 3 by `postgresql://`
+        url = parsed.render_as_string(hide_password=False)
     shown = parsed.render_as_string(hide_password=True)
     engine = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "postgresql":
@@ -152,20 +155,27 @@ def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
         folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise ConfigError(f"storage {shown}: folder {folder} does not exist; create it or use another path")
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES,
+                                                                     inherit_intermediate_values=True)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period or GRACE_FACTOR * heartbeat_interval,
                                               heartbeat_stale_trial_callback=retry)
     except (ImportError, ModuleNotFoundError) as error:
         raise ConfigError(f"storage {shown}: its database driver is not installed ({error}); for PostgreSQL: "
-                          f"pip install 'finch[search]'") from error
+                          f"pip install 'finch[search]' (psycopg)") from error
     except Exception as error:  # sqlalchemy's OperationalError & co: no database there
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"storage {shown}: cannot open the database ({first}). Check that the server runs and "
                           f"the URL, user and password are right") from error
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
 
 
 def create_study(storage: Any, study_name: str | None, directions: list[str], load_if_exists: bool = False,
