@@ -160,9 +160,15 @@ def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES,
                                                                      inherit_intermediate_values=True)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period or GRACE_FACTOR * heartbeat_interval,
-                                              heartbeat_stale_trial_callback=retry)
+            for attempt in (1, 2):
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                                      grace_period=grace_period or GRACE_FACTOR * heartbeat_interval,
+                                                      heartbeat_stale_trial_callback=retry)
+                except Exception as error:
+                    # workers starting together on an empty database race to create its tables: the loser retries
+                    if attempt == 2 or "already exists" not in str(error):
+                        raise
     except (ImportError, ModuleNotFoundError) as error:
         raise ConfigError(f"storage {shown}: its database driver is not installed ({error}); for PostgreSQL: "
                           f"pip install 'finch[search]' (psycopg)") from error
