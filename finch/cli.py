@@ -5,6 +5,8 @@
     finch eval --model DIR --data FILE            # metrics of a saved model on labelled data
     finch predict --model DIR --data FILE --out FILE.csv|.jsonl   # streams: any size, constant memory
     finch verify-resume [the train options] [--steps N]   # exit 0: stop + resume gives the same weights
+    finch search [the train options] [--trials N] [--storage URL] [--study-name NAME] [--space FILE] [--no-prune]
+    finch search --show [--output-dir DIR | --storage URL --study-name NAME]   # the trials and the best parameters
 
 Exit codes: 0 done; 1 training stopped (NaN/Inf losses) or a checkpoint could not be written; 2 a mistake in the
 flags, config or data, reported before any model is loaded, without a traceback; 75 preempted (SIGTERM, SIGINT,
@@ -73,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(run=run_verify_resume)
     verify.add_argument("--steps", type=int, default=8, help="optimizer steps to run (default 8; stop at half)")
     add_job_options(verify)
+    search = commands.add_parser("search", argument_default=argparse.SUPPRESS, allow_abbrev=False,
+                                 usage="finch search [the options of finch train] [--trials N] [--storage URL] "
+                                       "[--study-name NAME] [--space FILE] [--no-prune] [--show]",
+                                 help="search hyperparameters with Optuna; the best model lands in DIR/best-model")
+    search.set_defaults(run=run_search)
+    study = search.add_argument_group("search")
+    study.add_argument("--trials", type=_positive_int, default=20,
+                       help="trials in the study, all workers together (default 20); re-running continues to N")
+    study.add_argument("--storage", help="the study's database URL, e.g. postgresql://user:pw@host/db, shared by "
+                                         "workers on several machines (default: sqlite:///<output-dir>/search.db)")
+    study.add_argument("--study-name", help="the study's name in the storage (default: the output folder's name)")
+    study.add_argument("--space", help="YAML file: field: [choices] or {low, high, log, step} (default: "
+                                       "HuggingFace's: learning rate, epochs, seed, batch size)")
+    study.add_argument("--no-prune", dest="prune", action="store_false", default=True,
+                       help="train every trial to its end (default: a median pruner stops poor trials at evaluations)")
+    study.add_argument("--heartbeat-interval", type=_positive_int, default=20,
+                       help="seconds between a running trial's heartbeats; a trial silent for 3 of them is retried")
+    study.add_argument("--show", action="store_true", help="print the study's trials and best parameters, and exit")
+    add_job_options(search)
     for name, run, text in (("eval", run_eval, "metrics of a saved model on labelled data"),
                             ("predict", run_predict, "label every row of a file with a saved model (streams)")):
         command = commands.add_parser(name, help=text, allow_abbrev=False)
@@ -239,6 +260,31 @@ def run_verify_resume(flags: dict[str, Any]) -> int:
     report = verify_resume(job.build, job.args, steps=flags["steps"])
     print(report)
     return 0 if report.identical else EXIT_FAILED
+
+
+def run_search(flags: dict[str, Any]) -> int:
+    """Search hyperparameters on the job's data (see `finch.search_job`); print the best trial and the model."""
+    from finch.errors import ConfigError
+    from finch.job import prepare, resolve_options
+    from finch.search_job import search_job, show_study
+
+    options = resolve_options(flags)
+    if flags.get("show"):
+        print(show_study(options["output_dir"], flags.get("storage"), flags.get("study_name")))
+        return 0
+    if options.get("resume"):
+        raise ConfigError("finch search resumes by itself: re-run the same command (a killed worker's trial is "
+                          "retried from its last checkpoint); drop --resume")
+    job = prepare(options)  # every check that needs no weights: nothing is written before it passes
+    study = search_job(job, options, flags["trials"], flags.get("storage"), flags.get("study_name"),
+                       flags.get("space"), flags["prune"], flags["heartbeat_interval"])
+    print()
+    print(show_study(options["output_dir"], flags.get("storage"), study.study_name))
+    completed = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
+    if not completed:
+        print(f"finch search: no trial of study {study.study_name} completed", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
 
 
 def run_eval(flags: dict[str, Any]) -> int:

@@ -536,6 +536,18 @@ class Trainer:
                               f"return metric names mapped to numbers, e.g. {{'accuracy': 0.91, 'f1': 0.88}}")
         return dict(result)
 
+    # ---- hyperparameter search -----------------------------------------------------------------------------------
+    def hyperparameter_search(self, hp_space: Callable | None = None, compute_objective: Callable | None = None,
+                              n_trials: int | None = 20, direction: str | list[str] = "minimize",
+                              backend: Any = "optuna", hp_name: Callable | None = None, **kwargs: Any) -> Any:
+        """HuggingFace's `hyperparameter_search` on Optuna: `n_trials` trials, each a fresh model from `model_init`
+        trained in `output_dir/run-<trial number>`. Returns the best trial as a `BestRun` (a list for several
+        directions). See `finch.search.hyperparameter_search` for the options, pruning and storage."""
+        from finch.search import hyperparameter_search
+
+        return hyperparameter_search(self, hp_space, compute_objective, n_trials, direction, backend, hp_name,
+                                     **kwargs)
+
     # ---- evaluation and prediction -------------------------------------------------------------------------------
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:

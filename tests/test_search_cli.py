@@ -1,0 +1,95 @@
+"""`finch search` on a small CSV: trials, the study continued by a re-run, `--show`, the best model in a pipeline,
+and mistakes that exit 2 before any training."""
+
+import json
+
+import optuna
+import pytest
+import torch
+from test_cli import reviews, write_csv
+from transformers import pipeline
+
+from finch.cli import main
+
+FAST = ["--max-steps", "4", "--eval-strategy", "steps", "--eval-steps", "2", "--save-strategy", "steps",
+        "--save-steps", "2", "--no-bf16", "--disable-tqdm", "--per-device-train-batch-size", "8"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def files(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: {low: 1e-4, high: 1e-2, log: true}\nweight_decay: [0.0, 0.01]\n")
+    return (write_csv(tmp_path / "train.csv", reviews(48)), write_csv(tmp_path / "dev.csv", reviews(16, offset=48)),
+            str(space))
+
+
+def test_search_on_a_csv_continues_shows_and_keeps_the_best_model(tmp_path, tiny_model_dir, files, capsys):
+    train, dev, space = files
+    out = tmp_path / "out"
+    command = ["search", "--model", tiny_model_dir, "--train", train, "--validation", dev, "--output-dir", str(out),
+               "--space", space, "--metric", "loss", *FAST]
+    assert main([*command, "--trials", "2"]) == 0
+    assert main([*command, "--trials", "3"]) == 0  # the same study, continued to 3 trials
+    printed = capsys.readouterr().out
+    study = optuna.load_study(study_name="out", storage=f"sqlite:///{out / 'search.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert study.user_attrs["finch"]["objective"] == "eval_loss" and study.direction.name == "MINIMIZE"
+    finished = [t for t in study.trials if t.value is not None]
+    best = min(finished, key=lambda t: t.value)
+    kept = json.loads((out / "best-model" / "search_trial.json").read_text())
+    assert kept["trial"] == best.number and kept["objective"] == best.value
+    for trial in finished:  # a completed trial's checkpoints only served to resume it
+        assert not list((out / f"run-{trial.number}").glob("checkpoint-*"))
+    assert f"best: trial {best.number}, eval_loss" in printed
+    classify = pipeline("text-classification", model=str(out / "best-model"))
+    assert classify("good great nice")[0]["label"] in {"neg", "pos"}
+
+    assert main(["search", "--show", "--output-dir", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("study out: 3 trials") and table[1].split() == [
+        "trial", "state", "eval_loss", "learning_rate", "weight_decay", "run"]
+    assert [line.split()[0] for line in table[2:5]] == ["0", "1", "2"] and "run-2" in table[4]
+
+
+def test_the_default_space_searches_hf_parameters(tmp_path, tiny_model_dir, files):
+    train, dev, _ = files
+    out = tmp_path / "out"
+    assert main(["search", "--model", tiny_model_dir, "--train", train, "--validation", dev, "--output-dir",
+                 str(out), "--trials", "1", "--no-prune", *FAST]) == 0
+    (trial,) = optuna.load_study(study_name="out", storage=f"sqlite:///{out / 'search.db'}").trials
+    assert set(trial.params) == {"learning_rate", "num_train_epochs", "seed", "per_device_train_batch_size"}
+
+
+@pytest.mark.parametrize("space, extra, message", [
+    ("learning_rat: {low: 1e-5, high: 1e-3}", [], "unknown option(s) 'learning_rat' (did you mean 'learning_rate'"),
+    ("per_device_train_batch_size: {low: 0.5, high: 8.5}", [], "per_device_train_batch_size: low: must be an integer"),
+    ("per_device_train_batch_size: {type: float, low: 1, high: 8}", [], "use type: int"),
+    ("per_device_train_batch_size: [8, big]", [], "must be an integer, but it is 'big'"),
+    ("learning_rate: 3e-5", [], "is a fixed value"),
+    ("learning_rate: {low: 1e-3, high: 1e-5}", [], "must be less than high"),
+    ("warmup_steps: [-5, 2]", [], "warmup_steps"),
+    ("learning_rate: [1e-3]", ["--storage", "postgresql://finch@127.0.0.1:1/nowhere"], "cannot open the database"),
+    ("learning_rate: [1e-3]", ["--resume", "auto"], "drop --resume"),
+])
+def test_mistakes_exit_2_before_training(tmp_path, tiny_model_dir, files, capsys, space, extra, message):
+    train, dev, _ = files
+    (tmp_path / "bad.yaml").write_text(space + "\n")
+    code = main(["search", "--model", tiny_model_dir, "--train", train, "--validation", dev, "--output-dir",
+                 str(tmp_path / "out"), "--space", str(tmp_path / "bad.yaml"), *extra, *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error, error
+    assert not list(tmp_path.glob("out/run-*"))  # nothing trained
+
+
+def test_show_without_a_search_exits_2(tmp_path, capsys):
+    assert main(["search", "--show", "--output-dir", str(tmp_path / "none")]) == 2
+    assert "no search in" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
