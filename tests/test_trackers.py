@@ -8,6 +8,7 @@ the trainings are most of the time).
 import json
 import logging
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -212,7 +213,11 @@ def test_wandb_offline_run_resumes_its_id(monkeypatch, tmp_path, data, tokenizer
 
     folders = sorted((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
     assert len(folders) == 2 and all(folder.name.endswith(run_id) for folder in folders)
-    first, second = (wandb_history(folder) for folder in folders)
+    # finish() can return before W&B's writer process has written the last records: read until they are there
+    deadline = time.monotonic() + 20
+    while len(second := wandb_history(folders[1])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first = wandb_history(folders[0])
     assert [row["_step"] for row in first if "train/loss" in row] == [1, 2, 3, 4]
     assert [row["_step"] for row in first if "eval/loss" in row] == [2, 4]
     assert [row["_step"] for row in second if "train/loss" in row] == [3, 4]  # the resumed run starts after step 2
