@@ -5,6 +5,7 @@
     finch eval --model DIR --data FILE            # metrics of a saved model on labelled data
     finch predict --model DIR --data FILE --out FILE.csv|.jsonl   # streams: any size, constant memory
     finch verify-resume [the train options] [--steps N]   # exit 0: stop + resume gives the same weights
+    finch report OUTPUT_DIR [--out FILE.html]     # the run's HTML report (curves, metrics, arguments)
 
 Exit codes: 0 done; 1 training stopped (NaN/Inf losses) or a checkpoint could not be written; 2 a mistake in the
 flags, config or data, reported before any model is loaded, without a traceback; 75 preempted (SIGTERM, SIGINT,
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--out", help="metrics JSON (default: <model>/eval_<data name>.json)")
         else:
             command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
+    report = commands.add_parser("report", help="a self-contained HTML page of a run: curves, metrics, arguments",
+                                 allow_abbrev=False)
+    report.set_defaults(run=run_report)
+    report.add_argument("output_dir", help="the run's output folder (finch train's --output-dir)")
+    report.add_argument("--out", help="the HTML file (default: OUTPUT_DIR/report.html)")
     return parser
 
 
@@ -233,6 +239,17 @@ def run_predict(flags: dict[str, Any]) -> int:
     rows = predict_file(flags["model"], flags["data"], flags["out"], flags.get("text_columns"), flags["batch_size"],
                         encoding=flags.get("encoding") or "utf-8")
     print(f"{rows:,} predictions written to {flags['out']}")
+    return 0
+
+
+def run_report(flags: dict[str, Any]) -> int:
+    """Write the HTML report of a run's output folder and print where it is."""
+    from finch.outputs import check_output_file
+    from finch.report import write_report
+
+    if flags.get("out"):
+        check_output_file(flags["out"])
+    print(f"report: {write_report(flags['output_dir'], flags.get('out'))}")
     return 0
 
 
