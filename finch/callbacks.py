@@ -232,8 +232,8 @@ def _duration(seconds: float) -> str:
 class JsonlLoggerCallback(TrainerCallback):
     """Appends every logged dict, with its step, to `<output_dir>/log.jsonl` (rank 0 only).
 
-    The number of lines is saved in each checkpoint (`state_dict`); a run resumed from it first cuts the file back
-    to those lines, so the steps a killed run logged after its checkpoint do not appear twice.
+    The number of lines is saved in each checkpoint (`state_dict`); a run resumed from it first drops the later
+    lines of steps past the checkpoint's, so the steps a killed run logged after its checkpoint do not appear twice.
     """
 
     FILE = "log.jsonl"
@@ -246,10 +246,14 @@ class JsonlLoggerCallback(TrainerCallback):
         self.path = Path(args.output_dir) / self.FILE
         if state.is_world_process_zero and self.resumed_lines is not None and self.path.exists():
             lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if len(lines) > self.resumed_lines:
-                logger.info("%s: dropping %d lines logged after the checkpoint (step %d)", self.path,
-                            len(lines) - self.resumed_lines, state.global_step)
-                write_text(self.path, "".join(lines[:self.resumed_lines]))
+            # after the checkpoint's lines, those at its step stay (the end of a finished run: its summary, a final
+            # evaluation); those past it go: the resumed run logs those steps again
+            kept = lines[:self.resumed_lines] + [line for line in lines[self.resumed_lines:]
+                                                 if _step_of(line) <= state.global_step]
+            if len(kept) < len(lines):
+                logger.info("%s: dropping %d lines logged after step %d by the run before this resume", self.path,
+                            len(lines) - len(kept), state.global_step)
+                write_text(self.path, "".join(kept))
         self.resumed_lines = None
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -269,6 +273,15 @@ class JsonlLoggerCallback(TrainerCallback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.resumed_lines = state.get("lines")
+
+
+def _step_of(line: str) -> float:
+    """The step of a log.jsonl line; infinity for a line that is not one (cut by a crash)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return math.inf
+    return step if isinstance(step, int) else math.inf
 
 
 def reporters(report_to: list[str]) -> list[TrainerCallback]:
