@@ -6,8 +6,10 @@ from finch.args import TrainingArguments
 from finch.callbacks import EarlyStoppingCallback, ProgressCallback, TrainerCallback
 from finch.hf_metrics import load_metric
 from finch.state import TrainerControl, TrainerState
+from finch.trackers import MLflowCallback, TensorBoardCallback, WandbCallback
 from finch.trainer import Trainer
 
 __version__ = "0.1.0"
-__all__ = ["EarlyStoppingCallback", "EvalPrediction", "ProgressCallback", "Trainer", "TrainerCallback",
-           "TrainerControl", "TrainerState", "TrainingArguments", "__version__", "load_metric"]
+__all__ = ["EarlyStoppingCallback", "EvalPrediction", "MLflowCallback", "ProgressCallback", "TensorBoardCallback",
+           "Trainer", "TrainerCallback", "TrainerControl", "TrainerState", "TrainingArguments", "WandbCallback",
+           "__version__", "load_metric"]

@@ -32,7 +32,7 @@ STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "sgd")
 SAMPLING = ("group_by_length", "random", "sequential")
-REPORTERS = ("none", "all", "tensorboard", "jsonl")
+REPORTERS = ("none", "all", "mlflow", "wandb", "tensorboard", "jsonl")  # "all": every installed tracker
 BACKENDS = ("nccl", "gloo", "mpi", "xccl")
 
 
@@ -96,7 +96,8 @@ class TrainingArguments:
     greater_is_better: bool | None = _arg(None, "evaluation, saving, logging",
                                           "whether a larger metric is better (default: unless it ends in 'loss')")
     report_to: str | list[str] = _arg("none", "evaluation, saving, logging",  # noqa: RUF009 (None, immutable)
-                                      "trackers: " + ", ".join(REPORTERS) + " (log.jsonl is always written)")
+                                      "trackers, one or several: " + ", ".join(REPORTERS) +
+                                      " (log.jsonl is always written)")
     tensorboard_dir: str | None = _arg(None, "evaluation, saving, logging", "TensorBoard folder; default OUTPUT/runs")
     run_name: str | None = _arg(None, "evaluation, saving, logging", "a name for the run in trackers")
     disable_tqdm: bool | None = _arg(None, "evaluation, saving, logging", "log lines instead of a progress bar")
@@ -335,6 +336,8 @@ def _problems(args: TrainingArguments) -> list[str]:
     for reporter in args.report_to:
         if reporter not in REPORTERS:
             problems.append(f"report_to={reporter!r} is not one of {', '.join(map(repr, REPORTERS))}")
+    if "none" in args.report_to and len(set(args.report_to)) > 1:
+        problems.append(f"report_to={args.report_to!r} names 'none' with trackers; remove 'none' or the others")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if not isinstance(getattr(args, name), int) or getattr(args, name) < 1:
             problems.append(f"{name}={getattr(args, name)!r} must be an integer >= 1")

@@ -6,7 +6,6 @@ decides when to log, evaluate and save. Subclasses of `transformers.TrainerCallb
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from finch.args import TrainingArguments
 from finch.errors import ConfigError
+from finch.outputs import write_text
 from finch.state import TrainerControl, TrainerState
 
 logger = logging.getLogger("finch")
@@ -230,53 +230,69 @@ def _duration(seconds: float) -> str:
 
 
 class JsonlLoggerCallback(TrainerCallback):
-    """Appends every logged dict, with its step, to `<output_dir>/log.jsonl`."""
+    """Appends every logged dict, with its step, to `<output_dir>/log.jsonl` (rank 0 only).
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, Any] | None = None, **kwargs: Any):
-        if not state.is_world_process_zero:
-            return
-        path = Path(args.output_dir) / "log.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as file:
-            file.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+    The number of lines is saved in each checkpoint (`state_dict`); a run resumed from it first drops the later
+    lines of steps past the checkpoint's, so the steps a killed run logged after its checkpoint do not appear twice.
+    """
 
-
-class TensorBoardCallback(TrainerCallback):
-    """Writes numeric logs to TensorBoard under `tensorboard_dir` (default `<output_dir>/runs`)."""
+    FILE = "log.jsonl"
 
     def __init__(self) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:
-            raise ImportError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard") \
-                from error
-        self._writer_class = SummaryWriter
-        self.writer = None
+        self.path: Path | None = None
+        self.resumed_lines: int | None = None  # from the checkpoint being resumed
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.path = Path(args.output_dir) / self.FILE
+        if state.is_world_process_zero and self.resumed_lines is not None and self.path.exists():
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            # after the checkpoint's lines, those at its step stay (the end of a finished run: its summary, a final
+            # evaluation); those past it go: the resumed run logs those steps again
+            kept = lines[:self.resumed_lines] + [line for line in lines[self.resumed_lines:]
+                                                 if _step_of(line) <= state.global_step]
+            if len(kept) < len(lines):
+                logger.info("%s: dropping %d lines logged after step %d by the run before this resume", self.path,
+                            len(lines) - len(kept), state.global_step)
+                write_text(self.path, "".join(kept))
+        self.resumed_lines = None
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any):
         if not state.is_world_process_zero:
             return
-        if self.writer is None:
-            self.writer = self._writer_class(log_dir=args.tensorboard_dir or str(Path(args.output_dir) / "runs"))
-        for key, value in (logs or {}).items():
-            if isinstance(value, (int, float)):
-                tag = key if "/" in key else (key.replace("eval_", "eval/", 1) if key.startswith("eval_")
-                                              else f"train/{key}")
-                self.writer.add_scalar(tag, value, state.global_step)
-        self.writer.flush()
+        self.path = Path(args.output_dir) / self.FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+    def state_dict(self) -> dict[str, Any]:
+        if self.path is None or not self.path.exists():
+            return {"lines": 0}
+        with self.path.open("rb") as file:  # counted at each save: a few thousand lines, milliseconds
+            return {"lines": sum(1 for _ in file)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resumed_lines = state.get("lines")
+
+
+def _step_of(line: str) -> float:
+    """The step of a log.jsonl line; infinity for a line that is not one (cut by a crash)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return math.inf
+    return step if isinstance(step, int) else math.inf
 
 
 def reporters(report_to: list[str]) -> list[TrainerCallback]:
-    """Callbacks for `report_to` (the JSONL log is always written)."""
+    """Callbacks for `report_to` (the JSONL log is always written); "all" means every installed tracker.
+
+    Raises:
+        ConfigError: a tracker named in `report_to` is not installed (the message gives the pip command).
+    """
+    from finch import trackers  # here, not at the top: finch.trackers imports this module's TrainerCallback
+
     wanted = set(report_to)
-    callbacks: list[TrainerCallback] = [JsonlLoggerCallback()]
-    if "tensorboard" in wanted or ("all" in wanted and importlib.util.find_spec("tensorboard") is not None):
-        callbacks.append(TensorBoardCallback())
-    return callbacks
+    if "all" in wanted:
+        wanted |= set(trackers.installed_trackers())
+    return [JsonlLoggerCallback(), *trackers.tracker_callbacks(sorted(wanted))]

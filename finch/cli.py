@@ -7,6 +7,7 @@
     finch verify-resume [the train options] [--steps N]   # exit 0: stop + resume gives the same weights
     finch search [the train options] [--trials N] [--storage URL] [--study-name NAME] [--space FILE] [--no-prune]
     finch search --show [--output-dir DIR | --storage URL --study-name NAME]   # the trials and the best parameters
+    finch report OUTPUT_DIR [--out FILE.html]     # the run's HTML report (curves, metrics, arguments)
 
 Exit codes: 0 done; 1 training stopped (NaN/Inf losses) or a checkpoint could not be written; 2 a mistake in the
 flags, config or data, reported before any model is loaded, without a traceback; 75 preempted (SIGTERM, SIGINT,
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--out", help="metrics JSON (default: <model>/eval_<data name>.json)")
         else:
             command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
+    report = commands.add_parser("report", help="a self-contained HTML page of a run: curves, metrics, arguments",
+                                 allow_abbrev=False)
+    report.set_defaults(run=run_report)
+    report.add_argument("output_dir", help="the run's output folder (finch train's --output-dir)")
+    report.add_argument("--out", help="the HTML file (default: OUTPUT_DIR/report.html)")
     return parser
 
 
@@ -214,6 +220,7 @@ def run_train(flags: dict[str, Any]) -> int:
     from finch.distributed import launched_by_torchrun, relaunch, restarted_by_torchrun
     from finch.job import prepare, resolve_options, training_arguments
     from finch.outputs import write_text
+    from finch.report import try_write_report
 
     options = resolve_options(flags)
     if flags.get("print_config"):
@@ -242,12 +249,15 @@ def run_train(flags: dict[str, Any]) -> int:
         return 0
     job.card.write(model_dir)
     write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    report = try_write_report(output)  # an observer: a failure is a warning, never the run's end
     print("\nfinal metrics on the validation set")
     _print_metrics(metrics)
     if job.collapse is not None and job.collapse.warning():
         print(f"warning: {job.collapse.warning()}", flush=True)
     print(f"model:  {model_dir}  (transformers.pipeline('text-classification', model='{model_dir}'))")
     print(f"logs:   {output / 'log.jsonl'}")
+    if report is not None:
+        print(f"report: {report}")
     return 0
 
 
@@ -306,6 +316,17 @@ def run_predict(flags: dict[str, Any]) -> int:
     rows = predict_file(flags["model"], flags["data"], flags["out"], flags.get("text_columns"), flags["batch_size"],
                         encoding=flags.get("encoding") or "utf-8")
     print(f"{rows:,} predictions written to {flags['out']}")
+    return 0
+
+
+def run_report(flags: dict[str, Any]) -> int:
+    """Write the HTML report of a run's output folder and print where it is."""
+    from finch.outputs import check_output_file
+    from finch.report import write_report
+
+    if flags.get("out"):
+        check_output_file(flags["out"])
+    print(f"report: {write_report(flags['output_dir'], flags.get('out'))}")
     return 0
 
 

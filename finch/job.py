@@ -18,6 +18,7 @@ from typing import Any
 
 from finch import config as config_files
 from finch.args import TrainingArguments
+from finch.callbacks import reporters
 from finch.card import ModelCard
 from finch.errors import ConfigError, ModelError
 from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
@@ -96,6 +97,7 @@ def prepare(options: dict[str, Any]) -> Job:
     from finch.tokenize import tokenize_splits
 
     args = training_arguments(options)  # flag mistakes surface before any data is read
+    reporters(args.report_to)  # a tracker asked for but not installed: said now, not after the model loads
     _check_freeze_spec(options.get("freeze"))
     splits = load_splits(options.get("train"), options.get("validation"), options.get("text_columns"),
                          options.get("label_column"), seed=args.seed, strict=bool(options.get("strict")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import math
 import random
@@ -681,7 +682,9 @@ class Trainer:
 
     def _build_model(self) -> torch.nn.Module:
         set_seed(self.args.seed)
-        return self.model_init()
+        # HF's model_init takes no argument or the trial (None outside a search): tutorials write `model_init(trial)`
+        takes_trial = len(inspect.signature(self.model_init).parameters) == 1
+        return self.model_init(None) if takes_trial else self.model_init()
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

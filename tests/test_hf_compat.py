@@ -222,3 +222,18 @@ def test_warmup_longer_than_the_run_is_said_once_with_both_numbers(tmp_path, toy
     with caplog.at_level("WARNING", logger="finch"):
         quiet.train()
     assert "warmup_steps" not in caplog.text
+
+
+def test_model_init_that_takes_the_trial_is_called_with_none_outside_a_search(tmp_path, toy, tokenizer):
+    """The tutorials' `def model_init(trial): return AutoModel...` (HF passes None when not searching)."""
+    seen = []
+
+    def model_init(trial):
+        seen.append(trial)
+        return tiny_bert()
+
+    trainer = Trainer(model_init=model_init, args=TrainingArguments(output_dir=str(tmp_path), max_steps=1,
+                                                                    disable_tqdm=True, bf16=False),
+                      train_dataset=toy, processing_class=tokenizer)
+    trainer.train()
+    assert seen == [None, None] and trainer.state.global_step == 1  # built in __init__, then again for train()
