@@ -88,3 +88,12 @@ def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own tokenization cache, so no test reads another's (or the user's) cached data."""
     monkeypatch.setenv("FINCH_CACHE", str(tmp_path_factory.mktemp("finch-cache")))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: fast on a shared CPU, and bit-for-bit the same sums as single-threaded worker processes'."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

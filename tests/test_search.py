@@ -4,21 +4,13 @@ import json
 
 import optuna
 import pytest
-import torch
 from conftest import sentiment_dataset, tiny_bert
 
 from finch import Trainer, TrainingArguments
 from finch.errors import ConfigError, UnknownArgumentError
 from finch.search import default_compute_objective, default_hp_space
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: fast on a shared CPU, and bit-for-bit the same sums as the worker processes'."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import json
 
 import optuna
 import pytest
-import torch
 from test_cli import reviews, write_csv
 from transformers import pipeline
 
@@ -15,12 +14,7 @@ FAST = ["--max-steps", "4", "--eval-strategy", "steps", "--eval-steps", "2", "--
         "--save-steps", "2", "--no-bf16", "--disable-tqdm", "--per-device-train-batch-size", "8"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
