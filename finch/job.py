@@ -117,7 +117,8 @@ def prepare(options: dict[str, Any]) -> Job:
     source = ("the demo's setting" if options.get("train") is None else "--max-length") if requested \
         else "the model's maximum"
     print(f"tokens: {describe_token_limit(tokenized['train'], max_length, source)}", flush=True)
-    warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
+    if options.get("train") is not None:  # the demo cuts its articles at 128 on purpose: the line above says so
+        warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
     check_output_dir(args.output_dir)
     _plan_resume(args, options.get("resume"), tokenized["train"], config, splits.task)
     card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
