@@ -63,6 +63,7 @@ def replaced_on_success(path: str | Path, mode: str = "w", **open_options: objec
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private (0600); the result is an ordinary file
     try:
         with os.fdopen(descriptor, mode, **open_options) as file:
             yield file
@@ -73,6 +74,12 @@ def replaced_on_success(path: str | Path, mode: str = "w", **open_options: objec
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
