@@ -21,6 +21,7 @@ from finch.args import TrainingArguments
 from finch.callbacks import reporters
 from finch.card import ModelCard
 from finch.errors import ConfigError, ModelError
+from finch.hub import check_can_push
 from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
 from finch.outputs import check_output_dir
 from finch.tasks import CollapseWatch, Task
@@ -98,6 +99,8 @@ def prepare(options: dict[str, Any]) -> Job:
 
     args = training_arguments(options)  # flag mistakes surface before any data is read
     reporters(args.report_to)  # a tracker asked for but not installed: said now, not after the model loads
+    if args.push_to_hub:
+        check_can_push(args)  # offline or no token: said now, before the data is read
     _check_freeze_spec(options.get("freeze"))
     splits = load_splits(options.get("train"), options.get("validation"), options.get("text_columns"),
                          options.get("label_column"), seed=args.seed, strict=bool(options.get("strict")),
