@@ -183,9 +183,10 @@ class Hub:
 
     # ---- the final upload ----------------------------------------------------------------------------------------
     def push_folder(self, folder: str | Path, state: Any, model: Any, commit_message: str, blocking: bool,
-                    revision: str | None, card_fields: dict[str, Any]) -> Any:
+                    revision: str | None, card_fields: dict[str, Any], observer: bool = False) -> Any:
         """`folder`'s files (not its subfolders: no checkpoints; no training state) with a fresh model card, after
-        the uploads of the training (failed ones retried). Returns the `CommitInfo`, or its `Future`."""
+        the uploads of the training (failed ones retried). Returns the `CommitInfo`, or its `Future`.
+        `observer` (the end of `train()`): a failed upload is a warning and None is returned."""
         folder = Path(folder)
         self.retry_failed(except_model=True)
         write_text(folder / CARD, model_card(self.args, state, model, self.repo_id, **card_fields))
@@ -193,7 +194,13 @@ class Hub:
                        and not any(fnmatch.fnmatch(path.name, pattern) for pattern in TRAINING_STATE))
         future = self._submit(Upload(folder, "", commit_message, revision, allow_patterns=files, staged=False),
                               warn=False)
-        return future.result() if blocking else future
+        if not blocking:
+            return future
+        if not observer:
+            return future.result()
+        with warn_on_failure("the upload at the end of training"):
+            return future.result()
+        return None
 
     # ---- machinery -----------------------------------------------------------------------------------------------
     def _staging(self) -> Path:
@@ -231,6 +238,14 @@ class Hub:
         _remove_staged(upload)
         return upload.result
 
+    def remove_stale_staging(self) -> None:
+        """Staged folders a killed run (or an earlier `train()`'s uploads that failed twice) left behind."""
+        with self.lock:
+            if any(upload.future is not None and not upload.future.done() for upload in self.uploads):
+                return
+            self.uploads = []
+        shutil.rmtree(self._staging(), ignore_errors=True)
+
     def _remove_staging_if_empty(self) -> None:
         with contextlib.suppress(OSError):
             self._staging().rmdir()
@@ -241,6 +256,10 @@ class HubCallback(TrainerCallback):
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.hub.remove_stale_staging()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:

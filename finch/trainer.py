@@ -31,7 +31,7 @@ from finch.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.dropout import DropoutSwap
 from finch.errors import ConfigError, DataError, ModelError
 from finch.fingerprint import Fingerprint, model_fingerprint
-from finch.hub import Hub, HubCallback, warn_on_failure
+from finch.hub import Hub, HubCallback
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
 from finch.preemption import PreemptionGuard, TrainingPreempted
@@ -326,9 +326,11 @@ class Trainer:
                    "train_steps_per_second": round(steps_run / runtime_seconds, 3), "train_loss": training_loss}
         self.log(metrics)
         self.control = self._fire("on_train_end")
-        if args.push_to_hub:  # every rank: save_model waits for rank 0; only rank 0 uploads
-            with warn_on_failure("the upload at the end of training"):
-                self.push_to_hub()
+        if args.push_to_hub:  # every rank: save_model waits for rank 0; rank 0 uploads, a failure is a warning
+            self.save_model()
+            if runtime.is_main_process:
+                self.hub.push_folder(args.output_dir, state, self.model, "End of training", blocking=True,
+                                     revision=args.hub_revision, card_fields={}, observer=True)
         return TrainOutput(state.global_step, training_loss, metrics)
 
     def _agree_on_control(self, preemption: PreemptionGuard | None = None) -> bool:

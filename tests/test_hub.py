@@ -100,8 +100,10 @@ def test_each_strategy_uploads_exactly_the_expected_files_at_each_save(online, t
             assert yaml.safe_load(card.split("---")[1])["tags"] == ["finch"]
             assert "## Evaluation results" in card and "| loss |" in card and "| learning_rate | 0.002 |" in card
             assert "hub_token" not in card
-    final = online.uploads[-1]
-    assert f"| hub_strategy | {strategy} |" in final.files["README.md"].decode() or strategy == "every_save"
+    final, last_evaluation = online.uploads[-1], [e for e in trainer.state.log_history if "eval_loss" in e][-1]
+    card = final.files["README.md"].decode()
+    assert f"| loss | {last_evaluation['eval_loss']:.4g} |" in card and f"At step {last_evaluation['step']}:" in card
+    assert f"| hub_strategy | {strategy} |" in card or strategy == "every_save"  # the default is not listed
     assert trainer.state.global_step == 6
     run = Path(trainer.args.output_dir)
     assert not (run / ".hub-uploads").exists()  # staged copies are gone once sent
@@ -112,6 +114,8 @@ def test_a_failed_upload_mid_training_is_a_warning_and_is_retried_at_the_end(onl
     # the first attempt of every upload at step 2 fails (the model and checkpoint-2)
     online.fail = lambda upload: "step 2" in upload.message and not any(
         u.message == upload.message and u.path_in_repo == upload.path_in_repo for u in online.uploads)
+    stale = tmp_path / "run" / ".hub-uploads" / "checkpoint-99-model"  # left by a killed run: cleared at the start
+    stale.mkdir(parents=True)
     with caplog.at_level(logging.WARNING, logger="finch"):
         trainer = train(tmp_path, tokenizer, online, hub_strategy="all_checkpoints")
     assert trainer.state.global_step == 6  # training went on
