@@ -65,8 +65,10 @@ class RunFiles:
         config_path = folder / "finch_config.yaml"
         if config_path.exists():
             files.options = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        id2label = _read_json(folder / "model" / "config.json").get("id2label") or {}
-        files.class_names = [str(id2label[key]) for key in sorted(id2label, key=int)]
+        model_config = _read_json(folder / "model" / "config.json")
+        id2label = model_config.get("id2label") or {}
+        if model_config.get("problem_type") != "regression":  # a regression head's one output has no class
+            files.class_names = [str(id2label[key]) for key in sorted(id2label, key=int)]
         if not (files.log or files.metrics or files.arguments):
             raise ConfigError(f"{folder} holds no finch run: no log.jsonl, metrics.json or training_args.json; give "
                               f"the output folder of a run")

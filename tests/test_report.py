@@ -239,3 +239,40 @@ def test_report_renders_in_headless_chromium_without_console_errors(run, cli_run
         assert f"<h2>{title}</h2>" in dom, title
     assert dom.count("<svg") == plots  # the browser parsed every plot
     assert dom.count("<table class=\"hardest\">") == 1
+
+
+@pytest.mark.parametrize("kind", ["classification", "multilabel", "regression"])
+def test_eval_examples_losses_scores_and_file_round_trip(kind, tmp_path):
+    """Per-example losses equal torch's own loss functions, per-class scores scikit-learn's, and the file gives back
+    what was written."""
+    import torch
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from finch.eval_examples import EvalExamples
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 1 if kind == "regression" else 4)).astype(np.float32)
+    labels = {"classification": rng.integers(0, 4, 50), "multilabel": rng.integers(0, 2, (50, 4)).astype(np.float32),
+              "regression": rng.normal(size=50).astype(np.float32)}[kind]
+    examples = EvalExamples.from_predictions(logits, labels, ["a", "b", "c", "d"], lambda row: f"text {row}")
+    assert examples.kind == kind
+    functions = {"classification": torch.nn.functional.cross_entropy,
+                 "multilabel": torch.nn.functional.binary_cross_entropy_with_logits,
+                 "regression": lambda x, y, reduction: torch.nn.functional.mse_loss(x.view(-1), y, reduction=reduction)}
+    expected = functions[kind](torch.tensor(logits), torch.tensor(labels), reduction="none")
+    expected = expected.mean(-1) if kind == "multilabel" else expected
+    assert examples.losses == pytest.approx(expected.numpy(), rel=1e-4, abs=1e-6)
+    assert examples.texts == {row: f"text {row}" for row in examples.hardest()} and len(examples.texts) == 20
+    if kind != "regression":
+        truth = labels.astype(int) if kind == "multilabel" else labels
+        predicted = (logits > 0).astype(int) if kind == "multilabel" else logits.argmax(-1)
+        scores = precision_recall_fscore_support(truth, predicted, labels=None if kind == "multilabel" else range(4),
+                                                 zero_division=0)
+        rows = examples.per_class()
+        assert np.allclose(np.array([row[1:] for row in rows[:4]], dtype=float), np.array(scores, dtype=float).T)
+    examples.write(tmp_path / "examples.jsonl")
+    again = EvalExamples.read(tmp_path / "examples.jsonl")
+    assert again.kind == kind and again.texts == examples.texts and again.class_names == examples.class_names
+    for name in ("losses", "labels", "predicted"):  # the file rounds numbers to 6 decimals
+        assert np.allclose(getattr(again, name), getattr(examples, name), atol=1e-5), name
+
