@@ -34,6 +34,7 @@ OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "sgd")
 SAMPLING = ("group_by_length", "random", "sequential")
 REPORTERS = ("none", "all", "mlflow", "wandb", "tensorboard", "jsonl")  # "all": every installed tracker
 BACKENDS = ("nccl", "gloo", "mpi", "xccl")
+HUB_STRATEGIES = ("every_save", "end", "checkpoint", "all_checkpoints")  # HF's names
 
 
 def _arg(default: Any, group: str, help: str) -> Any:
@@ -134,9 +135,16 @@ class TrainingArguments:
     allow_world_size_change: bool = _arg(False, "distributed",
                                          "resume a checkpoint saved by another number of processes (not exact)")
     # hub
-    push_to_hub: bool = _arg(False, "hub", "upload the model at the end (needs network and a token)")
-    hub_model_id: str | None = _arg(None, "hub", "repository name on the hub; default: output_dir's name")
-    hub_token: str | None = field(default=None, repr=False, metadata={"group": "hub", "help": "hub token"})
+    push_to_hub: bool = _arg(False, "hub", "upload the model to the HuggingFace Hub (needs network and a token); "
+                             "see hub_strategy")
+    hub_model_id: str | None = _arg(None, "hub", "repository name on the hub (namespace/name); default: output_dir's "
+                                    "name")
+    hub_strategy: str = _arg("every_save", "hub", "when to upload: " + ", ".join(HUB_STRATEGIES) + " (the checkpoint "
+                             "strategies also upload checkpoints, optimizer state included)")
+    hub_token: str | None = field(default=None, repr=False, metadata={
+        "group": "hub", "help": "hub token (default: HF_TOKEN or `hf auth login`'s); never written to any file"})
+    hub_private_repo: bool | None = _arg(None, "hub", "create the repository private; unset: the hub's default")
+    hub_revision: str | None = _arg(None, "hub", "branch to upload to (created if missing); unset: main")
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
@@ -333,6 +341,7 @@ def _problems(args: TrainingArguments) -> list[str]:
     choice("lr_scheduler_type", SCHEDULERS)
     choice("optim", OPTIMIZERS)
     choice("train_sampling_strategy", SAMPLING)
+    choice("hub_strategy", HUB_STRATEGIES)
     for reporter in args.report_to:
         if reporter not in REPORTERS:
             problems.append(f"report_to={reporter!r} is not one of {', '.join(map(repr, REPORTERS))}")

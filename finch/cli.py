@@ -249,7 +249,8 @@ def run_train(flags: dict[str, Any]) -> int:
         return 0
     job.card.write(model_dir)
     write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    report = try_write_report(output)  # an observer: a failure is a warning, never the run's end
+    # an observer: a failure is a warning, never the run's end; the final evaluation's examples go with it
+    report = try_write_report(output, job.eval_examples)
     print("\nfinal metrics on the validation set")
     _print_metrics(metrics)
     if job.collapse is not None and job.collapse.warning():

@@ -31,6 +31,7 @@ from finch.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.dropout import DropoutSwap
 from finch.errors import ConfigError, DataError, ModelError
 from finch.fingerprint import Fingerprint, model_fingerprint
+from finch.hub import Hub, HubCallback
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
 from finch.preemption import PreemptionGuard, TrainingPreempted
@@ -119,6 +120,8 @@ class Trainer:
         self.args = args if args is not None else TrainingArguments()
         self.runtime = Runtime.for_args(self.args)  # joins torchrun's process group when there is one
         self.device, self.precision = self.runtime.device, self.runtime.precision
+        # offline, no token, a repository that cannot be created: said now, not after training
+        self.hub = Hub.for_trainer(self.args, self.runtime) if self.args.push_to_hub else None
         if not self.runtime.is_main_process:
             logger.setLevel(logging.WARNING)  # one run header, not one per rank; warnings still show
         self.model_init = model_init
@@ -144,6 +147,7 @@ class Trainer:
         # progress lines from rank 0 only; the writers among `reporters` check `state.is_world_process_zero`
         default_callbacks = [ProgressCallback()] if self.runtime.is_main_process else []
         default_callbacks += reporters(self.args.report_to)
+        default_callbacks += [HubCallback(self.hub)] if self.hub is not None else []
         self.callback_handler = CallbackHandler(default_callbacks + list(callbacks or []))
         _name_labels(self.model, data.class_names(train_dataset))
         self.control = self._fire("on_init_end")
@@ -322,8 +326,11 @@ class Trainer:
                    "train_steps_per_second": round(steps_run / runtime_seconds, 3), "train_loss": training_loss}
         self.log(metrics)
         self.control = self._fire("on_train_end")
-        if args.push_to_hub and runtime.is_main_process:
-            self.push_to_hub()
+        if args.push_to_hub:  # every rank: save_model waits for rank 0; rank 0 uploads, a failure is a warning
+            self.save_model()
+            if runtime.is_main_process:
+                self.hub.push_folder(args.output_dir, state, self.model, "End of training", blocking=True,
+                                     revision=args.hub_revision, card_fields={}, observer=True)
         return TrainOutput(state.global_step, training_loss, metrics)
 
     def _agree_on_control(self, preemption: PreemptionGuard | None = None) -> bool:
@@ -660,13 +667,30 @@ class Trainer:
             self.args.save(folder / "training_args.json")
         self.runtime.on_main(write)
 
-    def push_to_hub(self, commit_message: str = "End of training") -> Any:
-        """Upload the model and tokenizer to the HuggingFace hub as `hub_model_id` (needs network and a token)."""
-        repo = self.args.hub_model_id or Path(self.args.output_dir).name
+    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, token: str | None = None,
+                    revision: str | None = None, **kwargs: Any) -> Any:
+        """HF's `push_to_hub`: save the model to `output_dir`, write its model card (`README.md`: metrics, training
+        arguments), wait for the uploads made during training (retrying failed ones), then upload `output_dir`'s
+        files (never its checkpoints or training state) to `hub_model_id`. Call it on every rank.
+
+        Args:
+            commit_message: the commit's message. blocking: wait for the upload (else a `Future` is returned).
+            token: a token for this call (default: `hub_token`, HF_TOKEN or `hf auth login`'s). revision: the branch
+            (default `hub_revision`). kwargs: model card fields (`model_name`, `language`, `license`, `tags`,
+            `finetuned_from`, `tasks`, `dataset`, `dataset_tags`).
+
+        Returns:
+            huggingface_hub's `CommitInfo` (a `Future` of it when `blocking=False`); None on ranks other than 0.
+
+        Raises:
+            ConfigError: offline or no token. The hub's own errors when the upload fails.
+        """
+        hub = self.hub if self.hub is not None and token is None else Hub.for_trainer(self.args, self.runtime, token)
         self.save_model()
-        self.model.push_to_hub(repo, commit_message=commit_message, token=self.args.hub_token)
-        if self.processing_class is not None:
-            self.processing_class.push_to_hub(repo, token=self.args.hub_token)
+        if not self.runtime.is_main_process:
+            return None
+        return hub.push_folder(self.args.output_dir, self.state, self.model, commit_message, blocking,
+                               revision or self.args.hub_revision, kwargs)
 
     def is_world_process_zero(self) -> bool:
         """Whether this process is rank 0 of all (the one that writes); True in a single process."""
