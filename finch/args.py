@@ -27,9 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from finch.errors import ConfigError, UnknownArgumentError
+from finch.hf_names import HF_ONLY, accept_hf_only
 
 STRATEGIES = ("no", "steps", "epoch")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts",
+              "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+# HF names finch does not implement, with the nearest it has (a plain "not one of" would read as a typo)
+UNSUPPORTED_CHOICES = {
+    "reduce_lr_on_plateau": "finch's schedules are functions of the step, and this one follows the evaluation "
+                            "metric; use 'linear' or 'cosine' (with early stopping for a plateau)",
+    "greedy": "use 'linear' or 'cosine'",
+    "adamw_hf": "transformers removed it; use 'adamw_torch_fused' (the default) or 'adamw_torch'",
+    "adafactor": "use 'adamw_torch_fused' (the default), 'adamw_torch' or 'sgd'",
+}
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "sgd")
 SAMPLING = ("group_by_length", "random", "sequential")
 REPORTERS = ("none", "all", "mlflow", "wandb", "tensorboard", "jsonl")  # "all": every installed tracker
@@ -122,6 +132,9 @@ class TrainingArguments:
     train_sampling_strategy: str = _arg("group_by_length", "data", "batch order: " + ", ".join(SAMPLING))
     remove_unused_columns: bool = _arg(True, "data", "drop dataset columns the model's forward does not take")
     label_names: list[str] | None = _arg(None, "data", "batch keys holding labels; default labels")  # noqa: RUF009
+    include_for_metrics: list[str] | None = _arg(  # noqa: RUF009 (None, immutable)
+        None, "evaluation, saving, logging", "what compute_metrics' EvalPrediction also gets: inputs (input ids, "
+        "padded with -100), loss (each example's batch mean loss)")
     dataloader_num_workers: int = _arg(0, "data", "background processes that collate batches")
     dataloader_pin_memory: bool = _arg(True, "data", "pinned host memory for batches (CUDA only)")
     dataloader_drop_last: bool = _arg(False, "data", "drop each epoch's last global batch when it is incomplete")
@@ -333,8 +346,15 @@ def _problems(args: TrainingArguments) -> list[str]:
 
     def choice(name: str, allowed: tuple[str, ...]) -> None:
         value = getattr(args, name)
-        if value not in allowed:
-            problems.append(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+        if value in allowed:
+            return
+        if value in UNSUPPORTED_CHOICES:
+            problems.append(f"{name}={value!r} is HuggingFace's but finch does not implement it: "
+                            f"{UNSUPPORTED_CHOICES[value]}")
+            return
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}{hint}")
 
     for name in ("eval_strategy", "save_strategy", "logging_strategy"):
         choice(name, STRATEGIES)
@@ -342,6 +362,9 @@ def _problems(args: TrainingArguments) -> list[str]:
     choice("optim", OPTIMIZERS)
     choice("train_sampling_strategy", SAMPLING)
     choice("hub_strategy", HUB_STRATEGIES)
+    for item in args.include_for_metrics or []:
+        if item not in ("inputs", "loss"):
+            problems.append(f"include_for_metrics={args.include_for_metrics!r}: {item!r} is not one of 'inputs', 'loss'")
     for reporter in args.report_to:
         if reporter not in REPORTERS:
             problems.append(f"report_to={reporter!r} is not one of {', '.join(map(repr, REPORTERS))}")
@@ -410,7 +433,7 @@ def _scheduler_kwargs_problems(scheduler: str, kwargs: dict) -> list[str]:
 
     from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
 
-    if scheduler not in SCHEDULERS or not kwargs:
+    if scheduler not in SCHEDULERS:
         return []
     taken = set(inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(scheduler)]).parameters)
     taken -= {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}  # finch passes those
@@ -418,6 +441,15 @@ def _scheduler_kwargs_problems(scheduler: str, kwargs: dict) -> list[str]:
     if unknown:
         return [(f"lr_scheduler_kwargs {unknown} are not arguments of the {scheduler!r} schedule; it takes "
                  f"{sorted(taken) or 'none'}")]
+    import torch
+    from transformers import get_scheduler
+
+    try:  # on a throw-away optimizer: a missing or wrong value (min_lr, num_decay_steps...) is said before training
+        get_scheduler(scheduler, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), num_warmup_steps=1,
+                      num_training_steps=10, scheduler_specific_kwargs=dict(kwargs))
+    except (TypeError, ValueError) as error:
+        return [f"lr_scheduler_type={scheduler!r} with lr_scheduler_kwargs={kwargs}: {error}; set its arguments "
+                f"in lr_scheduler_kwargs (it takes {sorted(taken) or 'none'})"]
     return []
 
 
@@ -433,6 +465,8 @@ LEGACY: dict[str, tuple[str, Any]] = {
     "warmup_ratio": ("use warmup_steps=<fraction>, which takes a ratio when below 1", lambda v: {"warmup_steps": v}),
     "logging_dir": ("use tensorboard_dir", lambda v: {"tensorboard_dir": v}),
     "no_cuda": ("use use_cpu", lambda v: {"use_cpu": v}),
+    "include_inputs_for_metrics": ("use include_for_metrics=['inputs']",
+                                   lambda v: {"include_for_metrics": ["inputs"] if v else []}),
 }
 
 
@@ -441,10 +475,10 @@ def translate_legacy(kwargs: dict[str, Any]) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     translated = {name: value for name, value in kwargs.items() if name in known}
     for name, value in kwargs.items():
-        if name in known:
+        if name in known or accept_hf_only(name, value):
             continue
         if name not in LEGACY:
-            close = difflib.get_close_matches(name, sorted(known | set(LEGACY)), n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, sorted(known | set(LEGACY) | set(HF_ONLY)), n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise UnknownArgumentError(f"TrainingArguments got an unknown argument {name!r}{hint}")
         advice, convert = LEGACY[name]
@@ -464,6 +498,8 @@ _dataclass_init = TrainingArguments.__init__
 @functools.wraps(_dataclass_init)
 def _init_with_aliases(self: TrainingArguments, *args: Any, **kwargs: Any) -> None:
     _dataclass_init(self, *args, **translate_legacy(kwargs))
+    for name in HF_ONLY.keys() & kwargs.keys():  # readable as in HF (`if training_args.do_train:`); not saved
+        object.__setattr__(self, name, kwargs[name])
 
 
 TrainingArguments.__init__ = _init_with_aliases  # type: ignore[method-assign]

@@ -326,7 +326,7 @@ def run_report(flags: dict[str, Any]) -> int:
     from finch.report import write_report
 
     if flags.get("out"):
-        check_output_file(flags["out"])
+        check_output_file(flags["out"], suffixes=(".html", ".htm"))
     print(f"report: {write_report(flags['output_dir'], flags.get('out'))}")
     return 0
 

@@ -44,7 +44,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{item!r}: overrides are written key=value, e.g. learning_rate=3e-5")
-        parsed[key.strip().lstrip("-").replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
+        try:
+            parsed[key.strip().lstrip("-").replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as error:  # `report_to=[none`: the value is YAML, and this one does not parse
+            raise ConfigError(f"{item!r}: the value is not valid YAML ({str(error).splitlines()[0]}); quote it or "
+                              f"close its brackets, e.g. report_to=[none] or text_columns='[a, b]'") from error
     return parsed
 
 

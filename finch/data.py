@@ -204,6 +204,21 @@ def class_names(dataset: Any) -> list[str] | None:
     return None
 
 
+def check_cross_entropy_options(args: Any, model: Any) -> None:
+    """Raise `ConfigError` if `class_weights` or `label_smoothing_factor` is set for a model that is not a
+    single-label classifier (regression, multi-label): both shape a cross-entropy over classes."""
+    config = getattr(model, "config", None)
+    kind = getattr(config, "problem_type", None) or ("regression" if getattr(config, "num_labels", 2) == 1 else None)
+    if kind not in ("regression", "multi_label_classification"):
+        return
+    for name, given in (("class_weights", args.class_weights is not None),
+                        ("label_smoothing_factor", args.label_smoothing_factor > 0)):
+        if given:
+            raise ConfigError(f"{name} applies to single-label classification; this model is set up for {kind} "
+                              f"(config.problem_type / num_labels). Remove {name}, or weight the loss in a "
+                              f"compute_loss override")
+
+
 def class_weights(spec: str | Sequence[float] | None, dataset: Any, label_names: Sequence[str],
                   device: torch.device) -> torch.Tensor | None:
     """Cross-entropy weights: "balanced" gives n / (classes * n_class) from the training labels; a list is used as is.

@@ -22,7 +22,8 @@ from finch.callbacks import reporters
 from finch.card import ModelCard
 from finch.errors import ConfigError, ModelError
 from finch.hub import check_can_push
-from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
+from finch.models import (check_room_for_text, load_classifier, load_config, load_tokenizer, max_length_for,
+                          model_source)
 from finch.outputs import check_output_dir
 from finch.tasks import CollapseWatch, Task, compute_metrics_for
 
@@ -51,6 +52,12 @@ def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
     overrides = config_files.parse_overrides(flags.get("overrides") or [])
     config_files.check_keys(overrides, known, "key=value overrides")
     given = {k: v for k, v in flags.items() if k in known}
+    # each layer checked on its own: a value that a flag overrides is still a mistake the user should hear of
+    for where, layer in ((str(flags.get("config")), from_file), ("key=value overrides", overrides)):
+        try:
+            config_files.coerce({k: v for k, v in layer.items() if k != "class_weights"}, field_types())
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from error
     merged = {**from_file, **overrides, **given}
     if merged.get("class_weights") is not None:  # `balanced`, `1,3`, [1, 3] or the flag's ["1", "3"]
         merged["class_weights"] = _class_weights(merged["class_weights"])
@@ -147,10 +154,11 @@ def prepare(options: dict[str, Any]) -> Job:
     config = load_config(model_name)
     check_head(config, splits.task, model_name)
     _check_freeze_depth(options.get("freeze"), config)
-    _check_class_weights(args.class_weights, splits.task)
+    _check_class_weights(args.class_weights, splits.task, args.label_smoothing_factor)
     tokenizer = load_tokenizer(model_name)
     requested = options.get("max_length")
     max_length = max_length_for(config, requested, fallback=None)  # unset: the model's limit, so none is cut
+    check_room_for_text(tokenizer, max_length, pair=len(splits.text_columns) == 2)
     tokenized = tokenize_splits({"train": splits.train, "validation": splits.validation}, splits.text_columns,
                                 tokenizer, max_length)
     source = ("the demo's setting" if options.get("train") is None else "--max-length") if requested \
@@ -239,10 +247,14 @@ def _check_freeze_depth(spec: str | None, config: Any) -> None:
                           f"or 'base' to train the head alone")
 
 
-def _check_class_weights(weights: Any, task: Task) -> None:
+def _check_class_weights(weights: Any, task: Task, label_smoothing: float = 0.0) -> None:
+    """Class weights and label smoothing shape a cross-entropy over classes: single-label classification only."""
+    if task.kind not in ("binary", "multiclass"):
+        for given, flag in ((weights is not None, "--class-weights"), (label_smoothing > 0, "--label-smoothing-factor")):
+            if given:
+                raise ConfigError(f"{flag} applies to single-label classification (one class per row); this data is a "
+                                  f"{task.kind} task. Remove {flag}, or check --label-column")
     if isinstance(weights, list):
-        if task.kind not in ("binary", "multiclass"):
-            raise ConfigError(f"--class-weights applies to single-label classification; this is a {task.kind} task")
         if len(weights) != task.num_labels:
             raise ConfigError(f"--class-weights has {len(weights)} weights but the data has {task.num_labels} classes "
                               f"({', '.join(task.label_names[:8])}); give one weight per class in that order, or "

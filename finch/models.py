@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from finch.errors import ModelError
+from finch.errors import ConfigError, ModelError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -101,7 +101,15 @@ def _why_offline() -> str:
 def load_config(name: str) -> Any:
     from transformers import AutoConfig
 
-    return _loaded(name, lambda: AutoConfig.from_pretrained(name))
+    try:
+        return _loaded(name, lambda: AutoConfig.from_pretrained(name))
+    except ValueError as error:  # config.json not JSON, or JSON without a known model_type: the folder's, not finch's
+        if isinstance(error, ModelError) or not (Path(name) / "config.json").is_file():
+            raise
+        first = str(error).strip().splitlines()[0]
+        raise ModelError(f"--model {name}: its config.json is not a model configuration ({first}); it should be "
+                         f"the file model.save_pretrained(folder) writes. Restore it, or pass another model "
+                         f"folder") from error
 
 
 def load_tokenizer(name: str) -> Any:
@@ -148,3 +156,14 @@ def max_length_for(config: Any, requested: int | None, recorded: int | None = No
         raise ModelError(f"--max-length {requested}: the model takes at most {limit} tokens; use {limit} or less")
     return min(requested or recorded or fallback or limit, limit)
 
+
+
+def check_room_for_text(tokenizer: Any, max_length: int, pair: bool) -> None:
+    """Raise `ConfigError` if `max_length` leaves no token for the text once the special tokens are added
+    (`--max-length 1` would train on `[CLS]` alone, every example the same input)."""
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    if max_length <= special:
+        kind = "a sentence pair" if pair else "a text"
+        raise ConfigError(f"--max-length {max_length} leaves no room for the text: the tokenizer adds {special} "
+                          f"special tokens to {kind}, so every example would be the same input. Use at least "
+                          f"{special + 1}; a few dozen or more is usual (e.g. 128)")

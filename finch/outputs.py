@@ -8,6 +8,7 @@ only once complete: a failure, a typo in an input or a Ctrl-C leaves the old fil
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import tempfile
 from collections.abc import Iterator
@@ -31,13 +32,23 @@ def check_output_dir(folder: str | Path) -> None:
     _check_writable(existing, f"output folder {folder}")
 
 
-def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = ()) -> None:
-    """Raise `OutputError` unless `path` can be written as a file without touching any of `inputs`."""
+def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), suffixes: tuple[str, ...] = (),
+                      model_dir: str | Path | None = None) -> None:
+    """Raise `OutputError` unless `path` can be written as a file without touching any of `inputs`, ends with one
+    of `suffixes` (when given), and replaces no file of `model_dir` but the `eval_*.json` that `finch eval` writes
+    there (a config or weights file overwritten by metrics would lose the model)."""
     path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OutputError(f"--out {path}: the file must end with {' or '.join(suffixes)} (a typo here could replace "
+                          f"a file of another kind); choose another --out")
     for given in inputs:
         if Path(given).exists() and path.exists() and os.path.samefile(given, path):
             raise OutputError(f"--out {path} is the input file {given}: writing it would destroy the input; "
                               f"choose another --out")
+    if model_dir is not None and path.is_file() and Path(model_dir).is_dir() \
+            and path.resolve().is_relative_to(Path(model_dir).resolve()) and not fnmatch.fnmatch(path.name, "eval_*.json"):
+        raise OutputError(f"--out {path} would replace {path.name}, a file of the model folder {model_dir}, and lose "
+                          f"it; choose an --out outside the model folder")
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
     folder = path.parent

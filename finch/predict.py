@@ -126,7 +126,7 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, text_
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".jsonl"):
         raise OutputError(f"--out {out}: write predictions to a .csv or .jsonl file")
-    check_output_file(out, inputs=(data,))
+    check_output_file(out, inputs=(data,), model_dir=model_dir)
     model_dir = model_source(str(model_dir))
     chunks = iter_chunks(data, rows_per_chunk, encoding=encoding)
     first = next(chunks, None)  # the input is read and checked before the weights load or `out` is opened
@@ -193,7 +193,7 @@ def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | Non
     model_dir = model_source(str(model_dir))
     card = ModelCard.read(model_dir)
     out = Path(out) if out else Path(model_dir) / f"eval_{Path(data).stem}.json"
-    check_output_file(out, inputs=(data,))
+    check_output_file(out, inputs=(data,), suffixes=(".json",), model_dir=model_dir)
     found = read_source(data, encoding=encoding)
     split = found.get("data", found.get("validation", found.get("test")))
     if split is None:

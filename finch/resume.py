@@ -38,8 +38,11 @@ RESUME_FIXED = ("seed", "data_seed", "per_device_train_batch_size", "gradient_ac
                 "train_sampling_strategy", "dataloader_drop_last")
 
 
+PREVIOUS_RUNS = "previous-runs"  # where a fresh Trainer.train() moves other runs' checkpoints
+
+
 def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: TrainingArguments,
-                fingerprint: Fingerprint | None = None) -> Path | None:
+                fingerprint: Fingerprint | None = None, set_aside: bool = False) -> Path | None:
     """The checkpoint `train(resume_from_checkpoint=resume)` continues from (None: a fresh run), after every check
     that needs no weights. Reads files only; writes and loads nothing, so the CLI calls it before loading the model.
 
@@ -50,6 +53,9 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
         args: the run's arguments: those that fix the data order must equal the checkpoint's, and
             `overwrite_output_dir=True` lets a fresh run replace other runs' checkpoints.
         fingerprint: the run's data and model fingerprints; None (or a None field) skips that check.
+        set_aside: a fresh run in a folder with other runs' checkpoints moves them, whole and unchanged, into
+            `previous-runs/<run id>/` (with a warning) instead of refusing: `Trainer.train()` does, because HF's
+            course trains twice into one `output_dir`; `finch train` refuses and lets the user choose.
 
     Returns:
         The checkpoint folder to resume, or None.
@@ -63,7 +69,9 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
     overwrite = args.overwrite_output_dir
     if resume is None or resume is False:
         found = checkpoints(output_dir)
-        if found and not overwrite:
+        if found and not overwrite and set_aside:
+            set_aside_checkpoints(output_dir, found)
+        elif found and not overwrite:
             raise ResumeError(
                 f"output_dir {output_dir} already holds checkpoints of another run ({describe_runs(found)}); a new "
                 f"run there would mix with them. Resume it with resume_from_checkpoint=True (CLI: --resume auto), "
@@ -81,6 +89,25 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
     if not overwrite:
         _check_no_collision(output_dir, folder, saved, args)
     return folder
+
+
+def set_aside_checkpoints(output_dir: Path, found: list[Path]) -> None:
+    """Move other runs' checkpoint folders into `output_dir/previous-runs/<run id>/` (renames in one file system:
+    nothing is copied, changed or deleted), so a fresh run neither mixes with them nor replaces them."""
+    described = describe_runs(found)
+    moved_to = set()
+    for folder in found:
+        place = output_dir / PREVIOUS_RUNS / f"run-{(run_of(folder) or 'without-id')[:8]}"
+        place.mkdir(parents=True, exist_ok=True)
+        target, copy = place / folder.name, 1
+        while target.exists():  # the same run id and step set aside before: keep both
+            target, copy = place / f"{folder.name}.{copy}", copy + 1
+        folder.rename(target)
+        moved_to.add(str(place))
+    logger.warning("output_dir %s held checkpoints of another run (%s): moved them unchanged to %s so this run "
+                   "starts fresh without mixing with them or replacing them (resume_from_checkpoint=True continues "
+                   "the newest run instead; overwrite_output_dir=True deletes them)", output_dir, described,
+                   ", ".join(sorted(moved_to)))
 
 
 def _folder_to_resume(output_dir: Path, resume: str | Path | bool) -> Path:

@@ -177,7 +177,8 @@ class Trainer:
             raise ConfigError("Trainer.train() needs a train_dataset")
         fingerprint = Fingerprint.of(self.train_dataset, self.model)  # hashes the token ids: once per train()
         # rank 0 decides from the files and tells the others: every rank resumes the same checkpoint, or none
-        resume = runtime.on_main(lambda: plan_resume(args.output_dir, resume_from_checkpoint, args, fingerprint))
+        resume = runtime.on_main(lambda: plan_resume(args.output_dir, resume_from_checkpoint, args, fingerprint,
+                                                     set_aside=True))
         set_seed(args.seed)
         if self.model_init is not None and resume is None:
             self.model = self._build_model().to(self.device)
@@ -186,6 +187,7 @@ class Trainer:
         model, device = self.model, self.device
         dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns)
         lengths = data.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
+        data.check_cross_entropy_options(args, model)
         self._class_weights = data.class_weights(args.class_weights, dataset, self.label_names, device)
         # HF's meaning: per_device_train_batch_size rows on each process, so a step holds that x world x accumulation
         batch_size, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
@@ -600,7 +602,8 @@ class Trainer:
         was_training = model.training
         model.eval()
         started = time.perf_counter()
-        outputs_of_batches = []  # (logits, labels or None, loss sum or None, items) of each of this rank's batches
+        include = set(args.include_for_metrics or ())
+        outputs_of_batches = []  # (logits, labels or None, loss sum or None, items, extras) of this rank's batches
         with torch.inference_mode():
             for batch in loader:
                 has_labels = all(batch.get(name) is not None for name in self.label_names)
@@ -618,9 +621,15 @@ class Trainer:
                 logits = evaluation.split_outputs(outputs, has_labels, ignore_keys or ())[1]
                 if self.preprocess_logits_for_metrics is not None:
                     logits = self.preprocess_logits_for_metrics(logits, labels)
+                # include_for_metrics, as HF gives them: the input ids, and each example's batch mean loss
+                inputs = batch.get(getattr(model, "main_input_name", "input_ids")) if "inputs" in include else None
+                rows = len(logits[0] if isinstance(logits, tuple) else logits)
+                extras = {"inputs": evaluation.to_numpy(inputs) if inputs is not None else None,
+                          "losses": np.full(rows, loss_sum.item() / batch_items, np.float32)
+                          if "loss" in include and loss_sum is not None else None}
                 outputs_of_batches.append((evaluation.to_numpy(logits),
                                            evaluation.to_numpy(labels) if labels is not None else None,
-                                           loss_sum, batch_items))
+                                           loss_sum, batch_items, extras))
                 if tell_callbacks:
                     self.control = self._fire("on_prediction_step")
         model.train(was_training)
@@ -628,7 +637,7 @@ class Trainer:
         # global batch b was run by rank b % world as its (b // world)-th batch: back to the plan's order
         in_order = [gathered[b % runtime.world_size][0][b // runtime.world_size] for b in range(len(batches))]
         loss_sum, items = torch.zeros(()), 0
-        for _, _, batch_loss, batch_items in in_order:
+        for _, _, batch_loss, batch_items, _ in in_order:
             if batch_loss is not None:
                 loss_sum += batch_loss
                 items += batch_items
@@ -640,7 +649,10 @@ class Trainer:
         if items:
             metrics["loss"] = loss_sum.item() / items
         if self.compute_metrics is not None and label_ids is not None:
-            metrics.update(self._call_compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)))
+            extras = {name: evaluation.reorder(evaluation.concatenate([batch[-1][name] for batch in in_order]), order)
+                      for name in ("inputs", "losses") if all(batch[-1][name] is not None for batch in in_order)}
+            metrics.update(self._call_compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids,
+                                                                     **extras)))
         runtime_seconds = max(seconds for _, seconds in gathered)  # the slowest rank's: the same on every rank
         metrics.update(runtime=round(runtime_seconds, 4), samples_per_second=round(len(dataset) / runtime_seconds, 3),
                        steps_per_second=round(len(batches) / runtime_seconds, 3))
@@ -648,8 +660,9 @@ class Trainer:
         return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
 
     # ---- logging and saving ---------------------------------------------------------------------------------------
-    def log(self, logs: dict[str, float]) -> None:
-        """Record `logs` (with the current epoch and step) in `state.log_history` and tell the callbacks."""
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Record `logs` (with the current epoch and step) in `state.log_history` and tell the callbacks.
+        `start_time` is HF's signature (subclasses call `super().log(logs, start_time)`); finch times elsewhere."""
         logs = {**logs, "epoch": self._logged_epoch()}
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self._fire("on_log", logs=logs)

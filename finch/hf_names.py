@@ -1,0 +1,80 @@
+"""HuggingFace `TrainingArguments` names that finch has no field for, and what finch does with each.
+
+Tutorials and scripts pass them (`do_train=True`, `eval_accumulation_steps=8`, `save_safetensors=True`...). Calling
+them unknown would break code that finch promises to run, and silently ignoring one that changes what is trained
+would be worse. So each name is either accepted, because finch already behaves as the value asks or the value only
+concerns HF's machinery (the value is kept as an attribute, readable as in HF), or refused with the reason and the
+fix when the value asks for something finch does not do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from finch.errors import ConfigError
+
+_ANY: Callable[[Any], bool] = lambda value: True  # noqa: E731
+_FALSY: Callable[[Any], bool] = lambda value: not value  # noqa: E731
+
+# name: (values finch honours, why / what to do otherwise)
+HF_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
+    # flags that HF's example scripts read, not the Trainer
+    "do_train": (_ANY, "read by HF's example scripts, not by the Trainer"),
+    "do_eval": (_ANY, "read by HF's example scripts, not by the Trainer"),
+    "do_predict": (_ANY, "read by HF's example scripts, not by the Trainer"),
+    "resume_from_checkpoint": (_ANY, "read by HF's example scripts; pass it to trainer.train(...)"),
+    "local_rank": (_ANY, "torchrun sets the rank; finch reads it from the environment"),
+    # what finch always does
+    "eval_accumulation_steps": (_ANY, "finch moves evaluation outputs to the CPU after every batch"),
+    "eval_do_concat_batches": (lambda value: value is True, "finch always concatenates evaluation batches"),
+    "save_safetensors": (lambda value: value is True, "finch saves weights only as safetensors (never pickles)"),
+    "average_tokens_across_devices": (_ANY, "finch normalises the loss over every example of the step, all ranks"),
+    "logging_nan_inf_filter": (_ANY, "finch skips NaN/Inf steps (max_nonfinite_steps) and logs their losses"),
+    "skip_memory_metrics": (_ANY, "finch reports no memory metrics"),
+    "include_num_input_tokens_seen": (_FALSY, "finch logs tokens per second, not a running token count"),
+    "prediction_loss_only": (_FALSY, "leave compute_metrics=None for the loss alone"),
+    "log_level": (_ANY, "finch logs through the 'finch' logger; set its level with logging"),
+    "log_level_replica": (_ANY, "only rank 0 logs in finch"),
+    "log_on_each_node": (_ANY, "only rank 0 logs in finch"),
+    "save_on_each_node": (_FALSY, "rank 0 writes checkpoints to a shared output_dir"),
+    "dataloader_persistent_workers": (_ANY, "a data-loading detail with no effect on what is trained"),
+    "dataloader_prefetch_factor": (_ANY, "a data-loading detail with no effect on what is trained"),
+    "tf32": (_ANY, "set torch.backends.cuda.matmul.allow_tf32 yourself for TF32 matmuls"),
+    "restore_callback_states_from_checkpoint": (_ANY, "finch restores its callbacks' state on resume"),
+    "use_mps_device": (_FALSY, "finch trains on CUDA or the CPU"),
+    "disable_tqdm_on_each_node": (_ANY, "only rank 0 shows progress in finch"),
+    # what finch does not do: accepted only when off
+    "gradient_checkpointing": (_FALSY, "finch does not recompute activations; lower per_device_train_batch_size "
+                                       "and raise gradient_accumulation_steps to save memory"),
+    "gradient_checkpointing_kwargs": (_FALSY, "finch does not recompute activations"),
+    "auto_find_batch_size": (_FALSY, "set per_device_train_batch_size yourself"),
+    "deepspeed": (_FALSY, "finch scales out with torchrun and DDP (see docs/distributed.md)"),
+    "fsdp": (_FALSY, "finch scales out with torchrun and DDP (see docs/distributed.md)"),
+    "fsdp_config": (_FALSY, "finch scales out with torchrun and DDP (see docs/distributed.md)"),
+    "neftune_noise_alpha": (_FALSY, "finch does not add NEFTune noise"),
+    "use_liger_kernel": (_FALSY, "finch does not use Liger kernels"),
+    "eval_delay": (_FALSY, "finch evaluates from the first eval step on"),
+    "full_determinism": (_FALSY, "finch's runs repeat for a given seed (dropout and data order are seeded)"),
+    "batch_eval_metrics": (_FALSY, "finch calls compute_metrics once, with every prediction"),
+    "torch_compile_backend": (_FALSY, "finch compiles with torch.compile's default backend (torch_compile=True)"),
+    "torch_compile_mode": (_FALSY, "finch compiles with torch.compile's default mode (torch_compile=True)"),
+    "optim_args": (_FALSY, "finch's optimizers take learning_rate, adam_beta1/2, adam_epsilon, weight_decay"),
+    "fp16_full_eval": (_FALSY, "finch evaluates in the training precision (fp16/bf16)"),
+    "bf16_full_eval": (_FALSY, "finch evaluates in the training precision (fp16/bf16)"),
+}
+
+
+def accept_hf_only(name: str, value: Any) -> bool:
+    """Whether `name` is an HF argument finch knows of and `value` is one it honours.
+
+    Raises:
+        ConfigError: the value asks for something finch does not do (the message says what to do instead).
+    """
+    if name not in HF_ONLY:
+        return False
+    honoured, why = HF_ONLY[name]
+    if not honoured(value):
+        raise ConfigError(f"TrainingArguments({name}={value!r}): finch does not support this HuggingFace option "
+                          f"({why}); remove it")
+    return True
