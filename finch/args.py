@@ -34,8 +34,8 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomia
               "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
 # HF names finch does not implement, with the nearest it has (a plain "not one of" would read as a typo)
 UNSUPPORTED_CHOICES = {
-    "reduce_lr_on_plateau": "finch's schedules are functions of the step, and this one follows the evaluation "
-                            "metric; use 'linear' or 'cosine' (with early stopping for a plateau)",
+    "reduce_lr_on_plateau": ("finch's schedules are functions of the step, and this one follows the evaluation "
+                             "metric; use 'linear' or 'cosine' (with early stopping for a plateau)"),
     "greedy": "use 'linear' or 'cosine'",
     "adamw_hf": "transformers removed it; use 'adamw_torch_fused' (the default) or 'adamw_torch'",
     "adafactor": "use 'adamw_torch_fused' (the default), 'adamw_torch' or 'sgd'",
@@ -448,8 +448,8 @@ def _scheduler_kwargs_problems(scheduler: str, kwargs: dict) -> list[str]:
         get_scheduler(scheduler, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), num_warmup_steps=1,
                       num_training_steps=10, scheduler_specific_kwargs=dict(kwargs))
     except (TypeError, ValueError) as error:
-        return [f"lr_scheduler_type={scheduler!r} with lr_scheduler_kwargs={kwargs}: {error}; set its arguments "
-                f"in lr_scheduler_kwargs (it takes {sorted(taken) or 'none'})"]
+        return [(f"lr_scheduler_type={scheduler!r} with lr_scheduler_kwargs={kwargs}: {error}; set its arguments "
+                f"in lr_scheduler_kwargs (it takes {sorted(taken) or 'none'})")]
     return []
 
 

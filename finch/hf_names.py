@@ -14,8 +14,8 @@ from typing import Any
 
 from finch.errors import ConfigError
 
-_ANY: Callable[[Any], bool] = lambda value: True  # noqa: E731
-_FALSY: Callable[[Any], bool] = lambda value: not value  # noqa: E731
+_ANY: Callable[[Any], bool] = lambda value: True
+_FALSY: Callable[[Any], bool] = lambda value: not value
 
 # name: (values finch honours, why / what to do otherwise)
 HF_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -45,8 +45,8 @@ HF_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "use_mps_device": (_FALSY, "finch trains on CUDA or the CPU"),
     "disable_tqdm_on_each_node": (_ANY, "only rank 0 shows progress in finch"),
     # what finch does not do: accepted only when off
-    "gradient_checkpointing": (_FALSY, "finch does not recompute activations; lower per_device_train_batch_size "
-                                       "and raise gradient_accumulation_steps to save memory"),
+    "gradient_checkpointing": (_FALSY, ("finch does not recompute activations; lower per_device_train_batch_size "
+                                        "and raise gradient_accumulation_steps to save memory")),
     "gradient_checkpointing_kwargs": (_FALSY, "finch does not recompute activations"),
     "auto_find_batch_size": (_FALSY, "set per_device_train_batch_size yourself"),
     "deepspeed": (_FALSY, "finch scales out with torchrun and DDP (see docs/distributed.md)"),

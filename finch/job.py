@@ -22,8 +22,7 @@ from finch.callbacks import reporters
 from finch.card import ModelCard
 from finch.errors import ConfigError, ModelError
 from finch.hub import check_can_push
-from finch.models import (check_room_for_text, load_classifier, load_config, load_tokenizer, max_length_for,
-                          model_source)
+from finch.models import check_room_for_text, load_classifier, load_config, load_tokenizer, max_length_for, model_source
 from finch.outputs import check_output_dir
 from finch.tasks import CollapseWatch, Task, compute_metrics_for
 
@@ -254,11 +253,10 @@ def _check_class_weights(weights: Any, task: Task, label_smoothing: float = 0.0)
             if given:
                 raise ConfigError(f"{flag} applies to single-label classification (one class per row); this data is a "
                                   f"{task.kind} task. Remove {flag}, or check --label-column")
-    if isinstance(weights, list):
-        if len(weights) != task.num_labels:
-            raise ConfigError(f"--class-weights has {len(weights)} weights but the data has {task.num_labels} classes "
-                              f"({', '.join(task.label_names[:8])}); give one weight per class in that order, or "
-                              f"'balanced'")
+    if isinstance(weights, list) and len(weights) != task.num_labels:
+        raise ConfigError(f"--class-weights has {len(weights)} weights but the data has {task.num_labels} classes "
+                          f"({', '.join(task.label_names[:8])}); give one weight per class in that order, or "
+                          f"'balanced'")
 
 
 def describe_token_limit(tokenized: Any, max_length: int, source: str) -> str:

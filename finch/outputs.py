@@ -45,8 +45,9 @@ def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), 
         if Path(given).exists() and path.exists() and os.path.samefile(given, path):
             raise OutputError(f"--out {path} is the input file {given}: writing it would destroy the input; "
                               f"choose another --out")
-    if model_dir is not None and path.is_file() and Path(model_dir).is_dir() \
-            and path.resolve().is_relative_to(Path(model_dir).resolve()) and not fnmatch.fnmatch(path.name, "eval_*.json"):
+    in_model = model_dir is not None and Path(model_dir).is_dir() and path.is_file() \
+        and path.resolve().is_relative_to(Path(model_dir).resolve())
+    if in_model and not fnmatch.fnmatch(path.name, "eval_*.json"):
         raise OutputError(f"--out {path} would replace {path.name}, a file of the model folder {model_dir}, and lose "
                           f"it; choose an --out outside the model folder")
     if path.is_dir():

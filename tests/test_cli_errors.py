@@ -287,3 +287,76 @@ def test_a_refused_resume_leaves_the_run_folder_byte_identical(tmp_path, tiny_mo
         error = capsys.readouterr().err
         assert code == 2 and message in error and "Traceback" not in error, error
         assert {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()} == before
+
+
+def scores(count):
+    """Rows with a number to predict: a regression task."""
+    return [(text, f"{len(text) / 10:.2f}") for text, _ in reviews(count)]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["report_to=[none"], "'report_to=[none': the value is not valid YAML"),
+    (["bf16=yess"], "key=value overrides: option bf16: must be true or false or None, but it is 'yess'"),
+    (["--config", "shadowed.yaml"], "shadowed.yaml: option per_device_train_batch_size: must be an integer"),
+    (["--max-length", "1"], "--max-length 1 leaves no room for the text: the tokenizer adds 2 special tokens"),
+    (["--max-length", "2"], "Use at least 3"),
+    (["lr_scheduler_type=reduce_lr_on_plateau"], "HuggingFace's but finch does not implement it"),
+    (["lr_scheduler_type=cosin"], "did you mean 'cosine'?"),
+    (["--lr-scheduler-type", "warmup_stable_decay"], "missing 1 required positional argument: 'num_decay_steps'"),
+    (["--optim", "adafactor"], "optim='adafactor' is HuggingFace's but finch does not implement it"),
+])
+def test_more_flag_and_override_mistakes_are_found_before_the_weights_load(tmp_path, tiny_model_dir, capsys,
+                                                                          no_weights_loaded, monkeypatch, extra,
+                                                                          message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shadowed.yaml").write_text("per_device_train_batch_size: 2.5\n")  # the flag below wins: still wrong
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = exit_code(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(tmp_path / "o"),
+                      *FAST, "--no-bf16", "--per-device-train-batch-size", "4", *extra])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error, error
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags", [["--class-weights", "balanced"], ["--class-weights", "1"],
+                                   ["--label-smoothing-factor", "0.1"]])
+def test_classification_only_flags_on_regression_data_are_refused(tmp_path, tiny_model_dir, capsys,
+                                                                   no_weights_loaded, flags):
+    train = write_csv(tmp_path / "t.csv", scores(20), header=("review", "score"))
+    code = main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(tmp_path / "o"), *FAST,
+                 *flags])
+    error = capsys.readouterr().err
+    assert code == 2 and f"{flags[0]} applies to single-label classification" in error and "regression" in error
+
+
+def test_a_model_folder_whose_config_is_not_a_model_config_is_named(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.json").write_text('{"eval_accuracy": 0.5}')
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    code = main(["train", "--model", str(model), "--train", train, "--output-dir", str(tmp_path / "o"), *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and "its config.json is not a model configuration" in error and "Traceback" not in error
+
+
+def test_out_never_replaces_a_file_of_the_model_or_the_run(tmp_path, trained_model, capsys):
+    """eval/predict/report --out: a typo that names the model's config, weights or the run's log is refused, and
+    every byte of the model and run folders stays; report --out must be .html, eval --out .json."""
+    model, rows = trained_model
+    run = model.parent
+    data = write_csv(tmp_path / "dev.csv", rows[:6], header=("review", "rating", "label"))
+    (model / "old.csv").write_text("keep,me\n")
+    before = {p: digest(p) for p in run.rglob("*") if p.is_file()}
+    for argv, message in (
+            (["eval", "--model", model, "--data", data, "--out", model / "config.json"], "a file of the model folder"),
+            (["eval", "--model", model, "--data", data, "--out", tmp_path / "m.csv"], "must end with .json"),
+            (["predict", "--model", model, "--data", data, "--out", model / "old.csv"], "a file of the model folder"),
+            (["report", run, "--out", run / "log.jsonl"], "must end with .html or .htm"),
+            (["report", run, "--out", data], "must end with .html or .htm")):
+        assert main(list(map(str, argv))) == 2
+        assert message in capsys.readouterr().err
+    assert {p: digest(p) for p in run.rglob("*") if p.is_file()} == before
+    assert main(["eval", "--model", str(model), "--data", data]) == 0  # its own eval_dev.json, written twice
+    assert main(["eval", "--model", str(model), "--data", data]) == 0

@@ -237,3 +237,92 @@ def test_model_init_that_takes_the_trial_is_called_with_none_outside_a_search(tm
                       train_dataset=toy, processing_class=tokenizer)
     trainer.train()
     assert seen == [None, None] and trainer.state.global_step == 1  # built in __init__, then again for train()
+
+
+# ---- more of HF's API, as tutorials use it --------------------------------------------------------------------------
+class LoggingTrainer(Trainer):
+    """HF's signature for `log`, calling the parent with `start_time` as HF's subclasses do."""
+
+    def log(self, logs, start_time=None):
+        logs["custom"] = 1.0
+        super().log(logs, start_time)
+
+
+def test_a_log_override_with_hfs_signature_runs(tmp_path, toy, tokenizer):
+    trainer = LoggingTrainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=2, logging_steps=1),
+                             train_dataset=toy, processing_class=tokenizer)
+    trainer.train()
+    trainer.log({"mine": 3.0}, 0.0)
+    assert all(entry.get("custom") == 1.0 for entry in trainer.state.log_history)
+    assert trainer.state.log_history[-1]["mine"] == 3.0
+
+
+@pytest.mark.parametrize("names", [{"include_for_metrics": ["inputs", "loss"]}, {"include_inputs_for_metrics": True}])
+def test_include_for_metrics_gives_inputs_and_losses_in_dataset_order(tmp_path, toy, tokenizer, names):
+    seen = {}
+
+    def compute_metrics(prediction):
+        seen.update(inputs=prediction.inputs, losses=prediction.losses)
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=1, **names), train_dataset=toy,
+                      eval_dataset=toy, processing_class=tokenizer, compute_metrics=compute_metrics)
+    trainer.evaluate()
+    inputs = seen["inputs"]
+    assert inputs.shape[0] == len(toy)
+    for row in (0, 5, len(toy) - 1):  # that example's ids, then its batch's padding (0) or -100 across batches, as HF
+        ids = toy[row]["input_ids"]
+        assert inputs[row, :len(ids)].tolist() == ids and np.isin(inputs[row, len(ids):], (0, -100)).all()
+    if "include_for_metrics" in names:
+        assert seen["losses"].shape == (len(toy),) and np.isfinite(seen["losses"]).all()
+    else:
+        assert seen["losses"] is None
+
+
+def test_hf_only_argument_names_are_accepted_or_refused_with_the_reason():
+    args = TrainingArguments(output_dir="o", do_train=True, do_eval=True, eval_accumulation_steps=4,
+                             save_safetensors=True, logging_nan_inf_filter=False, average_tokens_across_devices=True)
+    assert args.do_train is True and args.eval_accumulation_steps == 4  # readable, as scripts read them
+    with pytest.raises(ConfigError, match=r"gradient_checkpointing=True\): finch does not support .* remove it"):
+        TrainingArguments(output_dir="o", gradient_checkpointing=True)
+    with pytest.raises(ConfigError, match="save_safetensors=False"):
+        TrainingArguments(output_dir="o", save_safetensors=False)
+    with pytest.raises(TypeError, match="did you mean 'do_train'"):
+        TrainingArguments(output_dir="o", do_trian=True)
+
+
+@pytest.mark.parametrize("schedule, kwargs", [("inverse_sqrt", None), ("cosine_with_min_lr", {"min_lr": 1e-5}),
+                                              ("cosine_warmup_with_min_lr", {"min_lr_rate": 0.1}),
+                                              ("warmup_stable_decay", {"num_decay_steps": 1})])
+def test_more_of_hfs_schedules_train(tmp_path, toy, tokenizer, schedule, kwargs):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=3, logging_steps=1, warmup_steps=1,
+                                                         lr_scheduler_type=schedule, lr_scheduler_kwargs=kwargs),
+                      train_dataset=toy, processing_class=tokenizer)
+    trainer.train()
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert len(rates) == 3 and max(rates) <= 1e-3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr_scheduler_type": "reduce_lr_on_plateau"}, "HuggingFace's but finch does not implement it"),
+    ({"lr_scheduler_type": "cosin"}, "did you mean 'cosine'"),
+    ({"lr_scheduler_type": "warmup_stable_decay"}, "num_decay_steps"),
+    ({"lr_scheduler_type": "cosine_with_min_lr"}, "One of min_lr or min_lr_rate"),
+    ({"optim": "adafactor"}, "optim='adafactor' is HuggingFace's"),
+    ({"include_for_metrics": ["input"]}, "'input' is not one of 'inputs', 'loss'"),
+])
+def test_schedule_and_optimizer_mistakes_are_said_when_the_arguments_are_made(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        quiet_args(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("config, overrides", [({"num_labels": 1}, {"class_weights": [1.0]}),
+                                               ({"num_labels": 3, "problem_type": "multi_label_classification"},
+                                                {"label_smoothing_factor": 0.1})])
+def test_class_weights_and_label_smoothing_need_a_single_label_classifier(tmp_path, toy, tokenizer, config,
+                                                                          overrides):
+    model = tiny_bert(num_labels=config["num_labels"])
+    model.config.problem_type = config.get("problem_type")
+    trainer = Trainer(model=model, args=quiet_args(tmp_path, max_steps=1, **overrides), train_dataset=toy,
+                      processing_class=tokenizer)
+    with pytest.raises(ConfigError, match="applies to single-label classification"):
+        trainer.train()

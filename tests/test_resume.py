@@ -79,10 +79,11 @@ class SigtermAt(TrainerCallback):
 
 
 def test_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_it_untouched(tmp_path, toy, tokenizer):
+    """What `finch train` decides (plan_resume without set_aside): refuse, naming every choice, touching nothing."""
     train(tmp_path, toy, tokenizer)
     before = folder_digest(tmp_path)
     with pytest.raises(ResumeError, match=r"already holds checkpoints of another run \(run \w{8}: checkpoint-2") as error:
-        train(tmp_path, toy, tokenizer, max_steps=4)
+        plan_resume(tmp_path, None, run_args(tmp_path, max_steps=4))
     for choice in ("resume_from_checkpoint=True", "--resume auto", "overwrite_output_dir=True",
                    "--overwrite-output-dir", "another output_dir"):
         assert choice in str(error.value)
@@ -271,3 +272,17 @@ def test_resuming_a_finished_run_trains_no_further_step(tmp_path, toy, tokenizer
     again = train(tmp_path / "o", toy, tokenizer, resume=True, max_steps=5, save_steps=5)
     assert again.state.global_step == 5
     assert all(torch.equal(weights[k], v) for k, v in again.model.state_dict().items())
+
+
+def test_a_fresh_trainer_run_sets_other_runs_checkpoints_aside_unchanged(tmp_path, toy, tokenizer, caplog):
+    """HF's course trains twice into one output_dir ("test-trainer"): the second Trainer.train() runs, and the first
+    run's checkpoints are moved, byte for byte, to previous-runs/<run id>/ (never replaced, never mixed)."""
+    first = train(tmp_path, toy, tokenizer)
+    before = folder_digest(tmp_path / "checkpoint-2")
+    second = train(tmp_path, toy, tokenizer)
+    assert "moved them unchanged to" in caplog.text
+    aside = tmp_path / "previous-runs" / f"run-{first.state.run_id[:8]}" / "checkpoint-2"
+    assert folder_digest(aside) == before and verify(aside) is None
+    assert [run_of(f) for f in checkpoints(tmp_path)] == [second.state.run_id]
+    third = train(tmp_path, toy, tokenizer, resume=True)  # resuming still finds this run's own checkpoints
+    assert third.state.run_id == second.state.run_id
