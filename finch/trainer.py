@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import random
@@ -34,6 +35,7 @@ from finch.fingerprint import Fingerprint, model_fingerprint
 from finch.hub import Hub, HubCallback
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
+from finch.outputs import write_text
 from finch.preemption import PreemptionGuard, TrainingPreempted
 from finch.resume import continue_state, plan_resume
 from finch.runtime import Runtime, rng_state, set_seed
@@ -325,7 +327,8 @@ class Trainer:
         steps_run = state.global_step - run_start_step
         metrics = {"train_runtime": round(runtime_seconds, 3),
                    "train_samples_per_second": round(steps_run * global_batch * accumulation / runtime_seconds, 3),
-                   "train_steps_per_second": round(steps_run / runtime_seconds, 3), "train_loss": training_loss}
+                   "train_steps_per_second": round(steps_run / runtime_seconds, 3), "train_loss": training_loss,
+                   "epoch": self._logged_epoch()}  # HF's train() metrics carry the epoch (its log() adds it in place)
         self.log(metrics)
         self.control = self._fire("on_train_end")
         if args.push_to_hub:  # every rank: save_model waits for rank 0; rank 0 uploads, a failure is a warning
@@ -566,6 +569,12 @@ class Trainer:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ConfigError("Trainer.evaluate() needs an eval_dataset (pass one here or to the Trainer)")
+        if isinstance(dataset, str):  # HF: the name of one of the Trainer's eval datasets
+            if not isinstance(self.eval_dataset, dict) or dataset not in self.eval_dataset:
+                names = sorted(self.eval_dataset) if isinstance(self.eval_dataset, dict) else []
+                raise ConfigError(f"Trainer.evaluate(eval_dataset={dataset!r}): a name picks one of the Trainer's "
+                                  f"eval_dataset dict ({names or 'it has none'}); pass a dataset or one of those")
+            dataset = self.eval_dataset[dataset]
         if isinstance(dataset, dict):
             metrics: dict[str, float] = {}
             for name, subset in dataset.items():
@@ -666,6 +675,32 @@ class Trainer:
         logs = {**logs, "epoch": self._logged_epoch()}
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self._fire("on_log", logs=logs)
+
+    def log_metrics(self, split: str, metrics: dict[str, float]) -> None:
+        """Print `metrics` under a `***** split metrics *****` header (HF's example scripts call it); rank 0 only."""
+        if self.runtime.is_main_process:
+            print(f"***** {split} metrics *****")
+            width = max(map(len, metrics), default=0)
+            for key in sorted(metrics):
+                print(f"  {key: <{width}} = {metrics[key]}")
+
+    def save_metrics(self, split: str, metrics: dict[str, float], combined: bool = True) -> None:
+        """Write `metrics` to `output_dir/<split>_results.json` and merge them into `all_results.json`, as HF's
+        example scripts expect; each file written whole (temporary name, then renamed); rank 0 only."""
+        if not self.runtime.is_main_process:
+            return
+        folder = Path(self.args.output_dir)
+        write_text(folder / f"{split}_results.json", json.dumps(metrics, indent=4, sort_keys=True))
+        if combined:
+            every = folder / "all_results.json"
+            merged = {**(json.loads(every.read_text()) if every.exists() else {}), **metrics}
+            write_text(every, json.dumps(merged, indent=4, sort_keys=True))
+
+    def save_state(self) -> None:
+        """Write `trainer_state.json` (the `TrainerState`) to `output_dir`; rank 0 only."""
+        if self.runtime.is_main_process:
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+            self.state.save_to_json(Path(self.args.output_dir) / "trainer_state.json")
 
     def _logged_epoch(self) -> float:
         return round(self.state.epoch, 4)

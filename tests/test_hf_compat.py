@@ -1,5 +1,6 @@
 """Code written for HuggingFace's Trainer, as its documentation and tutorials write it, run by finch's."""
 
+import json
 import random
 
 import numpy as np
@@ -326,3 +327,27 @@ def test_class_weights_and_label_smoothing_need_a_single_label_classifier(tmp_pa
                       processing_class=tokenizer)
     with pytest.raises(ConfigError, match="applies to single-label classification"):
         trainer.train()
+
+
+def test_run_glue_style_metrics_files_and_a_named_eval_dataset(tmp_path, toy, tokenizer, capsys):
+    """HF's example scripts: train() metrics with the epoch, log_metrics, save_metrics, save_state; and
+    evaluate(eval_dataset="name") picking one of the Trainer's eval datasets."""
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=2), train_dataset=toy,
+                      eval_dataset={"a": toy.select(range(10)), "b": toy.select(range(10, 30))},
+                      processing_class=tokenizer)
+    metrics = trainer.train().metrics
+    assert {"train_loss", "train_runtime", "epoch"} <= set(metrics)
+    trainer.log_metrics("train", metrics)
+    assert "***** train metrics *****" in capsys.readouterr().out
+    trainer.save_metrics("train", metrics)
+    trainer.save_metrics("eval", {"eval_loss": 0.5})
+    run = tmp_path / "run"
+    assert json.loads((run / "train_results.json").read_text()) == metrics
+    assert json.loads((run / "all_results.json").read_text()) == {**metrics, "eval_loss": 0.5}
+    trainer.save_state()
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 2
+    named = trainer.evaluate(eval_dataset="b")
+    assert named["eval_loss"] == trainer.evaluate(toy.select(range(10, 30)))["eval_loss"]
+    with pytest.raises(ConfigError, match=r"eval_dataset='c'\): a name picks one of the Trainer's eval_dataset dict "
+                                          r"\(\['a', 'b'\]\)"):
+        trainer.evaluate(eval_dataset="c")
