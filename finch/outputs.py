@@ -35,8 +35,8 @@ def check_output_dir(folder: str | Path) -> None:
 def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), suffixes: tuple[str, ...] = (),
                       model_dir: str | Path | None = None) -> None:
     """Raise `OutputError` unless `path` can be written as a file without touching any of `inputs`, ends with one
-    of `suffixes` (when given), and replaces no file of `model_dir` but the `eval_*.json` that `finch eval` writes
-    there (a config or weights file overwritten by metrics would lose the model)."""
+    of `suffixes` (when given), and replaces no file of `model_dir` (or of the run folder around it) but the
+    `eval_*.json` that `finch eval` writes (a config, weights or log overwritten by metrics would be lost)."""
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
         raise OutputError(f"--out {path}: the file must end with {' or '.join(suffixes)} (a typo here could replace "
@@ -45,11 +45,19 @@ def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), 
         if Path(given).exists() and path.exists() and os.path.samefile(given, path):
             raise OutputError(f"--out {path} is the input file {given}: writing it would destroy the input; "
                               f"choose another --out")
-    in_model = model_dir is not None and Path(model_dir).is_dir() and path.is_file() \
-        and path.resolve().is_relative_to(Path(model_dir).resolve())
-    if in_model and not fnmatch.fnmatch(path.name, "eval_*.json"):
-        raise OutputError(f"--out {path} would replace {path.name}, a file of the model folder {model_dir}, and lose "
-                          f"it; choose an --out outside the model folder")
+    if model_dir is None or not Path(model_dir).is_dir() or not path.is_file():
+        return _check_can_write(path)
+    model_dir = Path(model_dir).resolve()
+    run = model_dir.parent if (model_dir.parent / "log.jsonl").is_file() else model_dir  # finch train's DIR/model
+    if path.resolve().is_relative_to(run) and not fnmatch.fnmatch(path.name, "eval_*.json"):
+        inside = model_dir if path.resolve().is_relative_to(model_dir) else run
+        where = "the model folder" if inside == model_dir else "the run folder"
+        raise OutputError(f"--out {path} would replace {path.name}, a file of {where} {inside}, and lose it; choose "
+                          f"an --out outside it (or a new eval_*.json name)")
+    _check_can_write(path)
+
+
+def _check_can_write(path: Path) -> None:
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
     folder = path.parent

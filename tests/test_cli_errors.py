@@ -352,6 +352,7 @@ def test_out_never_replaces_a_file_of_the_model_or_the_run(tmp_path, trained_mod
     for argv, message in (
             (["eval", "--model", model, "--data", data, "--out", model / "config.json"], "a file of the model folder"),
             (["eval", "--model", model, "--data", data, "--out", tmp_path / "m.csv"], "must end with .json"),
+            (["eval", "--model", model, "--data", data, "--out", run / "metrics.json"], "a file of the run folder"),
             (["predict", "--model", model, "--data", data, "--out", model / "old.csv"], "a file of the model folder"),
             (["report", run, "--out", run / "log.jsonl"], "must end with .html or .htm"),
             (["report", run, "--out", data], "must end with .html or .htm")):
