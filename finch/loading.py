@@ -390,9 +390,9 @@ def drop_empty_texts(split: datasets.Dataset, texts: list[str], label: str | Non
 
 
 def encode_labels(split: datasets.Dataset, texts: list[str], label: str, task: Task,
-                 where: str) -> datasets.Dataset:
+                 where: str, known_from: str = "the training data") -> datasets.Dataset:
     """Keep the text columns and `label` encoded for the task (a ClassLabel for single-label classification)."""
-    encoded = encode(list(split[label]), task, f"{where}, column {label!r}")
+    encoded = encode(list(split[label]), task, f"{where}, column {label!r}", known_from)
     split = split.select_columns(texts)
     if task.kind in ("binary", "multiclass"):
         return split.add_column("label", encoded, feature=datasets.ClassLabel(names=task.label_names))

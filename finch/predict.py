@@ -203,7 +203,8 @@ def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | Non
                                  label_column or _recorded_label(card, split))
     config = load_config(model_dir)
     task = Task.from_config(config)
-    split = encode_labels(drop_empty_texts(split, texts, label, where, Checks()), texts, label, task, where)
+    split = encode_labels(drop_empty_texts(split, texts, label, where, Checks()), texts, label, task, where,
+                          known_from=f"the labels of the model ({model_dir}/config.json id2label)")
     tokenizer = load_tokenizer(model_dir)
     max_length = max_length_for(config, None, card.max_length, fallback=None)
     tokenized = tokenize_splits({"eval": split}, texts, tokenizer, max_length)["eval"]

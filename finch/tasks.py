@@ -92,8 +92,9 @@ def detect_task(values: Sequence[Any], where: str) -> Task:
     return Task("binary" if len(names) == 2 else "multiclass", names)
 
 
-def encode(values: Sequence[Any], task: Task, where: str) -> list:
-    """Labels as the model takes them: class ids, floats, or multi-hot float vectors.
+def encode(values: Sequence[Any], task: Task, where: str, known_from: str = "the training data") -> list:
+    """Labels as the model takes them: class ids, floats, or multi-hot float vectors. `known_from` says where the
+    task's labels come from, for the message about an unknown one (`finch eval`: the model's labels).
 
     Raises:
         DataError: a label that the training data never had (with the rows), or a missing or unparsable one.
@@ -114,16 +115,17 @@ def encode(values: Sequence[Any], task: Task, where: str) -> list:
         unseen = sorted({name for s in sets for name in s} - set(index))
         if unseen:
             rows = [i for i, s in enumerate(sets) if s - set(index)]
-            raise DataError(f"{where}: label(s) {unseen[:10]} never occur in the training data (rows {_rows(rows)}); "
+            raise DataError(f"{where}: label(s) {unseen[:10]} never occur in {known_from} (rows {_rows(rows)}); "
                             f"known: {task.label_names[:10]}")
         return [[1.0 if name in s else 0.0 for name in task.label_names] for s in sets]
     keys = [_name(v) for v in values]
     unseen_rows = [i for i, key in enumerate(keys) if key not in index]
     if unseen_rows:
         unseen = sorted({keys[i] for i in unseen_rows})
-        raise DataError(f"{where}: label(s) {unseen[:10]} never occur in the training data (rows "
-                        f"{_rows(unseen_rows)}); known: {task.label_names[:10]}. Fix the labels, or add examples of "
-                        f"them to the training file")
+        fix = ("add examples of them to the training file" if known_from == "the training data"
+               else "use --label-column to name the column that holds these labels")
+        raise DataError(f"{where}: label(s) {unseen[:10]} never occur in {known_from} (rows "
+                        f"{_rows(unseen_rows)}); known: {task.label_names[:10]}. Fix the labels, or {fix}")
     return [index[key] for key in keys]
 
 

@@ -361,3 +361,12 @@ def test_out_never_replaces_a_file_of_the_model_or_the_run(tmp_path, trained_mod
     assert {p: digest(p) for p in run.rglob("*") if p.is_file()} == before
     assert main(["eval", "--model", str(model), "--data", data]) == 0  # its own eval_dev.json, written twice
     assert main(["eval", "--model", str(model), "--data", data]) == 0
+
+
+def test_eval_names_the_models_labels_when_the_data_has_others(tmp_path, trained_model, capsys):
+    model, rows = trained_model
+    data = write_csv(tmp_path / "dev.csv", [(rows[0][0], "maybe", "0")], header=("review", "rating", "label"))
+    assert main(["eval", "--model", str(model), "--data", data]) == 2
+    error = capsys.readouterr().err
+    assert "label(s) ['maybe'] never occur in the labels of the model" in error and "id2label" in error
+    assert "training file" not in error
