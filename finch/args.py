@@ -91,7 +91,7 @@ class TrainingArguments:
     eval_steps: float | None = _arg(None, "evaluation, saving, logging",
                                     "evaluate every N steps (a fraction: of all steps); default logging_steps")
     eval_on_start: bool = _arg(False, "evaluation, saving, logging", "evaluate once before training")
-    save_strategy: str = _arg("steps", "evaluation, saving, logging", "when to save a checkpoint: no, steps, epoch")
+    save_strategy: str = _arg("steps", "evaluation, saving, logging", "when to save a checkpoint: no, steps, epoch, best (a new best metric)")
     save_steps: float = _arg(500, "evaluation, saving, logging", "save every N steps (a fraction: of all steps)")
     save_total_limit: int | None = _arg(None, "evaluation, saving, logging",
                                         "checkpoints kept (the best is always kept too); unset: all")
@@ -172,7 +172,7 @@ class TrainingArguments:
         self.report_to = list(self.report_to or ["none"])
         if self.eval_steps is None:
             self.eval_steps = self.logging_steps
-        if self.load_best_model_at_end and self.metric_for_best_model is None:
+        if (self.load_best_model_at_end or self.save_strategy == "best") and self.metric_for_best_model is None:
             self.metric_for_best_model = "loss"
         if self.metric_for_best_model is not None and self.greater_is_better is None:
             self.greater_is_better = not self.metric_for_best_model.endswith("loss")
@@ -356,8 +356,12 @@ def _problems(args: TrainingArguments) -> list[str]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}{hint}")
 
-    for name in ("eval_strategy", "save_strategy", "logging_strategy"):
+    for name in ("eval_strategy", "logging_strategy"):
         choice(name, STRATEGIES)
+    choice("save_strategy", (*STRATEGIES, "best"))  # "best": whenever an evaluation sets a new best metric
+    if args.save_strategy == "best" and args.eval_strategy == "no":
+        problems.append("save_strategy='best' saves when an evaluation sets a new best: set eval_strategy='epoch' or "
+                        "'steps'")
     choice("lr_scheduler_type", SCHEDULERS)
     choice("optim", OPTIMIZERS)
     choice("train_sampling_strategy", SAMPLING)
@@ -416,11 +420,11 @@ def _problems(args: TrainingArguments) -> list[str]:
     if args.load_best_model_at_end:
         if args.eval_strategy == "no":
             problems.append("load_best_model_at_end=True needs evaluation: set eval_strategy='epoch' or 'steps'")
-        elif args.save_strategy != args.eval_strategy:
+        elif args.save_strategy not in (args.eval_strategy, "best"):
             problems.append(
                 f"load_best_model_at_end=True needs save_strategy == eval_strategy, got save_strategy="
                 f"{args.save_strategy!r} and eval_strategy={args.eval_strategy!r}; set both to the same value")
-        elif args.eval_strategy == "steps" and args.eval_steps and args.save_steps % args.eval_steps != 0:
+        elif args.save_strategy == "steps" and args.eval_steps and args.save_steps % args.eval_steps != 0:
             problems.append(
                 f"load_best_model_at_end=True needs save_steps ({args.save_steps}) to be a multiple of eval_steps "
                 f"({args.eval_steps}), so every checkpoint has an evaluation; change one of them")

@@ -298,8 +298,10 @@ class Trainer:
                         self._evaluate_during_training()
                         self._agree_on_control()  # on_evaluate may stop training (early stopping)
                     saved = None
-                    if _due(args.save_strategy, state.save_steps, state.global_step, epoch_done) or \
-                            self.control.should_save or (state.global_step >= max_steps and args.save_strategy != "no"):
+                    new_best = args.save_strategy == "best" and state.best_global_step == state.global_step
+                    if _due(args.save_strategy, state.save_steps, state.global_step, epoch_done) or new_best or \
+                            self.control.should_save or (state.global_step >= max_steps and
+                                                         args.save_strategy not in ("no", "best")):
                         saved = self._save_checkpoint(run)
                     if self._agree_on_control(preemption):  # a stop signal reached some rank: save, then exit
                         run.nonfinite.flush(run.last_checkpoint)

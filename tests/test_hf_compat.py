@@ -351,3 +351,20 @@ def test_run_glue_style_metrics_files_and_a_named_eval_dataset(tmp_path, toy, to
     with pytest.raises(ConfigError, match=r"eval_dataset='c'\): a name picks one of the Trainer's eval_dataset dict "
                                           r"\(\['a', 'b'\]\)"):
         trainer.evaluate(eval_dataset="c")
+
+
+def test_save_strategy_best_saves_exactly_when_an_evaluation_sets_a_new_best(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="steps", eval_steps=1, max_steps=6,
+                                                         save_strategy="best", save_total_limit=None),
+                      train_dataset=toy, eval_dataset=toy.select(range(24)), processing_class=tokenizer)
+    trainer.train()
+    losses = [(entry["step"], entry["eval_loss"]) for entry in trainer.state.log_history if "eval_loss" in entry]
+    improved, best = [], float("inf")
+    for step, loss in losses:  # no metric_for_best_model: the loss, as HF
+        if loss < best:
+            improved, best = [*improved, step], loss
+    saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert saved == improved and saved
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{improved[-1]}")
+    with pytest.raises(ConfigError, match="save_strategy='best' saves when an evaluation sets a new best"):
+        quiet_args(tmp_path, save_strategy="best")
