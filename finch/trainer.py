@@ -234,8 +234,8 @@ class Trainer:
         self._check_compute_metrics()
         self.control = TrainerControl()
         self.control = self._fire("on_train_begin")
-        if args.eval_on_start and resume is None:
-            self._evaluate_during_training()
+        if args.eval_on_start and resume is None:  # a baseline, as in HF: never "the best model" (no checkpoint has it)
+            self._evaluate_during_training(baseline=True)
 
         run.model.train()
         started, run_start_step = time.perf_counter(), state.global_step
@@ -440,13 +440,13 @@ class Trainer:
         logs["tokens_per_second"] = round(tokens / elapsed, 1)
         self.log(logs)
 
-    def _evaluate_during_training(self) -> None:
+    def _evaluate_during_training(self, baseline: bool = False) -> None:
         if self.eval_dataset is None:
             raise ConfigError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset; pass eval_dataset= "
                              f"to the Trainer or set eval_strategy='no'")
         metrics = self.evaluate()
         name = self.args.metric_for_best_model
-        if name is None:
+        if name is None or baseline:
             return
         key = name if name.startswith("eval_") else f"eval_{name}"
         if key not in metrics:

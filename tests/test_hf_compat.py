@@ -368,3 +368,16 @@ def test_save_strategy_best_saves_exactly_when_an_evaluation_sets_a_new_best(tmp
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{improved[-1]}")
     with pytest.raises(ConfigError, match="save_strategy='best' saves when an evaluation sets a new best"):
         quiet_args(tmp_path, save_strategy="best")
+
+
+def test_the_evaluation_on_start_is_a_baseline_never_the_best_model(tmp_path, toy, tokenizer):
+    """HF's eval_on_start does not enter best-model tracking: were it the best, no checkpoint would hold it and
+    load_best_model_at_end would have nothing to load. A learning rate of 0 keeps every evaluation equal to it."""
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="steps", eval_steps=2, max_steps=4,
+                                                         save_strategy="steps", save_steps=2, eval_on_start=True,
+                                                         load_best_model_at_end=True, learning_rate=0.0),
+                      train_dataset=toy, eval_dataset=toy.select(range(24)), processing_class=tokenizer)
+    trainer.train()
+    assert [e["step"] for e in trainer.state.log_history if "eval_loss" in e][:1] == [0]
+    assert trainer.state.best_global_step == 2
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
