@@ -162,6 +162,11 @@ def _check_value_types(dataset: datasets.Dataset, where: str, texts: list[str], 
                    f"--text-columns" if fields else "join each list into one string, or pass the column that holds "
                    "the text with --text-columns")
             raise DataError(f"{where}, column {name!r}: its values are {nested}, not text; {fix}")
+        dtype = getattr(features[name], "dtype", "string")
+        if dtype not in ("string", "large_string", "null"):  # JSON/Parquet numbers or booleans: not something to read
+            raise DataError(f"{where}, column {name!r}: its values are {dtype} ({dataset[name][0]!r}, ...), not text; "
+                            f"pass the column that holds the text with --text-columns (or, if these are the texts, "
+                            f"write them as strings)")
     if label is None:
         return
     feature = features[label]

@@ -108,7 +108,12 @@ def encode(values: Sequence[Any], task: Task, where: str, known_from: str = "the
         bad = [i for i, v in enumerate(values) if _kind(v) != "number"]
         if bad:
             raise DataError(f"{where}: regression labels must be numbers; rows {_rows(bad)} are not")
-        return [float(v) for v in values]
+        numbers = [float(v) for v in values]
+        infinite = [i for i, v in enumerate(numbers) if not math.isfinite(v)]
+        if infinite:  # one inf label makes every loss inf: the run would only skip steps
+            raise DataError(f"{where}: regression labels must be finite numbers; rows {_rows(infinite)} are "
+                            f"{numbers[infinite[0]]} (or NaN); fix or remove those rows")
+        return numbers
     index = {name: i for i, name in enumerate(task.label_names)}
     if task.kind == "multilabel":
         sets = [_label_set(v) for v in values]
