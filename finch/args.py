@@ -4,9 +4,13 @@ Differences from transformers 5, each on purpose:
 - `bf16` / `fp16` default to `None` ("unset"): finch then picks bf16 where the hardware runs it fast.
 - `train_sampling_strategy` defaults to "group_by_length" (same examples per epoch, less padding).
 - Old names that transformers 5 rejects (`evaluation_strategy`, `group_by_length`, `warmup_ratio`, `logging_dir`,
-  `no_cuda`) are accepted with one warning each; one that disagrees with its new name is an error.
-- `overwrite_output_dir` (gone from transformers 5) is a field again: a fresh run refuses a folder that holds another
-  run's checkpoints unless it is set, and then deletes them.
+  `no_cuda`, `include_inputs_for_metrics`) are accepted with one warning each; one that disagrees with its new name is an error.
+- `overwrite_output_dir` (gone from transformers 5) is a field again: when set, a fresh run deletes other runs'
+  checkpoints in `output_dir`; unset, `Trainer.train()` moves them unchanged to `previous-runs/` and `finch train`
+  refuses the folder.
+- HF names without a finch field (`do_train`, `eval_accumulation_steps`, `gradient_checkpointing`...) are accepted
+  where finch honours the value, else refused with the reason (`finch.hf_names`).
+- An empty `output_dir` is refused (an unset shell variable would write into the current folder).
 - Every value is checked against its field's type (strings that spell one are converted; NaN is refused).
 - Arguments are saved as JSON (`training_args.json`), never pickled.
 """
@@ -356,6 +360,9 @@ def _problems(args: TrainingArguments) -> list[str]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}{hint}")
 
+    if args.output_dir is not None and not str(args.output_dir).strip():  # `--output-dir "$OUT"` with OUT unset
+        problems.append(f"output_dir={args.output_dir!r} is empty, which would write into the current folder; name "
+                        f"a folder (or '.' for the current one)")
     for name in ("eval_strategy", "logging_strategy"):
         choice(name, STRATEGIES)
     choice("save_strategy", (*STRATEGIES, "best"))  # "best": whenever an evaluation sets a new best metric

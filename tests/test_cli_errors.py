@@ -304,6 +304,7 @@ def scores(count):
     (["lr_scheduler_type=cosin"], "did you mean 'cosine'?"),
     (["--lr-scheduler-type", "warmup_stable_decay"], "missing 1 required positional argument: 'num_decay_steps'"),
     (["--optim", "adafactor"], "optim='adafactor' is HuggingFace's but finch does not implement it"),
+    (["--output-dir", ""], "output_dir='' is empty, which would write into the current folder"),
 ])
 def test_more_flag_and_override_mistakes_are_found_before_the_weights_load(tmp_path, tiny_model_dir, capsys,
                                                                           no_weights_loaded, monkeypatch, extra,
