@@ -396,12 +396,15 @@ def _alive(pid: int) -> bool:
 
 def rotate_checkpoints(output_dir: str | Path, limit: int | None, best: str | None, run_id: str | None,
                        keep: str | Path | None = None) -> list[Path]:
-    """Delete all but the newest `limit` checkpoints of run `run_id`, never the best one nor `keep` (the one just
-    written); other runs' checkpoints are never touched. Returns the deleted folders."""
+    """Keep `limit` checkpoints of run `run_id`, the best one among them, as HF counts: the newest `limit`, or the
+    best and the newest `limit - 1` (at least one: `limit=1` may keep two, the best and the last); `keep` (the one
+    just written) is never deleted, nor are other runs' checkpoints. Returns the deleted folders."""
     if limit is None:
         return []
     found = run_checkpoints(output_dir, run_id)
-    kept = {folder.resolve() for folder in found[-limit:]}
+    best_is_older = best is not None and Path(best).resolve() not in {f.resolve() for f in found[-limit:]}
+    newest = found[-max(limit - 1, 1):] if best_is_older else found[-limit:]
+    kept = {folder.resolve() for folder in newest}
     kept |= {Path(path).resolve() for path in (best, keep) if path is not None}
     deleted = [folder for folder in found if folder.resolve() not in kept]
     for folder in deleted:

@@ -9,7 +9,7 @@ import torch
 from conftest import sentiment_dataset, tiny_bert, weights_of
 from test_trainer import Recorder
 
-from finch import EarlyStoppingCallback, Trainer, TrainingArguments
+from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from finch.errors import ConfigError, ModelError
 from finch.metrics import classification_metrics
 
@@ -380,4 +380,21 @@ def test_the_evaluation_on_start_is_a_baseline_never_the_best_model(tmp_path, to
     trainer.train()
     assert [e["step"] for e in trainer.state.log_history if "eval_loss" in e][:1] == [0]
     assert trainer.state.best_global_step == 2
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+
+
+@pytest.mark.parametrize("limit, kept", [(1, ["checkpoint-2", "checkpoint-6"]), (2, ["checkpoint-2", "checkpoint-6"]),
+                                         (3, ["checkpoint-2", "checkpoint-4", "checkpoint-6"])])
+def test_save_total_limit_counts_the_best_checkpoint_as_hf_does(tmp_path, toy, tokenizer, limit, kept):
+    """HF: with load_best_model_at_end the best is kept "alongside" the newest limit - 1 (limit=1: best and last)."""
+    class FirstIsBest(TrainerCallback):  # the evaluation at step 2 is the best, every later one worse
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics["eval_score"] = -state.global_step
+
+    args = quiet_args(tmp_path, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, max_steps=6,
+                      save_total_limit=limit, load_best_model_at_end=True, metric_for_best_model="score")
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),
+                      processing_class=tokenizer, callbacks=[FirstIsBest()])
+    trainer.train()
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == kept
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
