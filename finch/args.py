@@ -411,6 +411,9 @@ def _problems(args: TrainingArguments) -> list[str]:
                            ("logging_steps", "logging_strategy")):
         if getattr(args, strategy) == "steps" and not (getattr(args, name) or 0) > 0:
             problems.append(f"{strategy}='steps' needs {name} > 0; set {name} or use {strategy}='epoch'")
+        every = getattr(args, name)
+        if isinstance(every, float) and every >= 1 and not every.is_integer():  # HF: a ratio below 1, else steps
+            problems.append(f"{name}={every} must be a step count (an integer) or a fraction of the run below 1")
     if args.save_total_limit is not None and args.save_total_limit < 1:
         problems.append(f"save_total_limit={args.save_total_limit} must be >= 1 (or None to keep every checkpoint)")
     if args.ddp_backend is not None and args.ddp_backend not in BACKENDS:

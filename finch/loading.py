@@ -21,7 +21,7 @@ from typing import Any
 
 import datasets
 
-from finch.errors import DataError
+from finch.errors import ConfigError, DataError
 from finch.sources import read_file, read_source
 from finch.tasks import Task, detect_task, encode
 
@@ -252,6 +252,9 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
     Without a validation set, 10% of the training data is held out (stratified by label for classification,
     seeded), and the description says so. `encoding` is that of text files without a byte-order mark.
     """
+    if train_spec is None and validation_spec is not None:
+        raise ConfigError(f"--validation {validation_spec} without --train: name the training data with --train (with "
+                          f"neither, finch train runs its BBC News demo)")
     if train_spec is None:
         demo = bbc_news()
         task = Task("multiclass", demo["train"].features["label"].names)
@@ -282,6 +285,12 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
         stratify = _stratify_by(train, task, train_where, checks)
         parts = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column=stratify)
         train, validation = parts["train"], parts["test"]
+        kept = set(train["label"]) if task.kind in ("binary", "multiclass") else {0, 1}
+        if len(kept) < 2:  # a file of a handful of rows: holding out left one class to learn from
+            raise DataError(f"{train_where}: after holding out {len(validation)} of its {len(train) + len(validation)} "
+                            f"rows for validation, every training row has the label {task.label_names[kept.pop()]!r}; "
+                            f"a classifier needs examples of each class. Add rows, or pass a validation file with "
+                            f"--validation")
         held_out = f"10% of {train_spec} held out for validation ({'stratified, ' if stratify else ''}seed {seed})"
     else:
         missing = [c for c in [*texts, label] if c not in validation.column_names]

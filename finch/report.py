@@ -166,7 +166,11 @@ def render(files: RunFiles, examples: EvalExamples | None = None) -> str:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    value = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError): show the rest
+        logger.warning("%s is damaged (%s); the report leaves it out", path, error)
+        return {}
     return value if isinstance(value, dict) else {}
 
 
@@ -174,7 +178,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # damaged bytes: lines skipped
         try:
             entry = json.loads(line)
         except ValueError:  # a line cut by a crash: the rest is still worth showing

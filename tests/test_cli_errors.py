@@ -305,6 +305,8 @@ def scores(count):
     (["--lr-scheduler-type", "warmup_stable_decay"], "missing 1 required positional argument: 'num_decay_steps'"),
     (["--optim", "adafactor"], "optim='adafactor' is HuggingFace's but finch does not implement it"),
     (["--output-dir", ""], "output_dir='' is empty, which would write into the current folder"),
+    (["--eval-strategy", "steps", "--save-strategy", "steps", "--eval-steps", "2.5"],
+     "eval_steps=2.5 must be a step count (an integer) or a fraction of the run below 1"),
 ])
 def test_more_flag_and_override_mistakes_are_found_before_the_weights_load(tmp_path, tiny_model_dir, capsys,
                                                                           no_weights_loaded, monkeypatch, extra,
@@ -371,3 +373,17 @@ def test_eval_names_the_models_labels_when_the_data_has_others(tmp_path, trained
     error = capsys.readouterr().err
     assert "label(s) ['maybe'] never occur in the labels of the model" in error and "id2label" in error
     assert "training file" not in error
+
+
+def test_report_of_a_run_with_damaged_files_shows_the_rest(tmp_path, trained_model, caplog):
+    """A crash or a disk error can leave metrics.json half-written and log.jsonl with stray bytes: `finch report`
+    warns, leaves those out and writes the page (it is no mistake of the user's, nor a bug to show a traceback for)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_model[0].parent, run)
+    (run / "metrics.json").write_text('{"eval_loss": 0.6')
+    (run / "log.jsonl").write_bytes((run / "log.jsonl").read_bytes() + b"\xff\xfe{oops\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    assert "metrics.json is damaged" in caplog.text
+    assert "<svg" in (tmp_path / "r.html").read_text()

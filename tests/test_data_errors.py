@@ -100,6 +100,10 @@ CASES = {
                                   "regression labels must be finite numbers; rows 5 are inf"),
     "override that is not YAML": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "text_columns=[text"],
                                   "'text_columns=[text': the value is not valid YAML"),
+    "validation without train": (lambda d: ["--validation", csv_file(d / "v.csv", rows_csv())],
+                                 "without --train: name the training data with --train"),
+    "two rows, one left to train on": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv(2))],
+                                       "after holding out 1 of its 2 rows for validation, every training row has"),
     "bad override value": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "num_train_epochs=many"],
                            "option num_train_epochs: must be a number, but it is 'many'"),
 }
