@@ -19,6 +19,7 @@ import csv
 import errno
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -47,6 +48,7 @@ def read_source(spec: str | Path, encoding: str = "utf-8") -> dict[str, datasets
     Raises:
         DataError: a missing or unreadable file, or malformed data (the message names the file, line and fix).
     """
+    _refuse_url(str(spec))
     path = Path(spec).expanduser()
     looks_like_a_path = path.suffix.lower() in (*TEXT_SUFFIXES, ".parquet") or str(spec).startswith((".", "/", "~"))
     if not _exists(path, raise_missing=looks_like_a_path):
@@ -119,8 +121,15 @@ def _exists(path: Path, raise_missing: bool = True) -> bool:
         raise _os_error(path, error) from error
 
 
+def _refuse_url(spec: str) -> None:
+    if spec.lower().startswith(("http://", "https://", "s3://", "gs://", "hf://", "ftp://")):
+        raise DataError(f"{spec}: finch reads local files, folders and hub data set names, not URLs; download the "
+                        f"file first (e.g. curl -LO '{spec}') and pass its path")
+
+
 def _checked_file(path: str | Path) -> tuple[Path, str]:
     """The path and its suffix, once the file is known to exist, to be a file of a type finch reads, and not empty."""
+    _refuse_url(str(path))
     path = Path(path)
     _exists(path)
     suffix = path.suffix.lower()
@@ -242,6 +251,13 @@ def _delimited_rows(file: IO[str], path: Path, tab: bool) -> Iterator[dict[str, 
     reader = csv.reader(file, delimiter="\t" if tab else ",", quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL)
     try:
         header = next((record for record in reader if record), None)
+        declared = re.fullmatch(r"sep=(.?)", ("\t" if tab else ",").join(header or [])) if reader.line_num == 1 else None
+        if declared:  # Excel's "sep=," first line names the delimiter: honoured when it is this file type's
+            if declared.group(1) != ("\t" if tab else ","):
+                raise DataError(f"{path}, line 1: Excel's {declared.group(0)!r} line says the columns are separated "
+                                f"by {declared.group(1)!r}, which finch does not read; save the file with commas "
+                                f"(.csv) or tabs (.tsv)")
+            header = next((record for record in reader if record), None)
         if header is None:
             return
         _check_header(path, header, reader.line_num)

@@ -274,3 +274,21 @@ def test_iter_chunks_reads_json_arrays_and_lines(tmp_path):
 def test_json_keys_missing_from_the_first_record_are_kept(tmp_path):
     path = write(tmp_path / "k.jsonl", '{"text": "a b"}\n{"text": "c d", "label": 1}\n')
     assert read_file(path).to_list() == [{"text": "a b", "label": None}, {"text": "c d", "label": 1}]
+
+
+def test_excels_sep_line_is_honoured_and_another_delimiter_named(tmp_path):
+    (tmp_path / "e.csv").write_text("sep=,\ntext,label\nhello there,pos\nbye now,neg\n")
+    data = read_file(tmp_path / "e.csv")
+    assert data.column_names == ["text", "label"] and data["text"] == ["hello there", "bye now"]
+    assert [len(chunk) for chunk in iter_chunks(tmp_path / "e.csv", 10)] == [2]
+    (tmp_path / "s.csv").write_text("sep=;\ntext;label\nhello there;pos\n")
+    with pytest.raises(DataError, match=r"s.csv, line 1: Excel's 'sep=;' line says the columns are separated by ';'"):
+        read_file(tmp_path / "s.csv")
+
+
+@pytest.mark.parametrize("url", ["https://example.com/train.csv", "s3://bucket/train.parquet"])
+def test_a_url_is_named_as_one_with_the_fix(url):
+    with pytest.raises(DataError, match="not URLs; download the file first"):
+        read_source(url)
+    with pytest.raises(DataError, match="not URLs"):
+        next(iter_chunks(url, 10))
