@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from finch.errors import ConfigError, UnknownArgumentError
-from finch.hf_names import HF_ONLY, accept_hf_only
+from finch.hf_names import HF_ONLY, HFArgumentsProperties, accept_hf_only
 
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts",
@@ -51,13 +51,19 @@ BACKENDS = ("nccl", "gloo", "mpi", "xccl")
 HUB_STRATEGIES = ("every_save", "end", "checkpoint", "all_checkpoints")  # HF's names
 
 
-def _arg(default: Any, group: str, help: str) -> Any:
-    """A field with its `--help` text and group (read by the CLI, which prints one flag per field)."""
-    return field(default=default, metadata={"group": group, "help": help})
+_GROUP_ORDER: list[str] = []  # each field's group, in definition order (see FIELD_GROUPS below the class)
+
+
+def _arg(default: Any, group: str, help: str, **options: Any) -> Any:
+    """A field with its `--help` text and group (read by the CLI, which prints one flag per field). The metadata
+    holds only `help`: HF's `HfArgumentParser` passes every metadata key on to argparse, and example scripts build
+    one over `TrainingArguments`."""
+    _GROUP_ORDER.append(group)
+    return field(default=default, metadata={"help": help}, **options)
 
 
 @dataclass
-class TrainingArguments:
+class TrainingArguments(HFArgumentsProperties):
     """Everything that configures a run, with HuggingFace's names and defaults.
 
     Raises:
@@ -88,7 +94,7 @@ class TrainingArguments:
     warmup_steps: float = _arg(0, "optimizer and schedule",
                                "warm-up: a step count, or a fraction of all steps when below 1")
     label_smoothing_factor: float = _arg(0.0, "optimizer and schedule", "label smoothing in [0, 1)")
-    class_weights: str | list[float] | None = _arg(None, "optimizer and schedule",  # noqa: RUF009 (None, immutable)
+    class_weights: str | None | list[float] = _arg(None, "optimizer and schedule",  # noqa: RUF009 (None, immutable)
                                                    "weighted cross-entropy: 'balanced' or one weight per class")
     # evaluation, saving, logging
     eval_strategy: str = _arg("no", "evaluation, saving, logging", "when to evaluate: no, steps, epoch")
@@ -110,7 +116,7 @@ class TrainingArguments:
                                              "metric that picks the best model (default with load_best: loss)")
     greater_is_better: bool | None = _arg(None, "evaluation, saving, logging",
                                           "whether a larger metric is better (default: unless it ends in 'loss')")
-    report_to: str | list[str] = _arg("none", "evaluation, saving, logging",  # noqa: RUF009 (None, immutable)
+    report_to: str | None | list[str] = _arg("none", "evaluation, saving, logging",  # noqa: RUF009 (None, immutable)
                                       "trackers, one or several: " + ", ".join(REPORTERS) +
                                       " (log.jsonl is always written)")
     tensorboard_dir: str | None = _arg(None, "evaluation, saving, logging", "TensorBoard folder; default OUTPUT/runs")
@@ -158,8 +164,8 @@ class TrainingArguments:
                                     "name")
     hub_strategy: str = _arg("every_save", "hub", "when to upload: " + ", ".join(HUB_STRATEGIES) + " (the checkpoint "
                              "strategies also upload checkpoints, optimizer state included)")
-    hub_token: str | None = field(default=None, repr=False, metadata={
-        "group": "hub", "help": "hub token (default: HF_TOKEN or `hf auth login`'s); never written to any file"})
+    hub_token: str | None = _arg(None, "hub", "hub token (default: HF_TOKEN or `hf auth login`'s); never written to "
+                                 "any file", repr=False)
     hub_private_repo: bool | None = _arg(None, "hub", "create the repository private; unset: the hub's default")
     hub_revision: str | None = _arg(None, "hub", "branch to upload to (created if missing); unset: main")
 
@@ -334,7 +340,9 @@ def _type_names(options: tuple) -> str:
     names = {type(None): "None", bool: "true or false", int: "an integer", float: "a number", str: "a string",
              dict: "a mapping (JSON object)"}
     described = []
-    for option in options:
+    # None said last, whatever the declared order (report_to is `str | None | list[str]`: HfArgumentParser needs None
+    # second in a union with a parameterized generic)
+    for option in sorted(options, key=lambda option: option is type(None)):
         origin = typing.get_origin(option) or option
         if origin is list:
             (item,) = typing.get_args(option) or (str,)
@@ -506,6 +514,8 @@ def translate_legacy(kwargs: dict[str, Any]) -> dict[str, Any]:
     return translated
 
 
+FIELD_GROUPS: dict[str, str] = dict(zip((f.name for f in dataclasses.fields(TrainingArguments)), _GROUP_ORDER,
+                                        strict=True))
 _dataclass_init = TrainingArguments.__init__
 
 

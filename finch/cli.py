@@ -26,7 +26,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from finch.args import TrainingArguments
+from finch.args import FIELD_GROUPS, TrainingArguments
 from finch.errors import UserError
 
 EXIT_USAGE = 2  # bad flags, config or data: nothing was trained
@@ -159,7 +159,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainingArguments)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for item in dataclasses.fields(TrainingArguments):
-        group_name = item.metadata.get("group", "other")
+        group_name = FIELD_GROUPS.get(item.name, "other")
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(f"training arguments: {group_name}")
         group, flag, kind = groups[group_name], "--" + item.name.replace("_", "-"), _base_type(hints[item.name])

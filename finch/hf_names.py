@@ -9,7 +9,8 @@ fix when the value asks for something finch does not do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from finch.errors import ConfigError
@@ -78,3 +79,75 @@ def accept_hf_only(name: str, value: Any) -> bool:
         raise ConfigError(f"TrainingArguments({name}={value!r}): finch does not support this HuggingFace option "
                           f"({why}); remove it")
     return True
+
+
+class HFArgumentsProperties:
+    """What HF's `TrainingArguments` offers beyond its fields and example scripts read: the device, `n_gpu`,
+    `should_save` / `should_log`, `main_process_first()`, `to_sanitized_dict()`. Mixed into finch's dataclass,
+    which provides `use_cpu`, `process_index`, `local_process_index` and `to_dict`."""
+
+    @property
+    def device(self) -> Any:
+        """The device `Trainer` trains on (finch.runtime.choose_device's choice)."""
+        from finch.runtime import choose_device
+
+        return choose_device(self.use_cpu)  # type: ignore[attr-defined]
+
+    @property
+    def n_gpu(self) -> int:
+        """GPUs this process uses: 1 on CUDA (finch runs one GPU per process), else 0."""
+        return 1 if self.device.type == "cuda" else 0
+
+    @property
+    def should_save(self) -> bool:
+        """Whether this process writes (rank 0 only, as in finch's checkpoints)."""
+        return self.process_index == 0  # type: ignore[attr-defined]
+
+    @property
+    def should_log(self) -> bool:
+        return self.process_index == 0  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def main_process_first(self, local: bool = True, desc: str = "work") -> Iterator[None]:
+        """Run the block on rank 0 first, then on the others (e.g. `dataset.map` caching once); a no-op without
+        `torch.distributed`."""
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized()
+        first = (self.local_process_index if local else self.process_index) == 0  # type: ignore[attr-defined]
+        if distributed and not first:
+            dist.barrier()
+        yield
+        if distributed and first:
+            dist.barrier()
+
+    def to_sanitized_dict(self) -> dict[str, Any]:
+        """The arguments as values TensorBoard's hparams take (bool, int, float, str; the rest as str)."""
+        return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+                for key, value in self.to_dict().items()}  # type: ignore[attr-defined]
+
+
+# HF `Trainer` methods that subclasses override to customise training, which finch's loop does not call: an override
+# would be ignored without a word, so it is refused with what finch offers instead.
+HF_OVERRIDES = {
+    "training_step": "override compute_loss (finch's loop calls it for every micro-batch), or pass compute_loss_func",
+    "prediction_step": "override compute_loss, or pass preprocess_logits_for_metrics",
+    "create_optimizer": "pass optimizers=(optimizer, None), or optim=/learning_rate=/weight_decay= arguments",
+    "create_scheduler": "pass optimizers=(optimizer, scheduler), or lr_scheduler_type= and lr_scheduler_kwargs=",
+    "create_optimizer_and_scheduler": "pass optimizers=(optimizer, scheduler)",
+    "get_train_dataloader": "pass data_collator=, and train_sampling_strategy= for the order",
+    "get_eval_dataloader": "pass data_collator=",
+    "get_test_dataloader": "pass data_collator=",
+    "_inner_training_loop": "use callbacks (TrainerCallback) to act at each step",
+}
+
+
+def check_overrides(trainer_class: type, base: type) -> None:
+    """Raise `ConfigError` if `trainer_class` (a subclass of finch's `base` Trainer) defines an HF override point
+    that finch never calls."""
+    ignored = sorted(name for name in HF_OVERRIDES
+                     if any(name in vars(klass) for klass in trainer_class.__mro__ if issubclass(klass, base)))
+    if ignored:
+        raise ConfigError(f"{trainer_class.__name__} overrides {', '.join(ignored)}, which HuggingFace's Trainer "
+                          f"calls but finch's does not, so the override would be ignored. Instead: "
+                          f"{'; '.join(f'{name}: {HF_OVERRIDES[name]}' for name in ignored)}")

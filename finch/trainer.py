@@ -32,6 +32,7 @@ from finch.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.dropout import DropoutSwap
 from finch.errors import ConfigError, DataError, ModelError
 from finch.fingerprint import Fingerprint, model_fingerprint
+from finch.hf_names import check_overrides
 from finch.hub import Hub, HubCallback
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
@@ -119,6 +120,7 @@ class Trainer:
             processing_class = processing_class if processing_class is not None else tokenizer
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
+        check_overrides(type(self), Trainer)  # an HF override point finch never calls: refused, not ignored
         self.args = args if args is not None else TrainingArguments()
         self.runtime = Runtime.for_args(self.args)  # joins torchrun's process group when there is one
         self.device, self.precision = self.runtime.device, self.runtime.precision

@@ -66,7 +66,7 @@ def test_help_gives_every_training_flag_a_text_and_its_default():
 @pytest.mark.parametrize("yaml_text, message", [
     ("output_dir: {a: 1}\n", "option output_dir: must be a string or None, but it is {'a': 1}"),
     ("text_columns: 5\n", "option text_columns: must be a list of strings or a string, but it is 5"),
-    ("report_to: 5\n", "option report_to: must be a string or a list of strings, but it is 5"),
+    ("report_to: 5\n", "option report_to: must be a string or a list of strings or None, but it is 5"),
     ("lr_scheduler_kwargs: 5\n", "option lr_scheduler_kwargs: must be a mapping (JSON object) or None, but it is 5"),
     ("max_length: 0\n", "max_length=0: the token limit must be at least 1"),
     ("learning_rate: .nan\n", "option learning_rate: must be a finite number, but it is nan"),

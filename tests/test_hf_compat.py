@@ -398,3 +398,25 @@ def test_save_total_limit_counts_the_best_checkpoint_as_hf_does(tmp_path, toy, t
     trainer.train()
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == kept
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+
+
+def test_hf_argument_parser_builds_finchs_training_arguments_as_hfs_example_scripts_do():
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser((TrainingArguments,)).parse_args_into_dataclasses(
+        ["--output_dir", "o", "--num_train_epochs", "2", "--learning_rate", "1e-4", "--report_to", "none"])
+    assert isinstance(args, TrainingArguments) and args.num_train_epochs == 2.0 and args.learning_rate == 1e-4
+    assert args.report_to == ["none"] and args.class_weights is None
+    assert args.device.type in ("cpu", "cuda") and args.should_save and isinstance(args.to_sanitized_dict(), dict)
+    with args.main_process_first(desc="dataset map"):
+        pass
+
+
+def test_an_hf_override_point_finch_does_not_call_is_refused_not_ignored(tmp_path, toy):
+    class CustomStep(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            raise AssertionError("never called by finch")
+
+    with pytest.raises(ConfigError, match=r"CustomStep overrides training_step, which HuggingFace's Trainer calls but "
+                                          r"finch's does not.*override compute_loss"):
+        CustomStep(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=1), train_dataset=toy)
