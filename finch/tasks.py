@@ -71,6 +71,9 @@ def detect_task(values: Sequence[Any], where: str) -> Task:
     if missing:
         raise DataError(f"{where}: {len(missing)} row(s) have no label (rows {_rows(missing)}); fill them in or "
                         f"remove those rows")
+    width = _multi_hot_width(values)
+    if width:  # [0.0, 1.0, 1.0]: HF's multi-label tutorials' format, one position per class
+        return Task("multilabel", [str(i) for i in range(width)])
     if any(isinstance(v, list) for v in values) or any(
             isinstance(v, str) and MULTI_LABEL_SEPARATOR in v for v in values):
         names = sorted({name for v in values for name in _label_set(v)})
@@ -115,6 +118,9 @@ def encode(values: Sequence[Any], task: Task, where: str, known_from: str = "the
                             f"{numbers[infinite[0]]} (or NaN); fix or remove those rows")
         return numbers
     index = {name: i for i, name in enumerate(task.label_names)}
+    if task.kind == "multilabel" and _multi_hot_width(values, strict=False) == len(task.label_names) and \
+            task.label_names == [str(i) for i in range(len(task.label_names))]:
+        return [[float(x) for x in v] for v in values]  # multi-hot vectors, as the training data had them
     if task.kind == "multilabel":
         sets = [_label_set(v) for v in values]
         unseen = sorted({name for s in sets for name in s} - set(index))
@@ -227,6 +233,22 @@ def _class_names(values: Sequence[Any]) -> list[str]:
     if all(_kind(v) == "number" for v in values):
         return [str(n) for n in sorted(int(n) for n in names)]
     return sorted(names)
+
+
+def _multi_hot_width(values: Sequence[Any], strict: bool = True) -> int | None:
+    """K when every label is a list of K >= 2 zeros and ones: multi-hot vectors. Lists of class names or ids are
+    read as names instead; `strict` (for training data) tells them apart by floats (0.0/1.0) or a repeated value
+    ([0, 1, 1]), which a list of names never has."""
+    if not values or not all(isinstance(v, list) for v in values):
+        return None
+    width = len(values[0])
+    if width < 2 or any(len(v) != width for v in values):
+        return None
+    flat = [x for v in values for x in v]
+    if not all(isinstance(x, (bool, int, float)) and x in (0, 1) for x in flat):
+        return None
+    evident = any(isinstance(x, float) for x in flat) or any(len(set(v)) < len(v) for v in values)
+    return width if evident or not strict else None
 
 
 def _label_set(value: Any) -> set[str]:

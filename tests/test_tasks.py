@@ -231,3 +231,14 @@ def test_a_collapsed_cli_run_is_named(tmp_path, tiny_model_dir, capsys):
     train(tmp_path, tiny_model_dir, write_csv(tmp_path / "t.csv", topic_rows(60)), "--learning-rate", "3",
           "--max-grad-norm", "0")
     assert "the run collapsed to a constant guess" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("vectors", [[[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], [[0, 1, 1], [1, 0, 0]]])
+def test_multi_hot_vectors_are_one_position_per_class_not_class_names(vectors):
+    """HF's multi-label tutorials store labels as multi-hot vectors; read as names, [0, 1, 1] would be 2 classes."""
+    task = detect_task(vectors, "t.jsonl, column 'label'")
+    assert task.kind == "multilabel" and task.label_names == ["0", "1", "2"]
+    assert encode(vectors, task, "t") == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+    assert encode([[0, 0, 1]], task, "v") == [[0.0, 0.0, 1.0]]  # validation rows, however few
+    names = detect_task([[0, 2], [1]], "t")  # lists of class ids: names, as before
+    assert names.label_names == ["0", "1", "2"] and encode([[0, 2]], names, "t") == [[1.0, 0.0, 1.0]]
