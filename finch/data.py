@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, default_data_collator
 
-from finch.errors import ConfigError
+from finch.errors import ConfigError, DataError
 
 MEGABATCH_FACTOR = 50  # length grouping sorts windows of 50 batches: little padding, order still random
 LABEL_COLUMNS = ("label", "labels", "label_ids")
@@ -41,6 +41,43 @@ def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns:
         return dataset, []
     unused = [c for c in columns if c not in accepted]
     return (dataset.remove_columns(unused) if unused else dataset), unused
+
+
+def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequence[int] | None = None) -> None:
+    """Raise `DataError` for mistakes that torch would report from deep inside the forward pass, with the fix: an
+    untokenized dataset, texts longer than the model's positions, labels that are strings or outside the model's
+    `num_labels`. Datasets without column names (torch datasets, lists) are not checked."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        return
+    config = getattr(model, "config", None)
+    main = getattr(model, "main_input_name", "input_ids")
+    if main in model_input_names(model) and main not in columns and "inputs_embeds" not in columns:
+        raise DataError(f"{what} has no {main!r} column (its columns: {columns}): it is not tokenized. Tokenize it "
+                        f"first, e.g. dataset.map(lambda batch: tokenizer(batch['text'], truncation=True), "
+                        f"batched=True)")
+    limit = getattr(config, "max_position_embeddings", None)
+    if lengths and isinstance(limit, int) and max(lengths) > limit:
+        row = int(np.argmax(lengths))
+        raise DataError(f"{what}: row {row} has {lengths[row]} tokens, but {type(model).__name__} takes at most "
+                        f"{limit}; tokenize with truncation=True (max_length={limit} or less)")
+    label = next((name for name in ("labels", "label") if name in columns), None)
+    if label is None or len(dataset) == 0:
+        return
+    values = dataset[label]
+    if isinstance(values[0], str):
+        raise DataError(f"{what}: the labels ({label!r}) are strings ({values[0]!r}, ...), not class ids; encode them, "
+                        f"e.g. dataset.class_encode_column({label!r}), and give the model id2label/label2id")
+    num_labels = getattr(config, "num_labels", None)
+    single_label = getattr(config, "problem_type", None) in (None, "single_label_classification")
+    if isinstance(num_labels, int) and num_labels > 1 and single_label and all(type(v) is int for v in values):
+        outside = [row for row, value in enumerate(values) if value != -100 and not 0 <= value < num_labels]
+        if outside:
+            highest = max(values)
+            raise DataError(f"{what}: label {values[outside[0]]} (row {outside[0]}; {len(outside)} row(s) in all) is "
+                            f"not a class of the model, which has num_labels={num_labels} (ids 0 to "
+                            f"{num_labels - 1}); build it with num_labels={max(highest + 1, num_labels)} (and "
+                            f"id2label), or fix the labels")
 
 
 def example_lengths(dataset: Any) -> list[int] | None:

@@ -191,6 +191,7 @@ class Trainer:
         model, device = self.model, self.device
         dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns)
         lengths = data.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
+        data.check_dataset(self.train_dataset, model, "train_dataset", lengths)  # as given: its columns all named
         data.check_cross_entropy_options(args, model)
         self._class_weights = data.class_weights(args.class_weights, dataset, self.label_names, device)
         # HF's meaning: per_device_train_batch_size rows on each process, so a step holds that x world x accumulation
@@ -607,8 +608,12 @@ class Trainer:
         the metrics are identical on every rank. `tell_callbacks=False` fires no `on_prediction_step` (finch's own
         check before training)."""
         model, args, runtime = self.model, self.args, self.runtime
+        given = dataset
         dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns)
-        batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, data.example_lengths(dataset))
+        lengths = data.example_lengths(dataset)
+        data.check_dataset(given, model, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset",
+                           lengths)
+        batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)
         mine = batches[runtime.rank::runtime.world_size]
         loader = data.make_loader(dataset, mine, self.data_collator, args.dataloader_num_workers,
                                   args.dataloader_pin_memory and self.device.type == "cuda")

@@ -3,6 +3,7 @@
 import json
 import random
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,7 @@ from conftest import sentiment_dataset, tiny_bert, weights_of
 from test_trainer import Recorder
 
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from finch.errors import ConfigError, ModelError
+from finch.errors import ConfigError, DataError, ModelError
 from finch.metrics import classification_metrics
 
 CLASS_WEIGHTS = [1.0, 3.0]
@@ -420,3 +421,23 @@ def test_an_hf_override_point_finch_does_not_call_is_refused_not_ignored(tmp_pat
     with pytest.raises(ConfigError, match=r"CustomStep overrides training_step, which HuggingFace's Trainer calls but "
                                           r"finch's does not.*override compute_loss"):
         CustomStep(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=1), train_dataset=toy)
+
+
+@pytest.mark.parametrize("mistake, message", [
+    (lambda d: d.remove_columns(["input_ids", "token_type_ids", "attention_mask"]),
+     r"train_dataset has no 'input_ids' column \(its columns: \['text', 'label'\]\): it is not tokenized"),
+    (lambda d: d.cast_column("label", datasets.Value("string")),
+     r"the labels \('label'\) are strings \('0', \.\.\.\), not class ids; encode them"),
+    (lambda d: d.cast_column("label", datasets.Value("int64")).map(lambda e, i: {"label": i % 3}, with_indices=True),
+     r"label 2 \(row 2; 32 row\(s\) in all\) is not a class of the model, which has num_labels=2 .* num_labels=3"),
+    (lambda d: d.map(lambda e: {"input_ids": e["input_ids"] * 10, "attention_mask": e["attention_mask"] * 10,
+                                "token_type_ids": e["token_type_ids"] * 10}),
+     (r"train_dataset: row \d+ has \d+ tokens, but BertForSequenceClassification takes at most 64; tokenize with "
+     r"truncation=True")),
+])
+def test_dataset_mistakes_are_named_before_the_first_step(tmp_path, toy, tokenizer, mistake, message):
+    """What torch would report from inside the forward pass (IndexError: Target 2 is out of bounds...)."""
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=1), train_dataset=mistake(toy),
+                      processing_class=tokenizer)
+    with pytest.raises(DataError, match=message):
+        trainer.train()
