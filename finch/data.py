@@ -61,6 +61,15 @@ def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequ
         row = int(np.argmax(lengths))
         raise DataError(f"{what}: row {row} has {lengths[row]} tokens, but {type(model).__name__} takes at most "
                         f"{limit}; tokenize with truncation=True (max_length={limit} or less)")
+    vocab = getattr(config, "vocab_size", None)
+    if main == "input_ids" and main in columns and isinstance(vocab, int) and hasattr(dataset, "with_format"):
+        import pyarrow.compute
+
+        highest = pyarrow.compute.max(pyarrow.compute.list_flatten(dataset.with_format("arrow")[main])).as_py()
+        if highest is not None and highest >= vocab:  # torch: "IndexError: index out of range in self"
+            raise DataError(f"{what}: token id {highest} is beyond the model's vocabulary ({vocab} tokens): the "
+                            f"data was tokenized with another model's tokenizer. Tokenize it with the model's own "
+                            f"(AutoTokenizer.from_pretrained of the same name or folder)")
     label = next((name for name in ("labels", "label") if name in columns), None)
     if label is None or len(dataset) == 0:
         return

@@ -441,3 +441,11 @@ def test_dataset_mistakes_are_named_before_the_first_step(tmp_path, toy, tokeniz
                       processing_class=tokenizer)
     with pytest.raises(DataError, match=message):
         trainer.train()
+
+
+def test_a_tokenizer_of_another_vocabulary_is_named(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(vocab_size=1000), args=quiet_args(tmp_path, max_steps=1), train_dataset=toy,
+                      processing_class=tokenizer)
+    with pytest.raises(DataError, match=r"token id \d+ is beyond the model's vocabulary \(1000 tokens\): the data "
+                                        r"was tokenized with another model's tokenizer"):
+        trainer.train()
