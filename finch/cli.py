@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import traceback
 import types
@@ -282,6 +283,9 @@ def run_search(flags: dict[str, Any]) -> int:
     if flags.get("show"):
         print(show_study(options["output_dir"], flags.get("storage"), flags.get("study_name")))
         return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("finch search runs one process per worker (workers share a study through --storage); "
+                          "for several processes per trial, call Trainer.hyperparameter_search under torchrun")
     if options.get("resume"):
         raise ConfigError("finch search resumes by itself: re-run the same command (a killed worker's trial is "
                           "retried from its last checkpoint); drop --resume")
