@@ -7,7 +7,7 @@
     finch verify-resume [the train options] [--steps N]   # exit 0: stop + resume gives the same weights
     finch search [the train options] [--trials N] [--storage URL] [--study-name NAME] [--space FILE] [--no-prune]
     finch search --show [--output-dir DIR | --storage URL --study-name NAME]   # the trials and the best parameters
-    finch report OUTPUT_DIR [--out FILE.html]     # the run's HTML report (curves, metrics, arguments)
+    finch report OUTPUT_DIR [--out FILE.html]     # the HTML report of a run (curves, metrics) or of a search
 
 Exit codes: 0 done; 1 training stopped (NaN/Inf losses) or a checkpoint could not be written; 2 a mistake in the
 flags, config or data, reported before any model is loaded, without a traceback; 75 preempted (SIGTERM, SIGINT,
@@ -110,10 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--out", help="metrics JSON (default: <model>/eval_<data name>.json)")
         else:
             command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
-    report = commands.add_parser("report", help="a self-contained HTML page of a run: curves, metrics, arguments",
+    report = commands.add_parser("report", help="a self-contained HTML page of a run (curves, metrics, arguments) "
+                                 "or of a search (trials, objective by trial, parameter importance)",
                                  allow_abbrev=False)
     report.set_defaults(run=run_report)
-    report.add_argument("output_dir", help="the run's output folder (finch train's --output-dir)")
+    report.add_argument("output_dir", help="the run's output folder (finch train's or finch search's --output-dir)")
     report.add_argument("--out", help="the HTML file (default: OUTPUT_DIR/report.html)")
     return parser
 
@@ -278,6 +279,7 @@ def run_search(flags: dict[str, Any]) -> int:
     from finch.errors import ConfigError
     from finch.job import prepare, resolve_options
     from finch.search_job import search_job, show_study
+    from finch.search_report import try_write_search_report
 
     options = resolve_options(flags)
     if flags.get("show"):
@@ -294,6 +296,9 @@ def run_search(flags: dict[str, Any]) -> int:
                        flags.get("space"), flags["prune"], flags["heartbeat_interval"])
     print()
     print(show_study(options["output_dir"], flags.get("storage"), study.study_name))
+    report = try_write_search_report(options["output_dir"], flags.get("storage"), study.study_name)
+    if report is not None:
+        print(f"report: {report}")
     completed = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
     if not completed:
         print(f"finch search: no trial of study {study.study_name} completed", file=sys.stderr)
