@@ -227,9 +227,10 @@ class TrialReporter(TrainerCallback):
     """
 
     def __init__(self, trial: Any, compute_objective: Callable, prune: bool, params: dict[str, Any],
-                 decide: Callable[[Callable[[], bool]], bool] = lambda decision: decision()) -> None:
+                 decide: Callable[[Callable[[], bool]], bool] = lambda decision: decision(),
+                 examples_per_epoch: int | None = None) -> None:
         self.trial, self.compute_objective, self.prune, self.params = trial, compute_objective, prune, params
-        self.decide = decide
+        self.decide, self.examples_per_epoch = decide, examples_per_epoch
         self.objective: Any = None
         self.pruned = False
 
@@ -241,15 +242,23 @@ class TrialReporter(TrainerCallback):
         self.objective = self.compute_objective(dict(metrics or {}))  # on every rank: the same metrics everywhere
         if isinstance(self.objective, (list, tuple)):  # several directions: Optuna cannot prune those
             return
-        value, step = float(self.objective), state.global_step
+        value, step = float(self.objective), self.progress(state)
         self.pruned = self.decide(lambda: self._report(value, step))
         if self.pruned:
             control.should_training_stop = True
 
+    def progress(self, state: Any) -> int:
+        """The "step" an objective is reported at: training examples seen. The pruner compares trials at equal steps,
+        and optimizer steps mean different amounts of training when the batch size is searched (HF reports those:
+        a trial of batch 64 at step 10 is compared with one of batch 4 at step 10, or with none at all)."""
+        if self.examples_per_epoch is None or state.epoch is None:
+            return state.global_step
+        return round(state.epoch * self.examples_per_epoch)
+
     def _report(self, value: float, step: int) -> bool:
         self.trial.report(value, step)
         if self.prune and self.trial.should_prune():
-            logger.info("trial %d pruned at step %d (objective %s)", self.trial.number, step, value)
+            logger.info("trial %d pruned after %d training examples (objective %s)", self.trial.number, step, value)
             return True
         return False
 
@@ -337,7 +346,8 @@ class Trials:
         Returns the trainer, its reporter and the objective (None when pruned)."""
         args = trial_arguments(self.args, plan.params, plan.folder)
         trainer = self.trainer_for(args, trial, plan.resume)
-        reporter = TrialReporter(trial, self.compute_objective, self.prune, plan.params, self.channel.decide)
+        reporter = TrialReporter(trial, self.compute_objective, self.prune, plan.params, self.channel.decide,
+                                 _length(trainer.train_dataset))
         trainer.add_callback(reporter)
         try:
             with self.channel.training(self.survivable):
@@ -357,6 +367,13 @@ class Trials:
         if reporter.objective is not None:
             return reporter.objective
         return self.compute_objective(trainer.evaluate())  # no evaluation during training: one now, as HF does
+
+
+def _length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:  # an iterable dataset: the pruner compares optimizer steps
+        return None
 
 
 def _retried_trial_number(trial: Any) -> int | None:

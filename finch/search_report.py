@@ -123,7 +123,7 @@ def _overview(study: Any, trials: list, completed: list, objective: str, folder:
 
 def _trials_table(trials: list, objective: str) -> str:
     names = sorted({name for trial in trials for name in trial.params})
-    header = ["trial", "state", objective, "last step", *names, "seconds"]
+    header = ["trial", "state", objective, "examples seen", *names, "seconds"]
     rows = []
     for trial in trials:
         values = trial.values or []
@@ -193,13 +193,20 @@ class SearchPlots(_Plots):
         return self._svg(figure)
 
     def intermediate(self, trials: list, objective: str) -> str:
-        """The objective at each evaluation of each trial: where pruned trials were stopped."""
-        series = {f"trial {t.number}{' (pruned)' if t.state.name == 'PRUNED' else ''}":
-                  (sorted(t.intermediate_values), [t.intermediate_values[s] for s in sorted(t.intermediate_values)])
-                  for t in trials if t.intermediate_values}
-        if len(series) > 12:  # a legend of more trials is unreadable: the last 12 trials'
-            series = {key: series[key] for key in list(series)[-12:]}
-        return self.lines(f"{objective} at each evaluation", series)
+        """The objective at each evaluation of each trial (the last 12), against the training examples seen (what
+        finch reports it at): where pruned trials were stopped."""
+        if not self.available:
+            return ""
+        figure, axes = self._figure()
+        for trial in [t for t in trials if t.intermediate_values][-12:]:  # more make an unreadable legend
+            seen = sorted(trial.intermediate_values)
+            label = f"trial {trial.number}{' (pruned)' if trial.state.name == 'PRUNED' else ''}"
+            axes.plot(seen, [trial.intermediate_values[s] for s in seen], marker="o", markersize=3, label=label)
+        axes.set_title(f"{objective} at each evaluation")
+        axes.set_xlabel("training examples seen")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+        return self._svg(figure)
 
     def bars(self, importances: dict[str, float]) -> str:
         if not self.available:
