@@ -75,17 +75,21 @@ def test_report_of_appended_runs_shows_the_last(tmp_path):
     assert "<td>0.75</td>" in page and "<td>9.0</td>" not in page and "<td>9</td>" not in page
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_report_renders_in_headless_chromium(run, tmp_path):
+def chromium_screenshot(page, screenshot) -> np.ndarray:
+    """`page` rendered by headless Chromium in a 1200 x 2400 window, as grey levels (0 black, 255 white)."""
     from PIL import Image
 
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={screenshot}", "--window-size=1200,2400", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    return np.asarray(Image.open(screenshot).convert("L"))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(run, tmp_path):
     folder, _, predictions = run
     path = write_report(folder, out=tmp_path / "report.html", predictions=predictions)
-    screenshot = tmp_path / "report.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={screenshot}", "--window-size=1200,2400", path.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    image = np.asarray(Image.open(screenshot).convert("L"))
+    image = chromium_screenshot(path, tmp_path / "report.png")
     assert image.shape == (2400, 1200)
     ink = (image < 200).mean()  # text, lines and plots on a white page
     assert 0.01 < ink < 0.5, ink

@@ -3,11 +3,10 @@ text and rendered by headless Chromium."""
 
 import re
 import shutil
-import subprocess
 
-import numpy as np
 import optuna
 import pytest
+from test_report import chromium_screenshot
 from test_search_cli import FAST, files  # noqa: F401 (files is a fixture)
 
 from finch.cli import main
@@ -64,14 +63,7 @@ def test_a_small_study_with_a_pruned_trial(tmp_path, capsys):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_search_report_renders_in_headless_chromium(search, tmp_path):
-    from PIL import Image
-
-    path = write_report(search, out=tmp_path / "search.html")
-    screenshot = tmp_path / "search.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={screenshot}", "--window-size=1200,2400", path.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    image = np.asarray(Image.open(screenshot).convert("L"))
+    image = chromium_screenshot(write_report(search, out=tmp_path / "search.html"), tmp_path / "search.png")
     assert image.shape == (2400, 1200)
     ink = (image < 200).mean()  # text, lines and plots on a white page
     assert 0.01 < ink < 0.5, ink
