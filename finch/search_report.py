@@ -65,7 +65,7 @@ def try_write_search_report(output_dir: str | Path, storage_url: str | None = No
 
 
 def load_study(folder: Path, storage_url: str | None, study_name: str | None) -> Any:
-    from finch.search import import_optuna, open_storage
+    from finch.search_storage import import_optuna, open_storage
 
     optuna = import_optuna()
     if storage_url is None and not is_search_folder(folder):
