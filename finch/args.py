@@ -109,6 +109,8 @@ class TrainingArguments:
                              "bf16 autocast; unset: on where the hardware has fast bf16")
     fp16: bool | None = _arg(None, "reproducibility, precision, hardware",
                              "fp16 autocast with loss scaling (CUDA; elsewhere bf16 or fp32, with a warning)")
+    tf32: bool | None = _arg(None, "reproducibility, precision, hardware",
+                             "TF32 matmuls on Ampere+ GPUs (fp32 weights, tensor cores); unset: torch's setting")
     use_cpu: bool = _arg(False, "reproducibility, precision, hardware", "train on the CPU even when CUDA is there")
     torch_compile: bool = _arg(False, "reproducibility, precision, hardware",
                                "torch.compile the model (batches padded to a few bucketed lengths)")

@@ -53,7 +53,7 @@ class DistributedRuntime(Runtime):
         if dist.get_world_size() != args.world_size:  # a group made by the application itself, of another size
             logger.warning("the process group has %d ranks, WORLD_SIZE says %d: using the group's",
                            dist.get_world_size(), args.world_size)
-        return cls(device, choose_precision(args.bf16, args.fp16, device), dist.get_rank(),
+        return cls(device, choose_precision(args.bf16, args.fp16, device, args.tf32), dist.get_rank(),
                    args.local_process_index, dist.get_world_size())
 
     def describe(self) -> str:

@@ -119,6 +119,7 @@ class Trainer:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
         self.args = args if args is not None else TrainingArguments()
         self.runtime = Runtime.for_args(self.args)  # joins torchrun's process group when there is one
+        self.runtime.precision.apply()  # TF32 switches, when the precision decides them
         self.device, self.precision = self.runtime.device, self.runtime.precision
         # offline, no token, a repository that cannot be created: said now, not after training
         self.hub = Hub.for_trainer(self.args, self.runtime) if self.args.push_to_hub else None
