@@ -104,12 +104,14 @@ def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
 
 def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: TrainerState, args: TrainingArguments,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
-                    processing_class: Any = None, rng_states: list[dict] | None = None) -> Path:
+                    processing_class: Any = None, rng_states: list[dict] | None = None,
+                    launch_id: str | None = None) -> Path:
     """Write `checkpoint-<global_step>` completely into a temporary folder, then rename it into place.
 
     A checkpoint of the same step from this run (saved before a resume) is replaced; one of another run never is.
     `rng_states` holds every rank's RNG state, rank 0's first (default: this process's only); rank r's is saved as
-    `rng_state_<r>.json` (rank 0's as `rng_state.json`), and the manifest records how many ranks there were.
+    `rng_state_<r>.json` (rank 0's as `rng_state.json`), and the manifest records how many ranks there were and
+`launch_id`, the torchrun launch that saved it (`latest_checkpoint_of_launch`: what a restarted worker resumes).
 
     Raises:
         CheckpointError: the disk is full, read-only or not writable; the temporary folder is removed and every
@@ -133,7 +135,8 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
         files = {path.relative_to(temporary).as_posix(): _describe(path)
                  for path in sorted(temporary.rglob("*")) if path.is_file()}
         _write_json(temporary / MANIFEST, {"run_id": state.run_id, "saved_at": time.time(),
-                                           "world_size": len(rng_states or [None]), "files": files})
+                                           "world_size": len(rng_states or [None]), "launch_id": launch_id,
+                                           "files": files})
         _fsync_tree(temporary)
         if final.exists():  # the same step saved again (after a resume): move the old one aside, then drop it
             stale = final.with_name(_leftover_name("stale", final.name, state.run_id))
@@ -223,6 +226,13 @@ def run_of(folder: str | Path) -> str | None:
     manifest = _manifest(Path(folder))
     run_id = manifest.get("run_id") if manifest is not None else None
     return run_id if isinstance(run_id, str) else None
+
+
+def launch_of(folder: str | Path) -> str | None:
+    """The torchrun launch id that saved checkpoint `folder` (None: saved outside torchrun, or by an older finch)."""
+    manifest = _manifest(Path(folder))
+    launch_id = manifest.get("launch_id") if manifest is not None else None
+    return launch_id if isinstance(launch_id, str) else None
 
 
 def saved_at(folder: str | Path) -> float:
@@ -315,6 +325,13 @@ def latest_checkpoint_of(output_dir: str | Path, run_id: str | None, quiet: bool
     """The highest-step whole checkpoint of run `run_id` in `output_dir`, or None."""
     whole = _WholeCheckpoints(quiet)
     return next((folder for folder in reversed(run_checkpoints(output_dir, run_id)) if whole(folder)), None)
+
+
+def latest_checkpoint_of_launch(output_dir: str | Path, launch_id: str) -> Path | None:
+    """The newest whole checkpoint that torchrun launch `launch_id` saved in `output_dir`, or None."""
+    whole = _WholeCheckpoints(quiet=False)
+    saved = [folder for folder in checkpoints(output_dir) if launch_of(folder) == launch_id]
+    return next((folder for folder in sorted(saved, key=saved_at, reverse=True) if whole(folder)), None)
 
 
 class _WholeCheckpoints:

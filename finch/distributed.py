@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from finch.errors import ConfigError
-from finch.runtime import Runtime, choose_precision, set_seed
+from finch.runtime import Launch, Runtime, choose_precision, set_seed
 
 logger = logging.getLogger("finch")
 
@@ -47,8 +47,11 @@ class DistributedRuntime(Runtime):
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             backend = args.ddp_backend or ("nccl" if cuda else "gloo")
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.ddp_timeout),
-                                    device_id=device if cuda else None)
+            timeout = datetime.timedelta(seconds=args.ddp_timeout)
+            store = _store_of_this_attempt(Launch.from_environment(), timeout)
+            ranks = {} if store is None else {"rank": int(os.environ["RANK"]), "world_size": args.world_size}
+            dist.init_process_group(backend, timeout=timeout, device_id=device if cuda else None, store=store,
+                                    **ranks)
             atexit.register(_leave_group)
         if dist.get_world_size() != args.world_size:  # a group made by the application itself, of another size
             logger.warning("the process group has %d ranks, WORLD_SIZE says %d: using the group's",
@@ -130,6 +133,19 @@ class DistributedRuntime(Runtime):
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def _store_of_this_attempt(launch: Launch, timeout: datetime.timedelta) -> dist.Store | None:
+    """After a torchrun restart, the store the workers meet in, with this attempt's keys apart (None: torch's own).
+
+    torchrun's agent keeps one store for every attempt of a launch, and the process group's keys (each rank's
+    address) carry no attempt number, so a restarted worker may read the address a dead worker of the previous
+    attempt left and fail with "Connection refused" (pytorch/pytorch#135712; seen here about one restart in two).
+    Every rank of attempt n is restarted together, so `finch/attempt-<n>/` is the same prefix on all of them."""
+    if not launch.restarted or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"finch/attempt-{launch.restarts}/", store)
+
+
 def _leave_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -137,7 +153,7 @@ def _leave_group() -> None:
 
 # ---- launching: `finch train --nproc-per-node N` --------------------------------------------------------------------
 LAUNCH_FLAGS = {"--nproc-per-node": "nproc_per_node", "--nnodes": "nnodes", "--node-rank": "node_rank",
-                "--rdzv-endpoint": "rdzv_endpoint", "--max-restarts": "max_restarts"}
+                "--rdzv-endpoint": "rdzv_endpoint", "--rdzv-id": "rdzv_id", "--max-restarts": "max_restarts"}
 
 
 def launched_by_torchrun() -> bool:
@@ -150,7 +166,8 @@ def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
 
     `command_args` are the CLI's own arguments with the launch flags removed (`without_launch_flags`). One node
     without `--rdzv-endpoint` uses torchrun's `--standalone` (a free local port); several nodes meet at the
-    endpoint (c10d rendezvous), each started with its own `--node-rank`."""
+    endpoint (c10d rendezvous), each started with its own `--node-rank`, and with `--rdzv-id`, the job's id that
+    tells a restarted worker (`--max-restarts`) which checkpoints are this launch's (`--standalone` makes one)."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={flags['nproc_per_node']}"]
     nodes = int(flags.get("nnodes") or 1)
     if nodes == 1 and not flags.get("rdzv_endpoint"):
@@ -161,6 +178,8 @@ def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
                               f"node can reach (e.g. --rdzv-endpoint node0:29500)")
         command += [f"--nnodes={nodes}", f"--node-rank={flags.get('node_rank') or 0}", "--rdzv-backend=c10d",
                     f"--rdzv-endpoint={flags['rdzv_endpoint']}"]
+        if flags.get("rdzv_id"):
+            command.append(f"--rdzv-id={flags['rdzv_id']}")
     if flags.get("max_restarts"):
         command.append(f"--max-restarts={flags['max_restarts']}")
     return [*command, "-m", "finch.cli", *command_args]
@@ -188,8 +207,3 @@ def relaunch(argv: list[str], flags: dict[str, Any]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)
-
-
-def restarted_by_torchrun() -> bool:
-    """Whether torchrun restarted this rank after a failure (`--max-restarts`): then the run resumes."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0

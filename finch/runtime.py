@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+@dataclass(frozen=True)
+class Launch:
+    """The torchrun launch this process belongs to, from the environment torchrun gives its workers.
+
+    Attributes:
+        id: torchrun's rendezvous id (`--rdzv-id`; a fresh one for every `--standalone` launch), kept across the
+            restarts of one launch and recorded in its checkpoints. None outside torchrun; `"none"` is torchrun's
+            default for launches without `--rdzv-id`, shared by all of them.
+        restarts: how many times torchrun restarted the worker group after a failure (`--max-restarts`).
+    """
+
+    id: str | None = None
+    restarts: int = 0
+
+    @classmethod
+    def from_environment(cls) -> Launch:
+        return cls(os.environ.get("TORCHELASTIC_RUN_ID"), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+
+    @property
+    def restarted(self) -> bool:
+        return self.restarts > 0
+
+
 class Runtime:
     """What differs between one process and many: device, precision, rank and world, reductions, `no_sync`,
     model wrapping, barriers, and which rank writes. This is the single-process form: every method is the identity
@@ -135,6 +159,7 @@ class Runtime:
 
     def __init__(self, device: torch.device, precision: Precision) -> None:
         self.device, self.precision = device, precision
+        self.launch = Launch.from_environment()  # torchrun's launch id and restarts (also with one process)
 
     @classmethod
     def for_args(cls, args: Any) -> Runtime:

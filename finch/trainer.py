@@ -173,7 +173,9 @@ class Trainer:
             raise ConfigError("Trainer.train() needs a train_dataset")
         fingerprint = Fingerprint.of(self.train_dataset, self.model)  # hashes the token ids: once per train()
         # rank 0 decides from the files and tells the others: every rank resumes the same checkpoint, or none
-        resume = runtime.on_main(lambda: plan_resume(args.output_dir, resume_from_checkpoint, args, fingerprint))
+        # (after a torchrun restart: the newest checkpoint this launch saved, see `plan_resume`)
+        resume = runtime.on_main(lambda: plan_resume(args.output_dir, resume_from_checkpoint, args, fingerprint,
+                                                     runtime.launch))
         set_seed(args.seed)
         if self.model_init is not None and resume is None:
             self.model = self._build_model().to(self.device)
@@ -455,7 +457,7 @@ class Trainer:
 
         def write() -> None:
             checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
-                                       run.scaler, self.processing_class, rng_states)
+                                       run.scaler, self.processing_class, rng_states, self.runtime.launch.id)
             checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
                                           state.run_id, keep=path)
         self.runtime.on_main(write)
