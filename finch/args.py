@@ -131,6 +131,8 @@ class TrainingArguments:
     ddp_find_unused_parameters: bool | None = _arg(None, "distributed",
                                                    "DDP's find_unused_parameters; unset: on when parameters are frozen")
     ddp_bucket_cap_mb: int | None = _arg(None, "distributed", "DDP gradient bucket size in MB; unset: torch's 25")
+    save_on_each_node: bool = _arg(False, "distributed", "several machines without a shared file system: each "
+                                   "machine's first process writes checkpoints and the model to its own disk")
     allow_world_size_change: bool = _arg(False, "distributed",
                                          "resume a checkpoint saved by another number of processes (not exact)")
     # hub

@@ -66,7 +66,7 @@ def save_model_folder(model: torch.nn.Module, folder: str | Path, processing_cla
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "save_pretrained"):
-        with _quiet_transformers():  # no "Writing model shards" bar at every checkpoint
+        with _quiet_transformers(), _this_process_writes(model):  # no "Writing model shards" bar at every checkpoint
             model.save_pretrained(folder, safe_serialization=True)
     else:
         safetensors.torch.save_model(model, str(folder / WEIGHTS))
@@ -83,6 +83,17 @@ def _quiet_transformers() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _this_process_writes(model: torch.nn.Module) -> Iterator[None]:
+    """transformers' `save_pretrained` writes nothing (silently) outside global rank 0 once torch.distributed is
+    initialized; finch chose this process to write (each machine's first with `save_on_each_node`), so it writes."""
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process  # shadows the method, this call only
+    try:
+        yield
+    finally:
+        del model.should_save_on_this_rank
 
 
 def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:

@@ -245,9 +245,10 @@ def run_train(flags: dict[str, Any]) -> int:
     metrics = trainer.evaluate()
     model_dir = output / "model"
     trainer.save_model(str(model_dir))
+    if writes or (job.args.save_on_each_node and trainer.is_local_process_zero()):
+        job.card.write(model_dir)  # beside each copy of the model
     if not writes:
         return 0
-    job.card.write(model_dir)
     write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     report = try_write_report(output)  # an observer: a failure is a warning, never the run's end
     print("\nfinal metrics on the validation set")

@@ -125,6 +125,22 @@ class DistributedRuntime(Runtime):
             raise value
         return value
 
+    def on_writers(self, write: Callable[[], Any], every_node: bool) -> None:
+        if not every_node:
+            return self.on_main(write)
+        failure: Exception | None = None
+        if self.local_rank == 0:
+            try:
+                write()
+            except Exception as error:  # noqa: BLE001 (raised below, and on every other rank)
+                failure = error
+        failures = self.all_gather(failure)  # also the barrier: every machine's copy is written when it returns
+        if failure is not None:
+            raise failure
+        first = next((error for error in failures if error is not None), None)
+        if first is not None:
+            raise first
+
     def barrier(self) -> None:
         dist.barrier()
 

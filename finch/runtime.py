@@ -219,5 +219,11 @@ class Runtime:
         ranks take the same decision from files that only rank 0 may see the same way (a shared folder)."""
         return decide()
 
+    def on_writers(self, write: Callable[[], Any], every_node: bool) -> None:
+        """`write()` run by the process that writes checkpoints and models, and every rank goes on once it is done
+        (or raises its error): rank 0, or with `every_node` (`save_on_each_node`) the first process of each
+        machine, each writing to its own disk."""
+        self.on_main(write)
+
     def barrier(self) -> None:
         """Wait until every rank gets here."""

@@ -219,10 +219,10 @@ class Trainer:
         run.model = runtime.wrap(model, args)
         run.model = torch.compile(run.model) if args.torch_compile else run.model
 
-        def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by rank 0)
+        def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by its writer)
             checkpoint.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
             args.save(Path(args.output_dir) / "training_args.json")
-        runtime.on_main(prepare_output_dir)
+        runtime.on_writers(prepare_output_dir, args.save_on_each_node)
         self._print_header(len(dataset), dropped, resume, run.dropout.describe())
         self._warn_if_warmup_outlasts_the_run(max_steps)
         self._check_compute_metrics()
@@ -445,8 +445,9 @@ class Trainer:
             self.state.best_metric, self.state.best_global_step = value, self.state.global_step
 
     def _save_checkpoint(self, run: TrainingRun) -> Path:
-        """Every rank's RNG state is gathered; rank 0 writes the checkpoint (atomically) and rotates, and the others
-        wait for it: when this returns on any rank, the checkpoint is whole on disk (or every rank raises)."""
+        """Every rank's RNG state is gathered; rank 0 (each machine's first process with `save_on_each_node`) writes
+        the checkpoint (atomically) and rotates, and the others wait for it: when this returns on any rank, the
+        checkpoint is whole on disk (or every rank raises)."""
         state, args = self.state, self.args
         path = Path(args.output_dir) / f"{checkpoint.PREFIX}{state.global_step}"
         if state.best_global_step == state.global_step:
@@ -460,7 +461,7 @@ class Trainer:
                                        run.scaler, self.processing_class, rng_states, self.runtime.launch.id)
             checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
                                           state.run_id, keep=path)
-        self.runtime.on_main(write)
+        self.runtime.on_writers(write, args.save_on_each_node)
         run.last_checkpoint = str(path)
         self.control = self._fire("on_save")
         return path
@@ -654,13 +655,14 @@ class Trainer:
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`.
-        Rank 0 writes; every rank returns once the folder is complete."""
+        Rank 0 writes (each machine's first process with `save_on_each_node`); every rank returns once the folder is
+        complete."""
         folder = Path(output_dir or self.args.output_dir)
 
         def write() -> None:
             checkpoint.save_model_folder(self.model, folder, self.processing_class)
             self.args.save(folder / "training_args.json")
-        self.runtime.on_main(write)
+        self.runtime.on_writers(write, self.args.save_on_each_node)
 
     def push_to_hub(self, commit_message: str = "End of training") -> Any:
         """Upload the model and tokenizer to the HuggingFace hub as `hub_model_id` (needs network and a token)."""
