@@ -8,7 +8,7 @@ Scenarios:
               resume_from_checkpoint). Options: --per-device, --accumulation, --dropout, --step-seconds, --save-steps;
               failures to recover from: --fail-at-step K (rank 1 exits with 1 after step K, on torchrun's first attempt
               only), --kill-in-save K (rank 0 SIGKILLs itself half-way through writing checkpoint-K, once per OUT).
-              Each rank writes its process id to OUT/pid-<r> when training starts.
+              Each rank writes its process id to OUT/pid-<r>-<torchrun's restart count> when training starts.
     evaluate  `evaluate` and `predict` of 1, 7 and 37 examples.
     control   a NaN loss on rank 1 only at step 2, a callback on rank 1 only that stops training at step 5; then early
               stopping that must stop both ranks at step 2.
@@ -77,14 +77,14 @@ class SlowSteps(TrainerCallback):
 
 
 class Recorder(TrainerCallback):
-    """Notes the step training starts at (after a resume: the checkpoint's) and writes OUT/pid-<rank>."""
+    """Notes the step training starts at (after a resume: the checkpoint's) and writes OUT/pid-<rank>-<restart>."""
 
     def __init__(self, out: Path) -> None:
         self.out, self.start_step = out, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start_step = state.global_step
-        (self.out / f"pid-{RANK}").write_text(str(os.getpid()))
+        (self.out / f"pid-{RANK}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}").write_text(str(os.getpid()))
 
 
 class FailOnRankOne(TrainerCallback):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +181,38 @@ def test_max_restarts_resumes_the_launchs_newest_checkpoint_by_itself(tmp_path, 
     assert first["restarts"] == second["restarts"] == 1, "the run finished on torchrun's restart"
     assert first["start_step"] == second["start_step"] == 6, "both ranks resumed the newest whole checkpoint"
     assert first["step"] == 12 and first["digest"] == second["digest"] == uninterrupted
+
+
+def test_sigkill_of_a_rank_in_a_checkpoint_write_and_at_a_random_moment_then_the_resume_is_exact(tmp_path,
+                                                                                              uninterrupted):
+    """The `uninterrupted` run, saving every 2 steps, under `torchrun --max-restarts 2`: rank 0 SIGKILLed half-way
+    through writing checkpoint-4; the restart resumes checkpoint-2, and a rank chosen at random is SIGKILLed at a
+    random moment; the second restart resumes and finishes. No process gets to clean up; the end is the
+    uninterrupted run's, bit for bit."""
+    seed = random.randrange(2**32)
+    chance, why = random.Random(seed), f"random seed {seed}"
+    out, log = tmp_path / "killed", (tmp_path / "torchrun.log").open("w+")  # a file: a full pipe would block it
+    launcher = subprocess.Popen(torchrun_command("train", str(out), "--dropout", "0.1", "--save-steps", "2",
+                                                 "--step-seconds", "0.3", "--kill-in-save", "4", restarts=2),
+                                env=environment(), stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        victim = chance.choice([0, 1])
+        while not (out / f"pid-{victim}-1").exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first restart is training
+        time.sleep(chance.uniform(0.0, 2.0))  # anywhere in its steps, checkpoint writes included
+        os.kill(int((out / f"pid-{victim}-1").read_text()), signal.SIGKILL)
+        launcher.wait(timeout=RUN_TIMEOUT)
+    finally:
+        launcher.kill()
+        log.close()
+    output = (tmp_path / "torchrun.log").read_text()
+    assert launcher.returncode == 0, f"{why}\n{output[-4000:]}"
+    assert re.search(r"\(restart 1\): resuming \S+/checkpoint-2, ", output), "checkpoint-4 was half-written"
+    first, second = ranks(out)
+    assert first["restarts"] == 2 and first["start_step"] >= 2 and first["step"] == 12, why
+    assert first["digest"] == second["digest"] == uninterrupted, f"{why}: not the uninterrupted run's weights"
+    assert not list(out.glob(".tmp-*")) and all(verify(folder) is None for folder in checkpoints(out)), why
 
 
 def test_evaluation_on_two_ranks_counts_every_example_once_in_order(tmp_path):
