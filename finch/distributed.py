@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from finch import fsdp
 from finch.errors import ConfigError
 from finch.runtime import Launch, Runtime, choose_precision, set_seed
 
@@ -34,9 +35,12 @@ logger = logging.getLogger("finch")
 class DistributedRuntime(Runtime):
     """One rank of a `torch.distributed` process group (see `Runtime` for what each method promises)."""
 
-    def __init__(self, device: torch.device, precision: Any, rank: int, local_rank: int, world_size: int) -> None:
+    def __init__(self, device: torch.device, precision: Any, rank: int, local_rank: int, world_size: int,
+                 fsdp_plan: fsdp.FsdpPlan | None = None) -> None:
         super().__init__(device, precision)
         self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
+        self.fsdp_plan = fsdp_plan
+        self.sharded = fsdp_plan is not None
 
     @classmethod
     def start(cls, args: Any) -> DistributedRuntime:
@@ -57,7 +61,7 @@ class DistributedRuntime(Runtime):
             logger.warning("the process group has %d ranks, WORLD_SIZE says %d: using the group's",
                            dist.get_world_size(), args.world_size)
         return cls(device, choose_precision(args.bf16, args.fp16, device), dist.get_rank(),
-                   args.local_process_index, dist.get_world_size())
+                   args.local_process_index, dist.get_world_size(), fsdp.read_fsdp(args.fsdp, args.fsdp_config)[0])
 
     def describe(self) -> str:
         return f"{self.device} | rank {self.rank} of {self.world_size} ({dist.get_backend()})"
@@ -67,11 +71,27 @@ class DistributedRuntime(Runtime):
             return  # rank 0 of a fresh run draws what one process would
         set_seed(int(np.random.SeedSequence([seed, self.rank, step]).generate_state(1)[0]))
 
+    def shard(self, model: torch.nn.Module, args: Any) -> None:
+        if self.fsdp_plan is not None:
+            fsdp.shard(model, self.fsdp_plan, self.device)
+
+    def full_state(self, model: torch.nn.Module, optimizer: Any) -> tuple[dict | None, dict | None]:
+        if not (self.sharded and fsdp.is_sharded(model)):  # (evaluate or save_model before train() sharded it)
+            return None, None
+        return fsdp.full_state(model, optimizer)
+
+    def gathered(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        if self.fsdp_plan is None or not fsdp.is_sharded(model):
+            return contextlib.nullcontext()
+        return fsdp.gathered(model, self.fsdp_plan)
+
     def wrap(self, model: torch.nn.Module, args: Any) -> torch.nn.Module:
-        """DDP around `model` (rank 0's weights are broadcast to the others here).
+        """DDP around `model` (rank 0's weights are broadcast to the others here); a sharded model as it is.
 
         `ddp_find_unused_parameters` unset: on when some parameters are frozen (a partly frozen model often leaves
         trainable ones out of the graph too), else off, which is faster."""
+        if self.sharded:
+            return model  # FSDP2 hooks are in the model itself
         find_unused = args.ddp_find_unused_parameters
         if find_unused is None:
             find_unused = any(not parameter.requires_grad for parameter in model.parameters())
@@ -84,6 +104,8 @@ class DistributedRuntime(Runtime):
 
     def no_sync(self, model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper around DDP
+        if self.sharded:
+            return fsdp.gradient_sync(module, sync)
         if sync or not isinstance(module, DistributedDataParallel):
             return contextlib.nullcontext()
         return module.no_sync()

