@@ -605,7 +605,9 @@ class Trainer:
         model.eval()
         started = time.perf_counter()
         outputs_of_batches = []  # (logits, labels or None, loss sum or None, items) of each of this rank's batches
-        with torch.inference_mode(), runtime.gathered(model):  # FSDP2: ranks run different numbers of batches
+        # FSDP2: the whole model gathered first (ranks run different numbers of batches), outside inference mode, or
+        # the gathered parameters would be inference tensors that the next training forward cannot write into
+        with runtime.gathered(model), torch.inference_mode():
             for batch in loader:
                 has_labels = all(batch.get(name) is not None for name in self.label_names)
                 batch_items = data.count_items(batch, self.label_names)

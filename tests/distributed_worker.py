@@ -9,7 +9,8 @@ Scenarios:
               failures to recover from: --fail-at-step K (rank 1 exits with 1 after step K, on torchrun's first attempt
               only), --kill-in-save K (rank 0 SIGKILLs itself half-way through writing checkpoint-K, once per OUT).
               Each rank writes its process id to OUT/pid-<r>-<torchrun's restart count> when training starts.
-              --fsdp: FSDP2 ('full_shard auto_wrap') instead of DDP, and the model saved with save_model in OUT/model.
+              --fsdp: FSDP2 ('full_shard auto_wrap') instead of DDP, evaluated on 9 examples every 4 steps (the
+              weights do not change), and the model saved with save_model in OUT/model.
     evaluate  `evaluate` and `predict` of 1, 7 and 37 examples.
     control   a NaN loss on rank 1 only at step 2, a callback on rank 1 only that stops training at step 5; then early
               stopping that must stop both ranks at step 2.
@@ -38,6 +39,7 @@ from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArgum
 from finch.checkpoint import latest_checkpoint
 
 RANK = int(os.environ.get("RANK", "0"))
+FSDP = {"fsdp": "full_shard auto_wrap", "eval_strategy": "steps", "eval_steps": 4, "per_device_eval_batch_size": 2}
 TRAIN_ROWS = 41  # global batch 8: five full batches and one of a single row (rank 1 gets none of it)
 
 
@@ -146,14 +148,16 @@ class StopOnRankOne(TrainerCallback):
 def train(options, out: Path) -> dict:
     args = train_args(str(out), per_device_train_batch_size=options.per_device,
                       gradient_accumulation_steps=options.accumulation, save_strategy="steps",
-                      save_steps=options.save_steps, fsdp="full_shard auto_wrap" if options.fsdp else "")
+                      save_steps=options.save_steps, **(FSDP if options.fsdp else {}))
     recorder = Recorder(out)
     callbacks = [recorder] + ([SlowSteps(options.step_seconds)] if options.step_seconds else [])
     callbacks += [FailOnRankOne(options.fail_at_step)] if options.fail_at_step else []
     if options.kill_in_save:
         kill_during_save(options.kill_in_save, out)
     trainer = Trainer(model=tiny_bert(dropout=options.dropout), args=args, processing_class=tokenizer(),
-                      train_dataset=sentiment_dataset(tokenizer(), rows=TRAIN_ROWS), callbacks=callbacks)
+                      train_dataset=sentiment_dataset(tokenizer(), rows=TRAIN_ROWS), callbacks=callbacks,
+                      eval_dataset=sentiment_dataset(tokenizer(), rows=9, seed=3) if options.fsdp else None,
+                      compute_metrics=accuracy_and_count if options.fsdp else None)
     trainer.train(resume_from_checkpoint=latest_checkpoint(out) is not None if options.resume == "auto" else None)
     weights = full_weights(trainer.model)
     if trainer.is_world_process_zero():
@@ -162,7 +166,8 @@ def train(options, out: Path) -> dict:
         trainer.save_model(str(out / "model"))
     return {"digest": weights_digest(trainer.model), "step": trainer.state.global_step,
             "start_step": recorder.start_step, "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
-            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
+            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+            "evaluations": [e for e in trainer.state.log_history if "eval_loss" in e]}
 
 
 def accuracy_and_count(prediction):

@@ -55,6 +55,11 @@ def test_fsdp_on_two_ranks_equals_ddp_and_saves_what_hf_loads(tmp_path, fsdp_run
         assert torch.allclose(sharded[key], expected, atol=1e-5, rtol=0), f"FSDP2 and DDP differ at {key}"
     first, second = ranks(fsdp_run)
     assert first["digest"] == second["digest"] and first["step"] == 12
+    evaluations = [{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k}
+                   for e in first["evaluations"]]
+    assert [e["step"] for e in evaluations] == [4, 8, 12] and all(e["eval_count"] == 9 for e in evaluations)
+    assert evaluations == [{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k}
+                           for e in second["evaluations"]], "every rank sees the same metrics"
     saved = checkpoints(fsdp_run)[-1]
     assert verify(saved) is None and world_size_of(saved) == 2
     for folder in (saved, fsdp_run / "model"):  # full tensors, in HF's format, not shards
