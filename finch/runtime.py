@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,6 +155,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+@dataclass(frozen=True)
+class Launch:
+    """The torchrun launch this process belongs to, from the environment torchrun gives its workers.
+
+    Attributes:
+        id: torchrun's rendezvous id (`--rdzv-id`; a fresh one for every `--standalone` launch), kept across the
+            restarts of one launch and recorded in its checkpoints. None outside torchrun; `"none"` is torchrun's
+            default for launches without `--rdzv-id`, shared by all of them.
+        restarts: how many times torchrun restarted the worker group after a failure (`--max-restarts`).
+    """
+
+    id: str | None = None
+    restarts: int = 0
+
+    @classmethod
+    def from_environment(cls) -> Launch:
+        return cls(os.environ.get("TORCHELASTIC_RUN_ID"), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+
+    @property
+    def restarted(self) -> bool:
+        return self.restarts > 0
+
+
 class Runtime:
     """What differs between one process and many: device, precision, rank and world, reductions, `no_sync`,
     model wrapping, barriers, and which rank writes. This is the single-process form: every method is the identity
@@ -167,9 +191,11 @@ class Runtime:
     rank = 0
     local_rank = 0
     world_size = 1
+    sharded = False  # FSDP2: each rank holds a shard of every parameter (finch.fsdp)
 
     def __init__(self, device: torch.device, precision: Precision) -> None:
         self.device, self.precision = device, precision
+        self.launch = Launch.from_environment()  # torchrun's launch id and restarts (also with one process)
 
     @classmethod
     def for_args(cls, args: Any) -> Runtime:
@@ -178,6 +204,8 @@ class Runtime:
             from finch.distributed import DistributedRuntime
 
             return DistributedRuntime.start(args)
+        if args.fsdp:
+            logger.warning("fsdp=%r with one process: nothing to shard, the model is trained whole", args.fsdp)
         device = choose_device(args.use_cpu)
         return cls(device, choose_precision(args.bf16, args.fp16, device, args.tf32))
 
@@ -195,6 +223,18 @@ class Runtime:
 
     def seed_rank(self, seed: int, step: int = 0) -> None:
         """Give this rank its own random stream for dropout (rank 0, and one process, keep the one they have)."""
+
+    def shard(self, model: torch.nn.Module, args: Any) -> None:
+        """Shard `model` in place across the ranks (FSDP2), before the optimizer sees its parameters."""
+
+    def full_state(self, model: torch.nn.Module, optimizer: Any) -> tuple[dict | None, dict | None]:
+        """What a checkpoint saves of the model and the optimizer, on the rank that writes: (None, None) where it
+        saves the objects as they are; under FSDP2 full state dicts gathered from the shards (every rank calls)."""
+        return None, None
+
+    def gathered(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Inside, each rank holds the whole model, so ranks may run different numbers of forwards (evaluation)."""
+        return contextlib.nullcontext()
 
     def wrap(self, model: torch.nn.Module, args: Any) -> torch.nn.Module:
         """The module the training forward runs on (DDP in many processes); its parameters are `model`'s."""
@@ -228,6 +268,12 @@ class Runtime:
         """`decide()` run on rank 0 and its result (or the user error it raised) given to every rank, so that all
         ranks take the same decision from files that only rank 0 may see the same way (a shared folder)."""
         return decide()
+
+    def on_writers(self, write: Callable[[], Any], every_node: bool) -> None:
+        """`write()` run by the process that writes checkpoints and models, and every rank goes on once it is done
+        (or raises its error): rank 0, or with `every_node` (`save_on_each_node`) the first process of each
+        machine, each writing to its own disk."""
+        self.on_main(write)
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""
