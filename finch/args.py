@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from finch.errors import ConfigError, UnknownArgumentError
+from finch.fsdp import read_fsdp
 
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
@@ -34,6 +35,7 @@ OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "sgd")
 SAMPLING = ("group_by_length", "random", "sequential")
 REPORTERS = ("none", "all", "mlflow", "wandb", "tensorboard", "jsonl")  # "all": every installed tracker
 BACKENDS = ("nccl", "gloo", "mpi", "xccl")
+HUB_STRATEGIES = ("every_save", "end", "checkpoint", "all_checkpoints")  # HF's names
 
 
 def _arg(default: Any, group: str, help: str) -> Any:
@@ -108,6 +110,8 @@ class TrainingArguments:
                              "bf16 autocast; unset: on where the hardware has fast bf16")
     fp16: bool | None = _arg(None, "reproducibility, precision, hardware",
                              "fp16 autocast with loss scaling (CUDA; elsewhere bf16 or fp32, with a warning)")
+    tf32: bool | None = _arg(None, "reproducibility, precision, hardware",
+                             "TF32 matmuls on Ampere+ GPUs (fp32 weights, tensor cores); unset: torch's setting")
     use_cpu: bool = _arg(False, "reproducibility, precision, hardware", "train on the CPU even when CUDA is there")
     torch_compile: bool = _arg(False, "reproducibility, precision, hardware",
                                "torch.compile the model (batches padded to a few bucketed lengths)")
@@ -131,12 +135,25 @@ class TrainingArguments:
     ddp_find_unused_parameters: bool | None = _arg(None, "distributed",
                                                    "DDP's find_unused_parameters; unset: on when parameters are frozen")
     ddp_bucket_cap_mb: int | None = _arg(None, "distributed", "DDP gradient bucket size in MB; unset: torch's 25")
+    fsdp: str | list[str] = _arg("", "distributed", "FSDP2: 'full_shard' or 'shard_grad_op', optionally with "  # noqa: RUF009
+                                 "'auto_wrap' (HF's strings); each transformer layer sharded, then the model")
+    fsdp_config: dict | str | None = _arg(None, "distributed", "FSDP settings (a JSON object or file): "  # noqa: RUF009
+                                          "transformer_layer_cls_to_wrap, reshard_after_forward, version (2)")
+    save_on_each_node: bool = _arg(False, "distributed", "several machines without a shared file system: each "
+                                   "machine's first process writes checkpoints and the model to its own disk")
     allow_world_size_change: bool = _arg(False, "distributed",
                                          "resume a checkpoint saved by another number of processes (not exact)")
     # hub
-    push_to_hub: bool = _arg(False, "hub", "upload the model at the end (needs network and a token)")
-    hub_model_id: str | None = _arg(None, "hub", "repository name on the hub; default: output_dir's name")
-    hub_token: str | None = field(default=None, repr=False, metadata={"group": "hub", "help": "hub token"})
+    push_to_hub: bool = _arg(False, "hub", "upload the model to the HuggingFace Hub (needs network and a token); "
+                             "see hub_strategy")
+    hub_model_id: str | None = _arg(None, "hub", "repository name on the hub (namespace/name); default: output_dir's "
+                                    "name")
+    hub_strategy: str = _arg("every_save", "hub", "when to upload: " + ", ".join(HUB_STRATEGIES) + " (the checkpoint "
+                             "strategies also upload checkpoints, optimizer state included)")
+    hub_token: str | None = field(default=None, repr=False, metadata={
+        "group": "hub", "help": "hub token (default: HF_TOKEN or `hf auth login`'s); never written to any file"})
+    hub_private_repo: bool | None = _arg(None, "hub", "create the repository private; unset: the hub's default")
+    hub_revision: str | None = _arg(None, "hub", "branch to upload to (created if missing); unset: main")
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
@@ -333,6 +350,7 @@ def _problems(args: TrainingArguments) -> list[str]:
     choice("lr_scheduler_type", SCHEDULERS)
     choice("optim", OPTIMIZERS)
     choice("train_sampling_strategy", SAMPLING)
+    choice("hub_strategy", HUB_STRATEGIES)
     for reporter in args.report_to:
         if reporter not in REPORTERS:
             problems.append(f"report_to={reporter!r} is not one of {', '.join(map(repr, REPORTERS))}")
@@ -377,6 +395,14 @@ def _problems(args: TrainingArguments) -> list[str]:
         problems.append(f"ddp_timeout={args.ddp_timeout} must be >= 1 (seconds)")
     if args.ddp_bucket_cap_mb is not None and args.ddp_bucket_cap_mb < 1:
         problems.append(f"ddp_bucket_cap_mb={args.ddp_bucket_cap_mb} must be >= 1 (or unset for torch's 25)")
+    plan, fsdp_problems = read_fsdp(args.fsdp, args.fsdp_config)
+    problems += fsdp_problems
+    if plan is not None:
+        for name, why in (("fp16", "fp16's loss scaling is not sharded in finch: use bf16"),
+                          ("torch_compile", "finch has not tested compiling a sharded model"),
+                          ("save_on_each_node", "the full state dict is gathered to rank 0 only: use a shared disk")):
+            if getattr(args, name):
+                problems.append(f"fsdp with {name}=True: {why}")
     if args.dataloader_num_workers < 0:
         problems.append(f"dataloader_num_workers={args.dataloader_num_workers} must be >= 0")
     if args.fp16 and args.bf16:

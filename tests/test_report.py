@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,22 +76,203 @@ def test_report_of_appended_runs_shows_the_last(tmp_path):
     assert "<td>0.75</td>" in page and "<td>9.0</td>" not in page and "<td>9</td>" not in page
 
 
-def chromium_screenshot(page, screenshot) -> np.ndarray:
-    """`page` rendered by headless Chromium in a 1200 x 2400 window, as grey levels (0 black, 255 white)."""
+def reviews(count: int, seed: int, regression: bool = False) -> list[tuple[str, object]]:
+    """Texts of 3-6 words, mostly from their class's words: three classes, or a score per class for regression."""
+    rng = np.random.default_rng(seed)
+    words = {"pos": ["good", "great", "nice"], "neg": ["bad", "awful", "poor"], "mixed": ["okay", "fine", "meh"]}
+    every = [word for group in words.values() for word in group]
+    rows = []
+    for index in range(count):
+        label = ["pos", "neg", "mixed"][index % 3]
+        text = " ".join(str(rng.choice(words[label] if rng.random() < 0.7 else every)) for _ in range(3 + index % 4))
+        score = {"pos": 4.5, "neg": 1.25, "mixed": 2.75}[label] + round(float(rng.random()) / 10, 3)
+        rows.append((text, score if regression else label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, tiny_model_dir):
+    """`finch train` on a 3-class and on a regression CSV (24 validation rows each): {kind: (folder, validation)}."""
+    from test_cli import write_csv
+
+    root = tmp_path_factory.mktemp("cli-report")
+    runs = {}
+    for kind, header in (("classification", ("review", "sentiment")), ("regression", ("review", "score"))):
+        train = write_csv(root / f"{kind}-train.csv", reviews(60, 0, kind == "regression"), header)
+        validation = reviews(24, 1, kind == "regression")
+        dev = write_csv(root / f"{kind}-dev.csv", validation, header)
+        folder = root / kind
+        assert main(["train", "--model", tiny_model_dir, "--train", train, "--validation", dev, "--output-dir",
+                     str(folder), "--num-train-epochs", "2", "--no-bf16", "--disable-tqdm", "--learning-rate",
+                     "1e-3", "--logging-steps", "2"]) == 0
+        runs[kind] = (folder, validation)
+    return runs
+
+
+def examples_file(folder):
+    lines = [json.loads(line) for line in (folder / "eval_examples.jsonl").read_text().splitlines()]
+    return lines[0], lines[1:]
+
+
+def section(page: str, title: str) -> str:
+    """The HTML of the section titled `title` (up to the next section)."""
+    start = page.index(f"<h2>{title}</h2>")
+    return page[start:page.find("<section>", start) if "<section>" in page[start:] else len(page)]
+
+
+def test_classification_report_has_per_class_scores_and_the_highest_loss_examples(cli_runs):
+    from sklearn.metrics import precision_recall_fscore_support
+
+    folder, validation = cli_runs["classification"]
+    head, rows = examples_file(folder)
+    assert head == {"kind": "classification", "classes": ["mixed", "neg", "pos"]} and len(rows) == 24
+    metrics = json.loads((folder / "metrics.json").read_text())
+    # the file is the final evaluation's: its per-example losses average to the logged eval_loss
+    assert np.mean([r["loss"] for r in rows]) == pytest.approx(metrics["eval_loss"], rel=1e-5)
+    page = (folder / "report.html").read_text()  # written at the end of finch train, from the file
+    assert "<table class='matrix'>" in section(page, "Confusion matrix")  # from the file: no predictions given
+    table = section(page, "Per-class precision, recall and F1")
+    cells = re.findall(r"<tr><th>([^<]+)</th><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>(\d+)</td></tr>",
+                       table)
+    truth, predicted = [r["label"] for r in rows], [r["prediction"] for r in rows]
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=head["classes"],
+                                                                     zero_division=0)
+    expected = [(name, f"{p:.4g}", f"{r:.4g}", f"{f:.4g}", str(s))
+                for name, p, r, f, s in zip(head["classes"], precision, recall, f1, support)]
+    macro = precision_recall_fscore_support(truth, predicted, labels=head["classes"], average="macro", zero_division=0)
+    weighted = precision_recall_fscore_support(truth, predicted, labels=head["classes"], average="weighted",
+                                               zero_division=0)
+    expected += [(name, *(f"{v:.4g}" for v in values[:3]), "24")
+                 for name, values in (("macro average", macro), ("weighted average", weighted))]
+    assert cells == expected
+    hardest = section(page, "Evaluation examples with the highest loss")
+    shown = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>"
+                       r"<td>([^<]+)</td></tr>", hardest)
+    by_loss = sorted(range(24), key=lambda row: (-rows[row]["loss"], row))[:20]
+    assert [int(row) for _, row, *_ in shown] == by_loss
+    for _, row, loss, true, prediction, text in shown:  # each with its own text and labels from the CSV
+        assert (text, true) == validation[int(row)] and prediction == rows[int(row)]["prediction"]
+        assert loss == f"{rows[int(row)]['loss']:.4g}"
+    assert all("text" in rows[row] for row in by_loss) and sum("text" in r for r in rows) == 20
+
+
+def test_regression_report_plots_predicted_against_true(cli_runs):
+    folder, validation = cli_runs["regression"]
+    head, rows = examples_file(folder)
+    assert head["kind"] == "regression" and len(rows) == 24
+    assert [r["label"] for r in rows] == pytest.approx([score for _, score in validation])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert np.mean([r["loss"] for r in rows]) == pytest.approx(metrics["eval_loss"], rel=1e-5)
+    page = (folder / "report.html").read_text()
+    plot = section(page, "Predicted vs true")
+    assert f"mean squared error {metrics['eval_mse']:.4g}" in plot
+    markers = re.search(r'<g id="PathCollection_1">(.*?)</g>', plot, re.DOTALL).group(1)
+    assert plot.count("<svg") == 1 and markers.count("<use ") == 24  # one marker per example
+    assert "Confusion matrix" not in page and "Per-class" not in page
+    hardest = section(page, "Evaluation examples with the highest loss")
+    worst = max(range(24), key=lambda row: rows[row]["loss"])
+    assert f"<td>1</td><td>{worst}</td>" in hardest and validation[worst][0] in hardest
+
+
+def test_python_api_report_takes_predictions_and_texts(run, tmp_path, tokenizer):
+    folder, _, predictions = run
+    texts = sentiment_dataset(tokenizer, rows=48).select(range(24))["text"]
+    page = write_report(folder, out=tmp_path / "api.html", predictions=predictions, texts=texts).read_text()
+    hardest = section(page, "Evaluation examples with the highest loss")
+    logits = np.asarray(predictions.predictions, dtype=np.float64)
+    losses = np.logaddexp.reduce(logits, axis=-1) - logits[np.arange(24), predictions.label_ids]
+    worst = int(np.argmax(losses))
+    assert f"<td>1</td><td>{worst}</td><td>{losses[worst]:.4g}</td>" in hardest and texts[worst] in hardest
+    assert "Per-class precision, recall and F1" in page
+    assert not (folder / "eval_examples.jsonl").exists()  # given predictions, nothing is written beside the run
+
+
+def chromium(page: Path, tmp_path: Path) -> tuple[np.ndarray, str, list[str]]:
+    """`page` in headless Chromium: its screenshot (grey levels), its DOM after parsing, and its console messages.
+
+    Console messages without DevTools: with `--enable-logging=stderr --v=0` Chromium writes each one (console.log or
+    error, uncaught exceptions) to stderr as an `INFO:CONSOLE` line."""
     from PIL import Image
 
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={screenshot}", "--window-size=1200,2400", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    return np.asarray(Image.open(screenshot).convert("L"))
+    screenshot = tmp_path / f"{page.stem}.png"
+    common = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+              "--v=0"]
+    shot = subprocess.run([*common, f"--screenshot={screenshot}", "--window-size=1200,3000", page.as_uri()],
+                          check=True, capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], check=True, capture_output=True, text=True,
+                         timeout=120)
+    console = [line for line in (shot.stderr + dom.stderr).splitlines() if ":CONSOLE" in line]
+    return np.asarray(Image.open(screenshot).convert("L")), dom.stdout, console
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_report_renders_in_headless_chromium(run, tmp_path):
-    folder, _, predictions = run
-    path = write_report(folder, out=tmp_path / "report.html", predictions=predictions)
-    image = chromium_screenshot(path, tmp_path / "report.png")
-    assert image.shape == (2400, 1200)
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
+                                    reason="needs Debian's chromium (.ci/run installs it)")
+
+
+@needs_chromium
+def test_the_console_check_sees_errors(tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); missing();</script></body></html>")
+    _, _, console = chromium(page, tmp_path)
+    assert any("boom" in line for line in console) and any("Uncaught ReferenceError" in line for line in console)
+
+
+@needs_chromium
+@pytest.mark.parametrize("kind", ["python", "classification", "regression"])
+def test_report_renders_in_headless_chromium_without_console_errors(run, cli_runs, kind, tmp_path):
+    if kind == "python":
+        folder, _, predictions = run
+        path = write_report(folder, out=tmp_path / "report.html", predictions=predictions)
+        plots, sections = 5, ["Curves", "Confusion matrix", "Per-class precision, recall and F1"]
+    else:
+        path = cli_runs[kind][0] / "report.html"
+        plots = 5  # loss, learning rate, metrics, throughput; the confusion matrix or predicted vs true
+        sections = (["Confusion matrix", "Per-class precision, recall and F1"] if kind == "classification"
+                    else ["Predicted vs true"])
+    image, dom, console = chromium(path, tmp_path)
+    assert console == []  # the page runs no script and logs nothing
+    assert image.shape == (3000, 1200)
     ink = (image < 200).mean()  # text, lines and plots on a white page
     assert 0.01 < ink < 0.5, ink
-    assert (image[:1200] < 200).mean() > 0.01  # the top half (overview, metrics, plots) is not blank
+    assert (image[:1500] < 200).mean() > 0.01 and (image[1500:] < 200).mean() > 0.005  # both halves drawn
+    for title in [*sections, "Evaluation examples with the highest loss"]:
+        assert f"<h2>{title}</h2>" in dom, title
+    assert dom.count("<svg") == plots  # the browser parsed every plot
+    assert dom.count("<table class=\"hardest\">") == 1
+
+
+@pytest.mark.parametrize("kind", ["classification", "multilabel", "regression"])
+def test_eval_examples_losses_scores_and_file_round_trip(kind, tmp_path):
+    """Per-example losses equal torch's own loss functions, per-class scores scikit-learn's, and the file gives back
+    what was written."""
+    import torch
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from finch.eval_examples import EvalExamples
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 1 if kind == "regression" else 4)).astype(np.float32)
+    labels = {"classification": rng.integers(0, 4, 50), "multilabel": rng.integers(0, 2, (50, 4)).astype(np.float32),
+              "regression": rng.normal(size=50).astype(np.float32)}[kind]
+    examples = EvalExamples.from_predictions(logits, labels, ["a", "b", "c", "d"], lambda row: f"text {row}")
+    assert examples.kind == kind
+    functions = {"classification": torch.nn.functional.cross_entropy,
+                 "multilabel": torch.nn.functional.binary_cross_entropy_with_logits,
+                 "regression": lambda x, y, reduction: torch.nn.functional.mse_loss(x.view(-1), y, reduction=reduction)}
+    expected = functions[kind](torch.tensor(logits), torch.tensor(labels), reduction="none")
+    expected = expected.mean(-1) if kind == "multilabel" else expected
+    assert examples.losses == pytest.approx(expected.numpy(), rel=1e-4, abs=1e-6)
+    assert examples.texts == {row: f"text {row}" for row in examples.hardest()} and len(examples.texts) == 20
+    if kind != "regression":
+        truth = labels.astype(int) if kind == "multilabel" else labels
+        predicted = (logits > 0).astype(int) if kind == "multilabel" else logits.argmax(-1)
+        scores = precision_recall_fscore_support(truth, predicted, labels=None if kind == "multilabel" else range(4),
+                                                 zero_division=0)
+        rows = examples.per_class()
+        assert np.allclose(np.array([row[1:] for row in rows[:4]], dtype=float), np.array(scores, dtype=float).T)
+    examples.write(tmp_path / "examples.jsonl")
+    again = EvalExamples.read(tmp_path / "examples.jsonl")
+    assert again.kind == kind and again.texts == examples.texts and again.class_names == examples.class_names
+    for name in ("losses", "labels", "predicted"):  # the file rounds numbers to 6 decimals
+        assert np.allclose(getattr(again, name), getattr(examples, name), atol=1e-5), name
+

@@ -2,11 +2,10 @@
 text and rendered by headless Chromium."""
 
 import re
-import shutil
 
 import optuna
 import pytest
-from test_report import chromium_screenshot
+from test_report import chromium, needs_chromium
 from test_search_cli import FAST, files  # noqa: F401 (files is a fixture)
 
 from finch.cli import main
@@ -63,10 +62,14 @@ def test_a_small_study_with_a_pruned_trial(tmp_path, capsys):
     assert page.count("<svg") == 2  # objective by trial (the pruned one at 7.5), at each evaluation
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
+@needs_chromium
 def test_search_report_renders_in_headless_chromium(search, tmp_path):
-    image = chromium_screenshot(write_report(search, out=tmp_path / "search.html"), tmp_path / "search.png")
-    assert image.shape == (2400, 1200)
+    image, dom, console = chromium(write_report(search, out=tmp_path / "search.html"), tmp_path)
+    assert console == []  # the page runs no script and logs nothing
+    assert image.shape == (3000, 1200)
     ink = (image < 200).mean()  # text, lines and plots on a white page
     assert 0.01 < ink < 0.5, ink
-    assert (image[:1200] < 200).mean() > 0.01  # the top half (overview, plots) is not blank
+    assert (image[:1200] < 200).mean() > 0.01  # the top (overview, plots) is not blank
+    for title in ("Search", "Objective by trial", "Trials", "Parameter importance"):
+        assert f"<h2>{title}</h2>" in dom, title
+    assert dom.count("<svg") == 3  # the browser parsed every plot
