@@ -7,6 +7,7 @@ subprocess:
     hf        transformers.Trainer with the tutorial's flags (fp32)
     hf-tuned  transformers.Trainer with bf16=True, train_sampling_strategy="group_by_length"
     finch     finch.Trainer with its defaults (the same script: only the import differs)
+    finch-fp32, finch-tf32, hf-tf32   the same with bf16=False (and tf32=True)
 
 MFU counts useful work only: 6 x (parameters outside the embeddings) x (non-padding tokens) per second, over the
 accelerator's dense bf16 peak (--peak-tflops; 989 for an H100/H200 SXM). Padding a side computes is not counted,
@@ -39,7 +40,7 @@ def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:
     import transformers
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DataCollatorWithPadding
 
-    if impl == "finch":
+    if impl.startswith("finch"):
         from finch import Trainer, TrainingArguments
     else:
         from transformers import Trainer, TrainingArguments
@@ -54,6 +55,10 @@ def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:
     model = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, num_labels=2))
     dense = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
     tuned = {"bf16": True, "train_sampling_strategy": "group_by_length"} if impl == "hf-tuned" else {}
+    tuned.update({"finch-fp32": {"bf16": False}, "finch-tf32": {"bf16": False, "tf32": True},
+                  "hf-tf32": {"tf32": True}}.get(impl, {}))
+    if impl == "hf-tuned" and not torch.cuda.is_available():
+        tuned["use_cpu"] = True  # HF refuses bf16 on the CPU without it
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
                                  learning_rate=2e-5, save_strategy="no", eval_strategy="no", report_to="none",
@@ -81,7 +86,7 @@ def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--impl", nargs="+", choices=("hf", "hf-tuned", "finch"), default=["hf", "hf-tuned", "finch"])
+    p.add_argument("--impl", nargs="+", choices=("hf", "hf-tuned", "hf-tf32", "finch", "finch-fp32", "finch-tf32"), default=["hf", "hf-tuned", "finch"])
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the packaged MiniLM's)")
     p.add_argument("--data", type=Path, default=mrpc.DEFAULT_DATA)
     p.add_argument("--batch-size", type=int, default=32)
@@ -113,10 +118,9 @@ def main() -> None:
     for r in rows:
         print(f"{r['impl']:<9} {r['train_seconds']:8.1f} {r['samples_per_second']:9.1f} "
               f"{r['real_tokens_per_second']:9d} {r['model_tflops']:8.1f} {100 * r['mfu']:5.1f}% {r['train_loss']:7.4f}")
-    finch = next((r for r in rows if r["impl"] == "finch"), None)
-    for r in rows:
-        if finch and r is not finch:
-            print(f"finch vs {r['impl']}: {r['train_seconds'] / finch['train_seconds']:.2f}x faster")
+    for finch in (r for r in rows if r["impl"].startswith("finch")):
+        for r in (r for r in rows if r["impl"].startswith("hf")):
+            print(f"{finch['impl']} vs {r['impl']}: {r['train_seconds'] / finch['train_seconds']:.2f}x faster")
 
 
 if __name__ == "__main__":

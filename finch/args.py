@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from finch.errors import ConfigError, UnknownArgumentError
+from finch.fsdp import read_fsdp
 from finch.hf_names import HF_ONLY, HFArgumentsProperties, accept_hf_only
 
 STRATEGIES = ("no", "steps", "epoch")
@@ -129,6 +130,8 @@ class TrainingArguments(HFArgumentsProperties):
                              "bf16 autocast; unset: on where the hardware has fast bf16")
     fp16: bool | None = _arg(None, "reproducibility, precision, hardware",
                              "fp16 autocast with loss scaling (CUDA; elsewhere bf16 or fp32, with a warning)")
+    tf32: bool | None = _arg(None, "reproducibility, precision, hardware",
+                             "TF32 matmuls on Ampere+ GPUs (fp32 weights, tensor cores); unset: torch's setting")
     use_cpu: bool = _arg(False, "reproducibility, precision, hardware", "train on the CPU even when CUDA is there")
     torch_compile: bool = _arg(False, "reproducibility, precision, hardware",
                                "torch.compile the model (batches padded to a few bucketed lengths)")
@@ -155,6 +158,12 @@ class TrainingArguments(HFArgumentsProperties):
     ddp_find_unused_parameters: bool | None = _arg(None, "distributed",
                                                    "DDP's find_unused_parameters; unset: on when parameters are frozen")
     ddp_bucket_cap_mb: int | None = _arg(None, "distributed", "DDP gradient bucket size in MB; unset: torch's 25")
+    fsdp: str | list[str] = _arg("", "distributed", "FSDP2: 'full_shard' or 'shard_grad_op', optionally with "  # noqa: RUF009
+                                 "'auto_wrap' (HF's strings); each transformer layer sharded, then the model")
+    fsdp_config: dict | str | None = _arg(None, "distributed", "FSDP settings (a JSON object or file): "  # noqa: RUF009
+                                          "transformer_layer_cls_to_wrap, reshard_after_forward, version (2)")
+    save_on_each_node: bool = _arg(False, "distributed", "several machines without a shared file system: each "
+                                   "machine's first process writes checkpoints and the model to its own disk")
     allow_world_size_change: bool = _arg(False, "distributed",
                                          "resume a checkpoint saved by another number of processes (not exact)")
     # hub
@@ -431,6 +440,14 @@ def _problems(args: TrainingArguments) -> list[str]:
         problems.append(f"ddp_timeout={args.ddp_timeout} must be >= 1 (seconds)")
     if args.ddp_bucket_cap_mb is not None and args.ddp_bucket_cap_mb < 1:
         problems.append(f"ddp_bucket_cap_mb={args.ddp_bucket_cap_mb} must be >= 1 (or unset for torch's 25)")
+    plan, fsdp_problems = read_fsdp(args.fsdp, args.fsdp_config)
+    problems += fsdp_problems
+    if plan is not None:
+        for name, why in (("fp16", "fp16's loss scaling is not sharded in finch: use bf16"),
+                          ("torch_compile", "finch has not tested compiling a sharded model"),
+                          ("save_on_each_node", "the full state dict is gathered to rank 0 only: use a shared disk")):
+            if getattr(args, name):
+                problems.append(f"fsdp with {name}=True: {why}")
     if args.dataloader_num_workers < 0:
         problems.append(f"dataloader_num_workers={args.dataloader_num_workers} must be >= 0")
     if args.fp16 and args.bf16:

@@ -61,13 +61,17 @@ class CheckpointError(OSError):
     """A checkpoint could not be written (disk full, permission denied...); earlier ones are intact."""
 
 
-def save_model_folder(model: torch.nn.Module, folder: str | Path, processing_class: Any = None) -> None:
-    """An inference-ready folder: HF models via `save_pretrained`, other modules as `model.safetensors`."""
+def save_model_folder(model: torch.nn.Module, folder: str | Path, processing_class: Any = None,
+                      weights: dict[str, torch.Tensor] | None = None) -> None:
+    """An inference-ready folder: HF models via `save_pretrained`, other modules as `model.safetensors`.
+    `weights`: the full state dict to save instead of the model's own (gathered from FSDP2's shards)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "save_pretrained"):
-        with _quiet_transformers():  # no "Writing model shards" bar at every checkpoint
-            model.save_pretrained(folder, safe_serialization=True)
+        with _quiet_transformers(), _this_process_writes(model):  # no "Writing model shards" bar at every checkpoint
+            model.save_pretrained(folder, safe_serialization=True, state_dict=weights)
+    elif weights is not None:
+        safetensors.torch.save_file(weights, str(folder / WEIGHTS))
     else:
         safetensors.torch.save_model(model, str(folder / WEIGHTS))
     if processing_class is not None and hasattr(processing_class, "save_pretrained"):
@@ -85,11 +89,27 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
-    """Load `model.safetensors` from `folder` into `model` (in place)."""
+@contextlib.contextmanager
+def _this_process_writes(model: torch.nn.Module) -> Iterator[None]:
+    """transformers' `save_pretrained` writes nothing (silently) outside global rank 0 once torch.distributed is
+    initialized; finch chose this process to write (each machine's first with `save_on_each_node`), so it writes."""
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process  # shadows the method, this call only
+    try:
+        yield
+    finally:
+        del model.should_save_on_this_rank
+
+
+def load_model_weights(model: torch.nn.Module, folder: str | Path, sharded: bool = False) -> None:
+    """Load `model.safetensors` from `folder` into `model` (in place); `sharded`: into FSDP2's shards."""
     path = Path(folder) / WEIGHTS
     if not path.exists():
         raise ResumeError(f"No {WEIGHTS} in {folder}: not a finch checkpoint or model folder")
+    if sharded:
+        from finch.fsdp import load_full_weights
+
+        load_full_weights(model, safetensors.torch.load_file(str(path)))
+        return
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
     except RuntimeError as error:  # shapes differ: another architecture, vocabulary or number of labels
@@ -104,12 +124,17 @@ def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
 
 def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: TrainerState, args: TrainingArguments,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
-                    processing_class: Any = None, rng_states: list[dict] | None = None) -> Path:
+                    processing_class: Any = None, rng_states: list[dict] | None = None,
+                    launch_id: str | None = None, weights: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """Write `checkpoint-<global_step>` completely into a temporary folder, then rename it into place.
 
     A checkpoint of the same step from this run (saved before a resume) is replaced; one of another run never is.
     `rng_states` holds every rank's RNG state, rank 0's first (default: this process's only); rank r's is saved as
-    `rng_state_<r>.json` (rank 0's as `rng_state.json`), and the manifest records how many ranks there were.
+    `rng_state_<r>.json` (rank 0's as `rng_state.json`), and the manifest records how many ranks there were and
+`launch_id`, the torchrun launch that saved it (`latest_checkpoint_of_launch`: what a restarted worker resumes).
+`weights` and `optimizer_state`, when given, are saved instead of the model's and optimizer's own state dicts (the
+full ones gathered from FSDP2's shards; the optimizer's then keyed by parameter name).
 
     Raises:
         CheckpointError: the disk is full, read-only or not writable; the temporary folder is removed and every
@@ -121,9 +146,10 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
     try:
         if final.exists() and run_of(final) != state.run_id:  # plan_resume refuses runs that get here
             raise OSError(f"{final} belongs to another run and is not replaced")
-        save_model_folder(model, temporary, processing_class)
+        save_model_folder(model, temporary, processing_class, weights)
         if optimizer is not None and not args.save_only_model:
-            torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+            torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                       temporary / "optimizer.pt")
             _write_json(temporary / "scheduler.json", scheduler.state_dict() if scheduler is not None else None)
             _write_json(temporary / "scaler.json", scaler.state_dict() if scaler is not None else None)
             for rank, states in enumerate(rng_states or [rng_state()]):
@@ -133,7 +159,8 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
         files = {path.relative_to(temporary).as_posix(): _describe(path)
                  for path in sorted(temporary.rglob("*")) if path.is_file()}
         _write_json(temporary / MANIFEST, {"run_id": state.run_id, "saved_at": time.time(),
-                                           "world_size": len(rng_states or [None]), "files": files})
+                                           "world_size": len(rng_states or [None]), "launch_id": launch_id,
+                                           "files": files})
         _fsync_tree(temporary)
         if final.exists():  # the same step saved again (after a resume): move the old one aside, then drop it
             stale = final.with_name(_leftover_name("stale", final.name, state.run_id))
@@ -225,6 +252,13 @@ def run_of(folder: str | Path) -> str | None:
     return run_id if isinstance(run_id, str) else None
 
 
+def launch_of(folder: str | Path) -> str | None:
+    """The torchrun launch id that saved checkpoint `folder` (None: saved outside torchrun, or by an older finch)."""
+    manifest = _manifest(Path(folder))
+    launch_id = manifest.get("launch_id") if manifest is not None else None
+    return launch_id if isinstance(launch_id, str) else None
+
+
 def saved_at(folder: str | Path) -> float:
     """When checkpoint `folder` was saved: the time in its manifest, else the manifest's (or folder's) mtime."""
     folder = Path(folder)
@@ -240,9 +274,10 @@ def new_run_id() -> str:
 
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, scaler: Any = None, rank: int = 0) -> TrainerState:
+                    scheduler: Any = None, scaler: Any = None, rank: int = 0, sharded: bool = False) -> TrainerState:
     """Restore model, optimizer, scheduler, scaler and rank `rank`'s RNG states from `folder` (RNGs are left alone
-    when it holds none for that rank: saved by fewer processes); return its `TrainerState`.
+    when it holds none for that rank: saved by fewer processes); return its `TrainerState`. `sharded`: the model is
+    sharded by FSDP2 (each rank takes its shard of the full tensors).
 
     Raises:
         ResumeError: `folder` is not a checkpoint, is damaged, does not fit `model`, or holds an `optimizer.pt`
@@ -256,11 +291,17 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
         raise ResumeError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
                           f"(resume_from_checkpoint=True picks the newest whole one)")
     try:
-        load_model_weights(model, folder)
+        load_model_weights(model, folder, sharded)
     except ValueError as error:
         raise ResumeError(f"cannot resume from {folder}: {error}; use the model it was trained with") from error
     if optimizer is not None and (folder / "optimizer.pt").exists():
-        optimizer.load_state_dict(_load_tensors(folder / "optimizer.pt"))
+        optimizer_state = _load_tensors(folder / "optimizer.pt")
+        if sharded:
+            from finch.fsdp import load_full_optimizer_state
+
+            load_full_optimizer_state(model, optimizer, optimizer_state)
+        else:
+            optimizer.load_state_dict(optimizer_state)
         for name, target in (("scheduler.json", scheduler), ("scaler.json", scaler)):
             saved = json.loads((folder / name).read_text())
             if target is not None and saved is not None:
@@ -315,6 +356,13 @@ def latest_checkpoint_of(output_dir: str | Path, run_id: str | None, quiet: bool
     """The highest-step whole checkpoint of run `run_id` in `output_dir`, or None."""
     whole = _WholeCheckpoints(quiet)
     return next((folder for folder in reversed(run_checkpoints(output_dir, run_id)) if whole(folder)), None)
+
+
+def latest_checkpoint_of_launch(output_dir: str | Path, launch_id: str) -> Path | None:
+    """The newest whole checkpoint that torchrun launch `launch_id` saved in `output_dir`, or None."""
+    whole = _WholeCheckpoints(quiet=False)
+    saved = [folder for folder in checkpoints(output_dir) if launch_of(folder) == launch_id]
+    return next((folder for folder in sorted(saved, key=saved_at, reverse=True) if whole(folder)), None)
 
 
 class _WholeCheckpoints:

@@ -7,7 +7,7 @@
     finch verify-resume [the train options] [--steps N]   # exit 0: stop + resume gives the same weights
     finch search [the train options] [--trials N] [--storage URL] [--study-name NAME] [--space FILE] [--no-prune]
     finch search --show [--output-dir DIR | --storage URL --study-name NAME]   # the trials and the best parameters
-    finch report OUTPUT_DIR [--out FILE.html]     # the run's HTML report (curves, metrics, arguments)
+    finch report OUTPUT_DIR [--out FILE.html]     # the HTML report of a run (curves, metrics) or of a search
 
 Exit codes: 0 done; 1 training stopped (NaN/Inf losses) or a checkpoint could not be written; 2 a mistake in the
 flags, config or data, reported before any model is loaded, without a traceback; 75 preempted (SIGTERM, SIGINT,
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import traceback
 import types
@@ -109,10 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--out", help="metrics JSON (default: <model>/eval_<data name>.json)")
         else:
             command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
-    report = commands.add_parser("report", help="a self-contained HTML page of a run: curves, metrics, arguments",
+    report = commands.add_parser("report", help="a self-contained HTML page of a run (curves, metrics, arguments) "
+                                 "or of a search (trials, objective by trial, parameter importance)",
                                  allow_abbrev=False)
     report.set_defaults(run=run_report)
-    report.add_argument("output_dir", help="the run's output folder (finch train's --output-dir)")
+    report.add_argument("output_dir", help="the run's output folder (finch train's or finch search's --output-dir)")
     report.add_argument("--out", help="the HTML file (default: OUTPUT_DIR/report.html)")
     return parser
 
@@ -125,8 +127,11 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
     launch.add_argument("--nnodes", type=_positive_int, help="machines in the run (default 1)")
     launch.add_argument("--node-rank", type=int, help="this machine's index, 0 to nnodes-1 (default 0)")
     launch.add_argument("--rdzv-endpoint", help="HOST:PORT where the machines meet (node 0's address)")
+    launch.add_argument("--rdzv-id", help="the job's id, the same on every machine and new for each job (e.g. "
+                                          "$SLURM_JOB_ID): a restart resumes only this job's checkpoints")
     launch.add_argument("--max-restarts", type=int, help="restart every process this many times after a failure; "
-                                                         "each restart resumes from the newest whole checkpoint")
+                                                         "each restart resumes from the newest whole checkpoint "
+                                                         "this launch saved")
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -216,8 +221,7 @@ def run_train(flags: dict[str, Any]) -> int:
     """Resolve options, check the data, fine-tune, evaluate, save; print the metrics and where things are.
     With `--nproc-per-node`, check the options, then relaunch as that many processes through torchrun."""
     from finch import config as config_files
-    from finch.checkpoint import latest_checkpoint
-    from finch.distributed import launched_by_torchrun, relaunch, restarted_by_torchrun
+    from finch.distributed import launched_by_torchrun, relaunch
     from finch.job import prepare, resolve_options, training_arguments
     from finch.outputs import write_text
     from finch.report import try_write_report
@@ -238,16 +242,15 @@ def run_train(flags: dict[str, Any]) -> int:
     if writes:
         output.mkdir(parents=True, exist_ok=True)
         write_text(output / "finch_config.yaml", config_files.dump(options) + "\n")
-    resume = options.get("resume")
-    if resume is None and restarted_by_torchrun() and latest_checkpoint(output) is not None:
-        resume = "auto"  # --max-restarts: a restarted process goes on from the newest whole checkpoint
+    resume = options.get("resume")  # after a torchrun restart (--max-restarts), train() resumes by itself
     trainer.train(resume_from_checkpoint=True if resume == "auto" else resume)
     metrics = trainer.evaluate()
     model_dir = output / "model"
     trainer.save_model(str(model_dir))
+    if writes or (job.args.save_on_each_node and trainer.is_local_process_zero()):
+        job.card.write(model_dir)  # beside each copy of the model
     if not writes:
         return 0
-    job.card.write(model_dir)
     write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     # an observer: a failure is a warning, never the run's end; the final evaluation's examples go with it
     report = try_write_report(output, job.eval_examples)
@@ -278,11 +281,15 @@ def run_search(flags: dict[str, Any]) -> int:
     from finch.errors import ConfigError
     from finch.job import prepare, resolve_options
     from finch.search_job import search_job, show_study
+    from finch.search_report import try_write_search_report
 
     options = resolve_options(flags)
     if flags.get("show"):
         print(show_study(options["output_dir"], flags.get("storage"), flags.get("study_name")))
         return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("finch search runs one process per worker (workers share a study through --storage); "
+                          "for several processes per trial, call Trainer.hyperparameter_search under torchrun")
     if options.get("resume"):
         raise ConfigError("finch search resumes by itself: re-run the same command (a killed worker's trial is "
                           "retried from its last checkpoint); drop --resume")
@@ -291,6 +298,9 @@ def run_search(flags: dict[str, Any]) -> int:
                        flags.get("space"), flags["prune"], flags["heartbeat_interval"])
     print()
     print(show_study(options["output_dir"], flags.get("storage"), study.study_name))
+    report = try_write_search_report(options["output_dir"], flags.get("storage"), study.study_name)
+    if report is not None:
+        print(f"report: {report}")
     completed = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
     if not completed:
         print(f"finch search: no trial of study {study.study_name} completed", file=sys.stderr)

@@ -25,8 +25,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from finch import fsdp
 from finch.errors import ConfigError
-from finch.runtime import Runtime, choose_precision, set_seed
+from finch.runtime import Launch, Runtime, choose_precision, set_seed
 
 logger = logging.getLogger("finch")
 
@@ -34,9 +35,12 @@ logger = logging.getLogger("finch")
 class DistributedRuntime(Runtime):
     """One rank of a `torch.distributed` process group (see `Runtime` for what each method promises)."""
 
-    def __init__(self, device: torch.device, precision: Any, rank: int, local_rank: int, world_size: int) -> None:
+    def __init__(self, device: torch.device, precision: Any, rank: int, local_rank: int, world_size: int,
+                 fsdp_plan: fsdp.FsdpPlan | None = None) -> None:
         super().__init__(device, precision)
         self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
+        self.fsdp_plan = fsdp_plan
+        self.sharded = fsdp_plan is not None
 
     @classmethod
     def start(cls, args: Any) -> DistributedRuntime:
@@ -47,14 +51,17 @@ class DistributedRuntime(Runtime):
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             backend = args.ddp_backend or ("nccl" if cuda else "gloo")
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.ddp_timeout),
-                                    device_id=device if cuda else None)
+            timeout = datetime.timedelta(seconds=args.ddp_timeout)
+            store = _store_of_this_attempt(Launch.from_environment(), timeout)
+            ranks = {} if store is None else {"rank": int(os.environ["RANK"]), "world_size": args.world_size}
+            dist.init_process_group(backend, timeout=timeout, device_id=device if cuda else None, store=store,
+                                    **ranks)
             atexit.register(_leave_group)
         if dist.get_world_size() != args.world_size:  # a group made by the application itself, of another size
             logger.warning("the process group has %d ranks, WORLD_SIZE says %d: using the group's",
                            dist.get_world_size(), args.world_size)
-        return cls(device, choose_precision(args.bf16, args.fp16, device), dist.get_rank(),
-                   args.local_process_index, dist.get_world_size())
+        return cls(device, choose_precision(args.bf16, args.fp16, device, args.tf32), dist.get_rank(),
+                   args.local_process_index, dist.get_world_size(), fsdp.read_fsdp(args.fsdp, args.fsdp_config)[0])
 
     def describe(self) -> str:
         return f"{self.device} | rank {self.rank} of {self.world_size} ({dist.get_backend()})"
@@ -64,11 +71,27 @@ class DistributedRuntime(Runtime):
             return  # rank 0 of a fresh run draws what one process would
         set_seed(int(np.random.SeedSequence([seed, self.rank, step]).generate_state(1)[0]))
 
+    def shard(self, model: torch.nn.Module, args: Any) -> None:
+        if self.fsdp_plan is not None:
+            fsdp.shard(model, self.fsdp_plan, self.device)
+
+    def full_state(self, model: torch.nn.Module, optimizer: Any) -> tuple[dict | None, dict | None]:
+        if not (self.sharded and fsdp.is_sharded(model)):  # (evaluate or save_model before train() sharded it)
+            return None, None
+        return fsdp.full_state(model, optimizer)
+
+    def gathered(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        if self.fsdp_plan is None or not fsdp.is_sharded(model):
+            return contextlib.nullcontext()
+        return fsdp.gathered(model, self.fsdp_plan)
+
     def wrap(self, model: torch.nn.Module, args: Any) -> torch.nn.Module:
-        """DDP around `model` (rank 0's weights are broadcast to the others here).
+        """DDP around `model` (rank 0's weights are broadcast to the others here); a sharded model as it is.
 
         `ddp_find_unused_parameters` unset: on when some parameters are frozen (a partly frozen model often leaves
         trainable ones out of the graph too), else off, which is faster."""
+        if self.sharded:
+            return model  # FSDP2 hooks are in the model itself
         find_unused = args.ddp_find_unused_parameters
         if find_unused is None:
             find_unused = any(not parameter.requires_grad for parameter in model.parameters())
@@ -81,6 +104,8 @@ class DistributedRuntime(Runtime):
 
     def no_sync(self, model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper around DDP
+        if self.sharded:
+            return fsdp.gradient_sync(module, sync)
         if sync or not isinstance(module, DistributedDataParallel):
             return contextlib.nullcontext()
         return module.no_sync()
@@ -122,12 +147,41 @@ class DistributedRuntime(Runtime):
             raise value
         return value
 
+    def on_writers(self, write: Callable[[], Any], every_node: bool) -> None:
+        if not every_node:
+            return self.on_main(write)
+        failure: Exception | None = None
+        if self.local_rank == 0:
+            try:
+                write()
+            except Exception as error:  # noqa: BLE001 (raised below, and on every other rank)
+                failure = error
+        failures = self.all_gather(failure)  # also the barrier: every machine's copy is written when it returns
+        if failure is not None:
+            raise failure
+        first = next((error for error in failures if error is not None), None)
+        if first is not None:
+            raise first
+
     def barrier(self) -> None:
         dist.barrier()
 
     @property
     def _comm_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _store_of_this_attempt(launch: Launch, timeout: datetime.timedelta) -> dist.Store | None:
+    """After a torchrun restart, the store the workers meet in, with this attempt's keys apart (None: torch's own).
+
+    torchrun's agent keeps one store for every attempt of a launch, and the process group's keys (each rank's
+    address) carry no attempt number, so a restarted worker may read the address a dead worker of the previous
+    attempt left and fail with "Connection refused" (pytorch/pytorch#135712; seen here about one restart in two).
+    Every rank of attempt n is restarted together, so `finch/attempt-<n>/` is the same prefix on all of them."""
+    if not launch.restarted or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"finch/attempt-{launch.restarts}/", store)
 
 
 def _leave_group() -> None:
@@ -137,7 +191,7 @@ def _leave_group() -> None:
 
 # ---- launching: `finch train --nproc-per-node N` --------------------------------------------------------------------
 LAUNCH_FLAGS = {"--nproc-per-node": "nproc_per_node", "--nnodes": "nnodes", "--node-rank": "node_rank",
-                "--rdzv-endpoint": "rdzv_endpoint", "--max-restarts": "max_restarts"}
+                "--rdzv-endpoint": "rdzv_endpoint", "--rdzv-id": "rdzv_id", "--max-restarts": "max_restarts"}
 
 
 def launched_by_torchrun() -> bool:
@@ -150,7 +204,8 @@ def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
 
     `command_args` are the CLI's own arguments with the launch flags removed (`without_launch_flags`). One node
     without `--rdzv-endpoint` uses torchrun's `--standalone` (a free local port); several nodes meet at the
-    endpoint (c10d rendezvous), each started with its own `--node-rank`."""
+    endpoint (c10d rendezvous), each started with its own `--node-rank`, and with `--rdzv-id`, the job's id that
+    tells a restarted worker (`--max-restarts`) which checkpoints are this launch's (`--standalone` makes one)."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={flags['nproc_per_node']}"]
     nodes = int(flags.get("nnodes") or 1)
     if nodes == 1 and not flags.get("rdzv_endpoint"):
@@ -161,6 +216,8 @@ def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
                               f"node can reach (e.g. --rdzv-endpoint node0:29500)")
         command += [f"--nnodes={nodes}", f"--node-rank={flags.get('node_rank') or 0}", "--rdzv-backend=c10d",
                     f"--rdzv-endpoint={flags['rdzv_endpoint']}"]
+        if flags.get("rdzv_id"):
+            command.append(f"--rdzv-id={flags['rdzv_id']}")
     if flags.get("max_restarts"):
         command.append(f"--max-restarts={flags['max_restarts']}")
     return [*command, "-m", "finch.cli", *command_args]
@@ -188,8 +245,3 @@ def relaunch(argv: list[str], flags: dict[str, Any]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)
-
-
-def restarted_by_torchrun() -> bool:
-    """Whether torchrun restarted this rank after a failure (`--max-restarts`): then the run resumes."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0

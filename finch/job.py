@@ -183,10 +183,11 @@ def _plan_resume(args: TrainingArguments, resume: str | None, train: Any, config
 
     from finch.fingerprint import Fingerprint, config_fingerprint, data_fingerprint
     from finch.resume import plan_resume
+    from finch.runtime import Launch
 
     config.num_labels = task.num_labels  # as the model will be built; the config object is this job's own copy
     fingerprint = Fingerprint(data_fingerprint(train), config_fingerprint(config, AutoModelForSequenceClassification))
-    plan_resume(args.output_dir, True if resume == "auto" else resume, args, fingerprint)
+    plan_resume(args.output_dir, True if resume == "auto" else resume, args, fingerprint, Launch.from_environment())
 
 
 def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -> TrainingArguments:

@@ -51,6 +51,7 @@ class Predictor:
         card = ModelCard.read(model_dir)
         self.device = choose_device(False)
         self.precision = choose_precision(None, None, self.device)
+        self.precision.apply()
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_classifier(model_dir).to(self.device).eval()
         self.task = Task.from_config(self.model.config)

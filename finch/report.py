@@ -92,6 +92,10 @@ def write_report(output_dir: str | Path, out: str | Path | None = None, predicti
     Raises:
         ConfigError: `output_dir` is not a run's output folder.
     """
+    from finch.search_report import is_search_folder, write_search_report  # here: it imports this module
+
+    if is_search_folder(output_dir):  # a `finch search` folder: the search's report (finch/search_report.py)
+        return write_search_report(output_dir, out)
     files = RunFiles.read(output_dir)
     path = Path(out) if out is not None else files.folder / REPORT
     if predictions is not None:

@@ -22,6 +22,7 @@ from finch.checkpoint import (
     checkpoints,
     describe_runs,
     latest_checkpoint,
+    latest_checkpoint_of_launch,
     run_of,
     step_of,
     verify,
@@ -30,10 +31,12 @@ from finch.checkpoint import (
 from finch.errors import ResumeError
 from finch.fingerprint import Fingerprint
 from finch.optim import total_training_steps
+from finch.runtime import Launch
 from finch.state import TrainerState
 
 logger = logging.getLogger("finch")
 # Arguments that decide the data order or the step count: resuming with others changes the run, not just its end.
+NOT_RESTARTED = Launch()  # outside torchrun, or its first attempt
 RESUME_FIXED = ("seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "train_sampling_strategy", "dataloader_drop_last")
 
@@ -42,7 +45,8 @@ PREVIOUS_RUNS = "previous-runs"  # where a fresh Trainer.train() moves other run
 
 
 def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: TrainingArguments,
-                fingerprint: Fingerprint | None = None, set_aside: bool = False) -> Path | None:
+                fingerprint: Fingerprint | None = None, launch: Launch = NOT_RESTARTED,
+                set_aside: bool = False) -> Path | None:
     """The checkpoint `train(resume_from_checkpoint=resume)` continues from (None: a fresh run), after every check
     that needs no weights. Reads files only; writes and loads nothing, so the CLI calls it before loading the model.
 
@@ -53,6 +57,8 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
         args: the run's arguments: those that fix the data order must equal the checkpoint's, and
             `overwrite_output_dir=True` lets a fresh run replace other runs' checkpoints.
         fingerprint: the run's data and model fingerprints; None (or a None field) skips that check.
+        launch: the torchrun launch of this process: once torchrun has restarted it (`--max-restarts`), the newest
+            whole checkpoint this launch saved replaces `resume` (see `_after_restart`).
         set_aside: a fresh run in a folder with other runs' checkpoints moves them, whole and unchanged, into
             `previous-runs/<run id>/` (with a warning) instead of refusing: `Trainer.train()` does, because HF's
             course trains twice into one `output_dir`; `finch train` refuses and lets the user choose.
@@ -67,6 +73,8 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
     """
     output_dir = Path(output_dir)
     overwrite = args.overwrite_output_dir
+    if launch.restarted:
+        resume = _after_restart(output_dir, resume, launch)
     if resume is None or resume is False:
         found = checkpoints(output_dir)
         if found and not overwrite and set_aside:
@@ -108,6 +116,23 @@ def set_aside_checkpoints(output_dir: Path, found: list[Path]) -> None:
                    "starts fresh without mixing with them or replacing them (resume_from_checkpoint=True continues "
                    "the newest run instead; overwrite_output_dir=True deletes them)", output_dir, described,
                    ", ".join(sorted(moved_to)))
+
+
+def _after_restart(output_dir: Path, resume: str | Path | bool | None, launch: Launch) -> str | Path | bool | None:
+    """What a worker that torchrun restarted resumes: the newest whole checkpoint its launch saved, whatever the
+    command asked (it is the first attempt's request: a fresh start would refuse the launch's own checkpoints, and a
+    given folder would repeat the steps saved since); the request itself while the launch has saved nothing."""
+    if launch.id == "none":
+        logger.warning("torchrun restarted the workers, and its rendezvous id is 'none', torchrun's default that every "
+                       "launch without --rdzv-id shares: a checkpoint of an earlier launch in %s cannot be told "
+                       "from this one's. Give each job its own id (torchrun --rdzv-id $SLURM_JOB_ID; finch train "
+                       "--rdzv-id)", output_dir)
+    found = latest_checkpoint_of_launch(output_dir, launch.id)
+    if found is None:
+        return resume
+    logger.warning("torchrun restarted the workers (restart %d): resuming %s, the newest whole checkpoint this "
+                   "launch saved", launch.restarts, found)
+    return found
 
 
 def _folder_to_resume(output_dir: Path, resume: str | Path | bool) -> Path:
@@ -166,6 +191,8 @@ def check_compatible(folder: str | Path, args: TrainingArguments) -> None:
         fixed = tuple(name for name in RESUME_FIXED if name != "per_device_train_batch_size")
     changed = [f"{name}: {saved.get(name)!r} then, {getattr(args, name)!r} now" for name in fixed
                if name in saved and saved[name] != getattr(args, name)]
+    if bool(saved.get("fsdp")) != bool(args.fsdp):  # FSDP2 saves the optimizer by parameter name, DDP by position
+        changed.append(f"fsdp: {saved.get('fsdp') or 'off'!r} then, {args.fsdp or 'off'!r} now")
     if changed:
         raise ResumeError(f"cannot resume from {folder} exactly: {'; '.join(changed)}. Use the arguments it was "
                           f"saved with, or start a new run in another output_dir")

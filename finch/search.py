@@ -15,6 +15,8 @@ Why each piece is as it is:
   whichever worker takes it resumes the original trial's folder from its last checkpoint. Resume is exact, so the
   objective is the one an uninterrupted trial gets; the objective so far is saved in each checkpoint (the reporter
   is a stateful callback) for a trial killed after its last evaluation.
+- Under torchrun, rank 0 owns the study and every rank trains each trial as one DDP run: rank 0 gives the others
+  each trial's parameters and every pruning decision, and says when the study is over (`finch.search_ranks`).
 - `n_jobs > 1` is refused: Optuna's threads would share one trainer. Search across processes or machines through
   a database instead, which is what Optuna's storages are for.
 """
@@ -33,7 +35,7 @@ import shutil
 import socket
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +46,11 @@ from finch.args import TrainingArguments
 from finch.callbacks import TrainerCallback
 from finch.errors import ConfigError, UnknownArgumentError
 from finch.nonfinite import NonFiniteLossError
+from finch.search_ranks import RankChannel, TrialNotRun, TrialPlan, follow, lead, snapshot
+from finch.search_storage import HEARTBEAT_INTERVAL, create_study, import_optuna, open_storage
 
 logger = logging.getLogger("finch")
 
-HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats in a database
-GRACE_FACTOR = 3  # a trial silent for this many intervals is stale: failed, then retried
-MAX_RETRIES = 3  # retries of one trial whose workers keep dying (a trial that crashes them all is not retried forever)
 STUDY_OPTIONS = ("storage", "study_name", "load_if_exists", "sampler", "pruner")
 OPTIMIZE_OPTIONS = ("timeout", "gc_after_trial", "callbacks", "n_jobs", "catch", "show_progress_bar")
 FINCH_OPTIONS = ("heartbeat_interval", "grace_period")
@@ -117,87 +118,7 @@ def check_space(space: Callable[[Any], dict], args: TrainingArguments, free_name
     return list(params)
 
 
-# ---- storage and study ------------------------------------------------------------------------------------------
-def import_optuna() -> Any:
-    try:
-        import optuna
-    except ImportError as error:
-        raise ConfigError("hyperparameter search needs Optuna: pip install 'finch[search]' (or pip install optuna)") \
-            from error
-    return optuna
-
-
-def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 grace_period: int | None = None) -> Any:
-    """An Optuna RDB storage for `url` with heartbeats and retries of stale trials (None: in memory).
-
-    Raises:
-        ConfigError: the URL is malformed, its driver is not installed, or the database cannot be reached.
-    """
-    if url is None:
-        return None
-    optuna = import_optuna()
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception as error:  # sqlalchemy's ArgumentError and friends: all a malformed URL
-        raise ConfigError(f"storage {url!r} is not a database URL; use sqlite:///path/search.db or "
-                          f"postgresql://user:password@host/dbname") from error
-    if parsed.drivername == "postgresql" and _missing("psycopg") and not _missing("psycopg2"):
-        parsed = parsed.set(drivername="postgresql+psycopg2")  # SQLAlchemy 2.1 means psycopg 3 by `postgresql://`
-        url = parsed.render_as_string(hide_password=False)
-    shown = parsed.render_as_string(hide_password=True)
-    engine = {"pool_pre_ping": True}
-    if parsed.get_backend_name() == "postgresql":
-        engine["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).parent
-        if not folder.is_dir():
-            raise ConfigError(f"storage {shown}: folder {folder} does not exist; create it or use another path")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES,
-                                                                     inherit_intermediate_values=True)
-            for attempt in (1, 2):
-                try:
-                    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                                      grace_period=grace_period or GRACE_FACTOR * heartbeat_interval,
-                                                      heartbeat_stale_trial_callback=retry)
-                except Exception as error:
-                    # workers starting together on an empty database race to create its tables: the loser retries
-                    if attempt == 2 or "already exists" not in str(error):
-                        raise
-    except (ImportError, ModuleNotFoundError) as error:
-        raise ConfigError(f"storage {shown}: its database driver is not installed ({error}); for PostgreSQL: "
-                          f"pip install 'finch[search]' (psycopg)") from error
-    except Exception as error:  # sqlalchemy's OperationalError & co: no database there
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"storage {shown}: cannot open the database ({first}). Check that the server runs and "
-                          f"the URL, user and password are right") from error
-
-
-def _missing(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is None
-
-
-def create_study(storage: Any, study_name: str | None, directions: list[str], load_if_exists: bool = False,
-                 sampler: Any = None, pruner: Any = None) -> Any:
-    """`optuna.create_study`, with a study that exists already (and `load_if_exists=False`) as a clear error."""
-    optuna = import_optuna()
-    try:
-        return optuna.create_study(storage=storage, study_name=study_name, directions=directions,
-                                   load_if_exists=load_if_exists, sampler=sampler, pruner=pruner)
-    except optuna.exceptions.DuplicatedStudyError as error:
-        raise ConfigError(f"study {study_name!r} exists already in that storage; pass load_if_exists=True to "
-                          f"continue it, or another study_name") from error
-    except ValueError as error:  # a loaded study whose directions differ
-        raise ConfigError(f"study {study_name!r}: {error}") from error
-
-
+# ---- output folders ---------------------------------------------------------------------------------------------
 def check_run_folders(output_dir: str | Path, study_name: str, overwrite: bool) -> None:
     """Refuse to search in a folder that holds another search's trial folders (trials of both would share `run-N`,
     and its best model would be replaced): `overwrite_output_dir=True` lets the new one replace them."""
@@ -216,10 +137,18 @@ def check_run_folders(output_dir: str | Path, study_name: str, overwrite: bool) 
 class TrialReporter(TrainerCallback):
     """Reports the objective at each evaluation to the Optuna trial and stops training when it should be pruned.
 
-    Stateful (saved in checkpoints): a trial resumed after its last evaluation still knows its objective."""
+    Stateful (saved in checkpoints): a trial resumed after its last evaluation still knows its objective.
 
-    def __init__(self, trial: Any, compute_objective: Callable, prune: bool, params: dict[str, Any]) -> None:
+    Args:
+        decide: runs the report and the pruning decision where the trial lives (rank 0 under torchrun) and gives
+            the answer to every rank; in one process it just calls it.
+    """
+
+    def __init__(self, trial: Any, compute_objective: Callable, prune: bool, params: dict[str, Any],
+                 decide: Callable[[Callable[[], bool]], bool] = lambda decision: decision(),
+                 examples_per_epoch: int | None = None) -> None:
         self.trial, self.compute_objective, self.prune, self.params = trial, compute_objective, prune, params
+        self.decide, self.examples_per_epoch = decide, examples_per_epoch
         self.objective: Any = None
         self.pruned = False
 
@@ -228,15 +157,28 @@ class TrialReporter(TrainerCallback):
         state.trial_name, state.trial_params = Path(args.output_dir).name, dict(self.params)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.objective = self.compute_objective(dict(metrics or {}))
+        self.objective = self.compute_objective(dict(metrics or {}))  # on every rank: the same metrics everywhere
         if isinstance(self.objective, (list, tuple)):  # several directions: Optuna cannot prune those
             return
-        self.trial.report(float(self.objective), state.global_step)
-        if self.prune and self.trial.should_prune():
-            logger.info("trial %d pruned at step %d (objective %s)", self.trial.number, state.global_step,
-                        self.objective)
-            self.pruned = True
+        value, step = float(self.objective), self.progress(state)
+        self.pruned = self.decide(lambda: self._report(value, step))
+        if self.pruned:
             control.should_training_stop = True
+
+    def progress(self, state: Any) -> int:
+        """The "step" an objective is reported at: training examples seen. The pruner compares trials at equal steps,
+        and optimizer steps mean different amounts of training when the batch size is searched (HF reports those:
+        a trial of batch 64 at step 10 is compared with one of batch 4 at step 10, or with none at all)."""
+        if self.examples_per_epoch is None or state.epoch is None:
+            return state.global_step
+        return round(state.epoch * self.examples_per_epoch)
+
+    def _report(self, value: float, step: int) -> bool:
+        self.trial.report(value, step)
+        if self.prune and self.trial.should_prune():
+            logger.info("trial %d pruned after %d training examples (objective %s)", self.trial.number, step, value)
+            return True
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {"objective": self.objective}
@@ -261,6 +203,8 @@ class Trials:
             (the CLI's choice: the objective of the model it keeps); otherwise HF's: the last evaluation's.
         after_trial: (trainer, trial, objective) -> None, called when a trial completes (the CLI keeps the best).
         total: stop at this many trials in the study, whatever the workers (the CLI's `--trials`).
+        channel: how rank 0 tells the other ranks under torchrun (see `finch.search_ranks`); one process by default.
+        survivable: exceptions that fail a trial and let the search go on (raised on every rank at the same point).
     """
 
     args: TrainingArguments
@@ -273,9 +217,29 @@ class Trials:
     best_metric_objective: bool = False
     after_trial: Callable[[Any, Any, Any], None] | None = None
     total: int | None = None
+    channel: RankChannel = field(default_factory=RankChannel)
+    survivable: tuple[type[BaseException], ...] = (NonFiniteLossError,)
 
     def __call__(self, trial: Any) -> Any:
+        """Optuna's objective, on rank 0 (or the only process): plan the trial, tell the other ranks, train it."""
         optuna = import_optuna()
+        try:
+            plan = self.plan(trial)
+        except BaseException as error:
+            self.channel.tell(TrialNotRun(f"{type(error).__name__}: {error}"))
+            raise
+        self.channel.tell(plan)
+        trainer, reporter, objective = self.run(plan, trial)
+        if reporter.pruned:
+            for folder in checkpoint.run_checkpoints(plan.folder, trainer.state.run_id):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}")
+        if self.after_trial is not None:
+            self.after_trial(trainer, trial, objective)
+        return objective
+
+    def plan(self, trial: Any) -> TrialPlan:
+        """Rank 0: the trial's parameters, folder (a retry trains in its original's) and whether it resumes."""
         if self.total is not None and _trials_before(trial) >= self.total:
             trial.study.stop()  # another worker started the last trial at the same moment: this one is one too many
             trial.set_user_attr("finch_surplus", True)
@@ -285,7 +249,7 @@ class Trials:
         trial.set_user_attr(RUN_DIR, folder)
         trial.set_user_attr("host", socket.gethostname())
         params = self.space(trial)
-        args = trial_arguments(self.args, params, folder)
+        trial_arguments(self.args, params, folder)  # a value the arguments refuse fails the trial here, on rank 0
         resume = original is not None and checkpoint.latest_checkpoint(folder, quiet=True) is not None
         if original is not None:
             logger.info("trial %d retries trial %d (its worker stopped) %s", trial.number, original,
@@ -293,21 +257,23 @@ class Trials:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / TRIAL_FILE).write_text(json.dumps(
             {"study": self.study_name, "trial": trial.number, "retry_of": original, "params": params}) + "\n")
-        trainer = self.trainer_for(args, trial, resume)
-        reporter = TrialReporter(trial, self.compute_objective, self.prune, params)
+        return TrialPlan(trial.number, params, folder, resume, snapshot(trial) if self.channel.distributed else None)
+
+    def run(self, plan: TrialPlan, trial: Any) -> tuple[Any, TrialReporter, Any]:
+        """Every rank: train the planned trial (`trial` is Optuna's on rank 0, the plan's snapshot elsewhere).
+        Returns the trainer, its reporter and the objective (None when pruned)."""
+        args = trial_arguments(self.args, plan.params, plan.folder)
+        trainer = self.trainer_for(args, trial, plan.resume)
+        reporter = TrialReporter(trial, self.compute_objective, self.prune, plan.params, self.channel.decide,
+                                 _length(trainer.train_dataset))
         trainer.add_callback(reporter)
         try:
-            trainer.train(resume_from_checkpoint=True if resume else None)
+            with self.channel.training(self.survivable):
+                trainer.train(resume_from_checkpoint=True if plan.resume else None)
+                objective = None if reporter.pruned else self._objective(trainer, reporter)
         finally:
             trainer.pop_callback(reporter)
-        if reporter.pruned:
-            for folder_ in checkpoint.run_checkpoints(folder, trainer.state.run_id):
-                shutil.rmtree(folder_, ignore_errors=True)
-            raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}")
-        objective = self._objective(trainer, reporter)
-        if self.after_trial is not None:
-            self.after_trial(trainer, trial, objective)
-        return objective
+        return trainer, reporter, objective
 
     def _name(self, trial: Any) -> str:
         return self.run_name(trial) if self.run_name is not None else f"run-{trial.number}"
@@ -319,6 +285,13 @@ class Trials:
         if reporter.objective is not None:
             return reporter.objective
         return self.compute_objective(trainer.evaluate())  # no evaluation during training: one now, as HF does
+
+
+def _length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:  # an iterable dataset: the pruner compares optimizer steps
+        return None
 
 
 def _retried_trial_number(trial: Any) -> int | None:
@@ -360,11 +333,12 @@ def hyperparameter_search(trainer: Any, hp_space: Callable[[Any], dict] | None =
         **kwargs: `storage` (a URL: heartbeats and retries on; or an Optuna storage), `study_name`,
             `load_if_exists`, `sampler`, `pruner` go to `optuna.create_study`; `timeout`, `gc_after_trial`,
             `callbacks`, `catch`, `show_progress_bar` to `study.optimize`; `heartbeat_interval`, `grace_period`
-            (seconds) to the storage. A trial whose loss turns NaN/Inf fails and the search goes on.
+            (seconds) to the storage. A trial whose loss turns NaN/Inf fails and the search goes on. Under torchrun
+            every rank calls this with the same arguments; rank 0 alone opens the study.
 
     Returns:
         `BestRun(run_id, objective, hyperparameters, run_summary)` of the best trial (`run_summary`: its folder);
-        a list of the Pareto-best for several directions.
+        a list of the Pareto-best for several directions. Under torchrun every rank returns rank 0's.
 
     Raises:
         ConfigError: no `model_init`, no `eval_dataset`, another backend, `n_jobs > 1`, an unknown option, a bad
@@ -376,32 +350,42 @@ def hyperparameter_search(trainer: Any, hp_space: Callable[[Any], dict] | None =
     takes_trial = _takes_trial(trainer.model_init)
     space = hp_space or default_hp_space
     check_space(space, trainer.args, free_names=takes_trial)
+    channel = RankChannel(trainer.runtime)  # under torchrun rank 0 owns the study; the others train with it
+    study = channel.on_leader(lambda: _open_study(trainer.args, directions, kwargs))
+    base_args, model_init = trainer.args, trainer.model_init
+
+    def trainer_for(args: TrainingArguments, trial: Any, resume: bool) -> Any:
+        trainer.args = args
+        trainer.model_init = channel.model_builder(model_init, trial) if takes_trial else model_init
+        trainer.optimizer = trainer.lr_scheduler = None  # a fresh optimizer for the fresh model
+        if resume:  # train() builds the model only for a fresh run; a resumed one loads into the trial's model
+            trainer.model = trainer._build_model().to(trainer.device)
+        return trainer
+
+    catch = (*tuple(kwargs.get("catch") or ()), NonFiniteLossError)
+    objective = Trials(base_args, space, compute_objective or default_compute_objective, trainer_for,
+                       study.study_name if study is not None else "", run_name=hp_name, channel=channel,
+                       survivable=catch)
+    optimize = {k: kwargs[k] for k in OPTIMIZE_OPTIONS if k in kwargs and k not in ("n_jobs", "catch")}
+    try:
+        if not channel.leader:
+            return follow(channel, lambda plan: objective.run(plan, plan.trial), catch)
+        return lead(channel, lambda: study.optimize(objective, n_trials=n_trials, catch=catch, **optimize),
+                    lambda: best_runs(study, optuna))
+    finally:
+        trainer.args, trainer.model_init = base_args, model_init
+
+
+def _open_study(args: TrainingArguments, directions: list[str], kwargs: dict[str, Any]) -> Any:
+    """The study `kwargs` describe (its storage opened), after checking `args.output_dir` holds no other search."""
     storage = kwargs.get("storage")
     if isinstance(storage, (str, os.PathLike)):
         storage = open_storage(str(storage), kwargs.get("heartbeat_interval") or HEARTBEAT_INTERVAL,
                                kwargs.get("grace_period"))
     study = create_study(storage, kwargs.get("study_name"), directions, bool(kwargs.get("load_if_exists")),
                          kwargs.get("sampler"), kwargs.get("pruner"))
-    base_args, model_init = trainer.args, trainer.model_init
-    check_run_folders(base_args.output_dir, study.study_name, base_args.overwrite_output_dir)
-
-    def trainer_for(args: TrainingArguments, trial: Any, resume: bool) -> Any:
-        trainer.args = args
-        trainer.model_init = (lambda: model_init(trial)) if takes_trial else model_init
-        trainer.optimizer = trainer.lr_scheduler = None  # a fresh optimizer for the fresh model
-        if resume:  # train() builds the model only for a fresh run; a resumed one loads into the trial's model
-            trainer.model = trainer._build_model().to(trainer.device)
-        return trainer
-
-    objective = Trials(base_args, space, compute_objective or default_compute_objective, trainer_for,
-                       study.study_name, run_name=hp_name)
-    optimize = {k: kwargs[k] for k in OPTIMIZE_OPTIONS if k in kwargs and k != "n_jobs"}
-    optimize["catch"] = (*tuple(optimize.get("catch") or ()), NonFiniteLossError)
-    try:
-        study.optimize(objective, n_trials=n_trials, **optimize)
-    finally:
-        trainer.args, trainer.model_init = base_args, model_init
-    return best_runs(study, optuna)
+    check_run_folders(args.output_dir, study.study_name, args.overwrite_output_dir)
+    return study
 
 
 def _check_search(trainer: Any, backend: Any, kwargs: dict[str, Any]) -> None:
@@ -422,9 +406,6 @@ def _check_search(trainer: Any, backend: Any, kwargs: dict[str, Any]) -> None:
     if trainer.eval_dataset is None:
         raise ConfigError("hyperparameter_search needs an eval_dataset: each trial's objective comes from its "
                           "evaluation metrics")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("hyperparameter search under torchrun (several processes per trial) is not supported yet; "
-                          "run one process per worker against a shared storage instead")
 
 
 def _directions(direction: str | list[str]) -> list[str]:

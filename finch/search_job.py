@@ -30,7 +30,6 @@ from finch.args import TrainingArguments, convert_value
 from finch.errors import ConfigError
 from finch.nonfinite import NonFiniteLossError
 from finch.search import (
-    HEARTBEAT_INTERVAL,
     NOT_SEARCHABLE,
     RUN_DIR,
     SurplusTrial,
@@ -38,15 +37,13 @@ from finch.search import (
     better,
     check_run_folders,
     check_space,
-    create_study,
     default_hp_space,
     folder_lock,
-    import_optuna,
-    open_storage,
     quiet_optuna,
     state_counts,
     trial_arguments,
 )
+from finch.search_storage import HEARTBEAT_INTERVAL, create_study, import_optuna, open_storage
 
 
 # ---- the space --------------------------------------------------------------------------------------------------

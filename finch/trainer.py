@@ -123,6 +123,7 @@ class Trainer:
         check_overrides(type(self), Trainer)  # an HF override point finch never calls: refused, not ignored
         self.args = args if args is not None else TrainingArguments()
         self.runtime = Runtime.for_args(self.args)  # joins torchrun's process group when there is one
+        self.runtime.precision.apply()  # TF32 switches, when the precision decides them
         self.device, self.precision = self.runtime.device, self.runtime.precision
         # offline, no token, a repository that cannot be created: said now, not after training
         self.hub = Hub.for_trainer(self.args, self.runtime) if self.args.push_to_hub else None
@@ -143,6 +144,9 @@ class Trainer:
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.compute_loss_func = compute_loss_func
         self.optimizer, self.lr_scheduler = optimizers
+        if self.runtime.sharded and self.optimizer is not None:
+            raise ConfigError("fsdp: finch makes the optimizer after sharding the model (it must hold the shards); "
+                              "drop optimizers=(...) and set the optimizer through TrainingArguments (optim=...)")
         self._class_weights: torch.Tensor | None = None
         self.label_names = data.label_names_of(self.model, self.args.label_names)
         self.state = TrainerState(is_local_process_zero=self.runtime.is_local_main_process,
@@ -181,8 +185,9 @@ class Trainer:
             raise ConfigError("Trainer.train() needs a train_dataset")
         fingerprint = Fingerprint.of(self.train_dataset, self.model)  # hashes the token ids: once per train()
         # rank 0 decides from the files and tells the others: every rank resumes the same checkpoint, or none
+        # (after a torchrun restart: the newest checkpoint this launch saved, see `plan_resume`)
         resume = runtime.on_main(lambda: plan_resume(args.output_dir, resume_from_checkpoint, args, fingerprint,
-                                                     set_aside=True))
+                                                     runtime.launch, set_aside=True))
         set_seed(args.seed)
         if self.model_init is not None and resume is None:
             self.model = self._build_model().to(self.device)
@@ -203,6 +208,7 @@ class Trainer:
                             f"than one batch of {global_batch}; lower per_device_train_batch_size or set "
                             f"dataloader_drop_last=False")
         max_steps = total_training_steps(args, steps_per_epoch)
+        runtime.shard(model, args)  # FSDP2, in place: before the optimizer takes the parameters
         if self.optimizer is None:
             self.optimizer = create_optimizer(model, args)
         if self.lr_scheduler is None:
@@ -228,10 +234,10 @@ class Trainer:
         run.model = runtime.wrap(model, args)
         run.model = torch.compile(run.model) if args.torch_compile else run.model
 
-        def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by rank 0)
+        def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by its writer)
             checkpoint.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
             args.save(Path(args.output_dir) / "training_args.json")
-        runtime.on_main(prepare_output_dir)
+        runtime.on_writers(prepare_output_dir, args.save_on_each_node)
         self._print_header(len(dataset), dropped, resume, run.dropout.describe())
         self._warn_if_warmup_outlasts_the_run(max_steps)
         self._check_compute_metrics()
@@ -328,7 +334,7 @@ class Trainer:
         if args.load_best_model_at_end and state.best_model_checkpoint:
             logger.info("Loading the best model (%s = %s) from %s", args.metric_for_best_model, state.best_metric,
                         state.best_model_checkpoint)
-            checkpoint.load_model_weights(model, state.best_model_checkpoint)
+            checkpoint.load_model_weights(model, state.best_model_checkpoint, runtime.sharded)
         steps_run = state.global_step - run_start_step
         metrics = {"train_runtime": round(runtime_seconds, 3),
                    "train_samples_per_second": round(steps_run * global_batch * accumulation / runtime_seconds, 3),
@@ -409,6 +415,8 @@ class Trainer:
         grad_norm = None
         if self.args.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor of the norm over every rank's shards
+                grad_norm = grad_norm.full_tensor()
         finite = self.runtime.all_true(NonFiniteGuard.finite(step_loss, grad_norm))
         indices = [index for batch in batches for index in batch]
         if not run.nonfinite.allow_step(finite, self.optimizer, self.state.global_step + 1, indices,
@@ -460,8 +468,9 @@ class Trainer:
             self.state.best_metric, self.state.best_global_step = value, self.state.global_step
 
     def _save_checkpoint(self, run: TrainingRun) -> Path:
-        """Every rank's RNG state is gathered; rank 0 writes the checkpoint (atomically) and rotates, and the others
-        wait for it: when this returns on any rank, the checkpoint is whole on disk (or every rank raises)."""
+        """Every rank's RNG state is gathered; rank 0 (each machine's first process with `save_on_each_node`) writes
+        the checkpoint (atomically) and rotates, and the others wait for it: when this returns on any rank, the
+        checkpoint is whole on disk (or every rank raises)."""
         state, args = self.state, self.args
         path = Path(args.output_dir) / f"{checkpoint.PREFIX}{state.global_step}"
         if state.best_global_step == state.global_step:
@@ -469,13 +478,15 @@ class Trainer:
         state.stateful_callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
                                     if hasattr(cb, "state_dict")}
         rng_states = self.runtime.all_gather(rng_state())
+        weights, optimizer_state = self.runtime.full_state(self.model, self.optimizer)  # FSDP2: gathered to rank 0
 
         def write() -> None:
             checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
-                                       run.scaler, self.processing_class, rng_states)
+                                       run.scaler, self.processing_class, rng_states, self.runtime.launch.id,
+                                       weights, optimizer_state)
             checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
                                           state.run_id, keep=path)
-        self.runtime.on_main(write)
+        self.runtime.on_writers(write, args.save_on_each_node)
         run.last_checkpoint = str(path)
         self.control = self._fire("on_save")
         return path
@@ -485,7 +496,7 @@ class Trainer:
         with this run's plan."""
         runtime = self.runtime
         saved = checkpoint.load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, run.scaler,
-                                           rank=runtime.rank)
+                                           rank=runtime.rank, sharded=runtime.sharded)
         state = continue_state(saved, fresh, folder)
         state.is_local_process_zero, state.is_world_process_zero = fresh.is_local_process_zero, \
             fresh.is_world_process_zero
@@ -622,7 +633,9 @@ class Trainer:
         started = time.perf_counter()
         include = set(args.include_for_metrics or ())
         outputs_of_batches = []  # (logits, labels or None, loss sum or None, items, extras) of this rank's batches
-        with torch.inference_mode():
+        # FSDP2: the whole model gathered first (ranks run different numbers of batches), outside inference mode, or
+        # the gathered parameters would be inference tensors that the next training forward cannot write into
+        with runtime.gathered(model), torch.inference_mode():
             for batch in loader:
                 has_labels = all(batch.get(name) is not None for name in self.label_names)
                 batch_items = data.count_items(batch, self.label_names)
@@ -716,13 +729,15 @@ class Trainer:
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`.
-        Rank 0 writes; every rank returns once the folder is complete."""
+        Rank 0 writes (each machine's first process with `save_on_each_node`); every rank returns once the folder is
+        complete."""
         folder = Path(output_dir or self.args.output_dir)
+        weights, _ = self.runtime.full_state(self.model, None)  # FSDP2: the whole model, gathered to rank 0
 
         def write() -> None:
-            checkpoint.save_model_folder(self.model, folder, self.processing_class)
+            checkpoint.save_model_folder(self.model, folder, self.processing_class, weights)
             self.args.save(folder / "training_args.json")
-        self.runtime.on_main(write)
+        self.runtime.on_writers(write, self.args.save_on_each_node)
 
     def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, token: str | None = None,
                     revision: str | None = None, **kwargs: Any) -> Any:

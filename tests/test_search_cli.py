@@ -83,6 +83,15 @@ def test_mistakes_exit_2_before_training(tmp_path, tiny_model_dir, files, capsys
     assert not list(tmp_path.glob("out/run-*"))  # nothing trained
 
 
+def test_search_under_torchrun_exits_2(tmp_path, tiny_model_dir, files, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    train, dev, space = files
+    assert main(["search", "--model", tiny_model_dir, "--train", train, "--validation", dev, "--output-dir",
+                 str(tmp_path / "out"), "--space", space, *FAST]) == 2
+    assert "Trainer.hyperparameter_search under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_show_without_a_search_exits_2(tmp_path, capsys):
     assert main(["search", "--show", "--output-dir", str(tmp_path / "none")]) == 2
     assert "no search in" in capsys.readouterr().err

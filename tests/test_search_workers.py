@@ -22,8 +22,10 @@ WORKER_TIMEOUT = 120  # seconds: a hang fails the test instead of stalling the s
 
 
 def run_worker(url: str, study: str, output_dir: Path, trials: int, kill_at: int | None = None,
-               lr: float | None = None) -> subprocess.Popen:
-    command = [sys.executable, __file__, url, study, str(output_dir), str(trials)]
+               lr: float | None = None, grace: int = 60) -> subprocess.Popen:
+    """One worker process. `grace`: seconds without a heartbeat before a trial counts as dead; short only where a
+    test kills a worker (a loaded machine can starve a live worker's heartbeat thread for seconds)."""
+    command = [sys.executable, __file__, url, study, str(output_dir), str(trials), "--grace", str(grace)]
     command += ["--kill-at", str(kill_at)] if kill_at else []
     command += ["--lr", str(lr)] if lr else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -63,11 +65,11 @@ def test_a_killed_workers_trial_resumes_from_its_checkpoint(tmp_path, tokenizer)
     import optuna
 
     url, lr = f"sqlite:///{tmp_path / 'search.db'}", 3e-3
-    code, _, err = finish(run_worker(url, "k", tmp_path / "out", trials=1, kill_at=4, lr=lr))
+    code, _, err = finish(run_worker(url, "k", tmp_path / "out", trials=1, kill_at=4, lr=lr, grace=2))
     assert code == -9, err[-3000:]  # SIGKILL right after checkpoint-4 was saved: no chance to clean up
     assert (tmp_path / "out" / "run-0" / "checkpoint-4").is_dir()
     time.sleep(3)  # the grace period (2 s) passes: the trial is stale
-    code, out, err = finish(run_worker(url, "k", tmp_path / "out", trials=1, lr=lr))
+    code, out, err = finish(run_worker(url, "k", tmp_path / "out", trials=1, lr=lr, grace=2))
     assert code == 0, err[-3000:]
     assert "Resuming from" in err and "checkpoint-4" in err
     trials = optuna.load_study(study_name="k", storage=url).trials
@@ -95,6 +97,7 @@ def worker_main(argv: list[str], tokenizer=None):
     parser.add_argument("trials", type=int)
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--grace", type=int, default=60)
     options = parser.parse_args(argv)
     torch.set_num_threads(1)
     if tokenizer is None:
@@ -127,7 +130,7 @@ def worker_main(argv: list[str], tokenizer=None):
 
     best = trainer.hyperparameter_search(hp_space=space, n_trials=options.trials, storage=options.url,
                                          study_name=options.study, load_if_exists=True, callbacks=[record],
-                                         heartbeat_interval=1, grace_period=2)
+                                         heartbeat_interval=1, grace_period=options.grace)
     print(json.dumps(ran), flush=True)
     return best
 

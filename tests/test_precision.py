@@ -1,0 +1,75 @@
+"""Precision chosen from the user's bf16 / fp16 / tf32 and the hardware's facts (`Hardware`), and TF32 applied."""
+
+import logging
+
+import pytest
+import torch
+
+from finch.runtime import Hardware, choose_precision
+
+GPU = Hardware("cuda", fast_bf16=True, tf32=True)  # Ampere or later
+OLD_GPU = Hardware("cuda", fast_bf16=False, tf32=False)  # Volta/Turing
+BF16_CPU = Hardware("cpu", fast_bf16=True, tf32=False)  # AMX / AVX-512-bf16
+CPU = Hardware("cpu", fast_bf16=False, tf32=False)
+cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+
+
+@pytest.mark.parametrize(("hardware", "device", "name", "dtype", "tf32"), [
+    (GPU, cuda, "tf32", None, True),  # fp32 weights, TF32 matmuls: measured faster than bf16 autocast
+    (OLD_GPU, cuda, "fp32", None, None),
+    (BF16_CPU, cpu, "bf16", torch.bfloat16, None),
+    (CPU, cpu, "fp32", None, None),
+])
+def test_the_default_follows_the_hardware(hardware, device, name, dtype, tf32):
+    precision = choose_precision(None, None, device, hardware=hardware)
+    assert (precision.name, precision.dtype, precision.tf32) == (name, dtype, tf32)
+    assert not precision.needs_scaler
+
+
+def test_the_users_choices_win_over_the_default():
+    assert choose_precision(None, None, cuda, tf32=False, hardware=GPU).name == "fp32"
+    assert choose_precision(None, None, cuda, tf32=False, hardware=GPU).tf32 is False  # switched off, not left
+    assert choose_precision(False, None, cuda, hardware=GPU).name == "fp32"  # bf16=False alone: plain fp32
+    fp16 = choose_precision(None, True, cuda, hardware=GPU)
+    assert (fp16.dtype, fp16.needs_scaler, fp16.tf32) == (torch.float16, True, None)
+    assert choose_precision(None, True, cuda, tf32=True, hardware=GPU).tf32 is True  # fp16 and TF32 together
+    assert choose_precision(False, None, cpu, hardware=BF16_CPU).name == "fp32"
+    assert choose_precision(True, None, cpu, hardware=CPU).dtype == torch.bfloat16  # asked: emulated, but asked
+
+
+@pytest.mark.parametrize("hardware", [CPU, OLD_GPU])
+def test_tf32_without_an_ampere_gpu_warns_and_changes_nothing(hardware, caplog):
+    device = cuda if hardware.kind == "cuda" else cpu
+    with caplog.at_level(logging.WARNING, logger="finch"):
+        precision = choose_precision(None, None, device, tf32=True, hardware=hardware)
+    assert precision.tf32 is None and precision.name == "fp32"
+    assert "tf32=True needs an Ampere or newer GPU" in caplog.text
+
+
+def test_fp16_without_cuda_falls_back_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="finch"):
+        assert choose_precision(None, True, cpu, hardware=BF16_CPU).dtype == torch.bfloat16
+        assert choose_precision(None, True, cpu, hardware=CPU).dtype is None
+    assert caplog.text.count("fp16=True needs CUDA") == 2
+
+
+def test_apply_sets_torchs_tf32_switches_only_when_decided():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        choose_precision(None, None, cuda, hardware=GPU).apply()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        choose_precision(None, None, cpu, hardware=CPU).apply()  # undecided: left as they are
+        assert torch.backends.cuda.matmul.allow_tf32
+        choose_precision(None, None, cuda, tf32=False, hardware=GPU).apply()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_the_hf_tf32_argument_is_taken_and_checked(tmp_path):
+    from finch import TrainingArguments
+    from finch.errors import ConfigError
+
+    assert TrainingArguments(output_dir=str(tmp_path), tf32=True).tf32 is True
+    with pytest.raises(ConfigError):
+        TrainingArguments(output_dir=str(tmp_path), tf32="fast")
