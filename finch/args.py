@@ -183,6 +183,8 @@ class TrainingArguments(HFArgumentsProperties):
             self.output_dir = "trainer_output"
         if isinstance(self.output_dir, Path):
             self.output_dir = str(self.output_dir)
+        if self.fsdp is None:  # HfArgumentParser gives None for an unset list-typed field
+            self.fsdp = ""
         type_problems = _convert_types(self)
         if type_problems:  # the checks below compare values, which needs the right types first
             raise ConfigError(_listing(type_problems))
