@@ -32,7 +32,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import mrpc  # noqa: E402  (the MRPC reader)
+import mrpc
 
 
 def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:

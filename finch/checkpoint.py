@@ -402,8 +402,17 @@ def prepare_output_dir(output_dir: str | Path, run_id: str | None, overwrite: bo
         logger.warning("overwrite_output_dir=True: deleting the checkpoints of other runs in %s: %s", output_dir,
                        describe_runs(others))
         for folder in others:
-            shutil.rmtree(folder)
+            delete_checkpoint(folder, run_id)
     remove_leftovers(output_dir, run_id)
+
+
+def delete_checkpoint(folder: Path, run_id: str | None) -> None:
+    """Delete a checkpoint so that a kill can never leave part of it under its own name (a damaged checkpoint that
+    nothing would clean): renamed aside in one atomic step, then removed; a kill in between leaves a `.tmp-` folder
+    of this run, which the next start deletes (`remove_leftovers`)."""
+    doomed = folder.with_name(_leftover_name("tmp", folder.name, run_id))
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_leftovers(output_dir: str | Path, run_id: str | None) -> None:
@@ -456,7 +465,7 @@ def rotate_checkpoints(output_dir: str | Path, limit: int | None, best: str | No
     kept |= {Path(path).resolve() for path in (best, keep) if path is not None}
     deleted = [folder for folder in found if folder.resolve() not in kept]
     for folder in deleted:
-        shutil.rmtree(folder, ignore_errors=True)
+        delete_checkpoint(folder, run_id)
     return deleted
 
 

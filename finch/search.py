@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import socket
 import warnings
 from collections.abc import Callable, Iterator
@@ -232,7 +231,7 @@ class Trials:
         trainer, reporter, objective = self.run(plan, trial)
         if reporter.pruned:
             for folder in checkpoint.run_checkpoints(plan.folder, trainer.state.run_id):
-                shutil.rmtree(folder, ignore_errors=True)
+                checkpoint.delete_checkpoint(folder, trainer.state.run_id)
             raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}")
         if self.after_trial is not None:
             self.after_trial(trainer, trial, objective)

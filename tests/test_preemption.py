@@ -46,7 +46,8 @@ def test_sigkill_at_ten_random_points_then_resume_matches_uninterrupted_run(tmp_
     assert kills == 10, "the run finished before ten kills; lengthen it"
     final = finish(start(killed_dir, "--steps", "100"))
     assert final == expected
-    assert all(verify(folder) is None for folder in checkpoints(killed_dir))
+    damaged = {folder.name: verify(folder) for folder in checkpoints(killed_dir) if verify(folder) is not None}
+    assert not damaged, f"checkpoints left damaged after the resumed run finished: {damaged}"
     assert not list(killed_dir.glob(".tmp-*")), "leftover temporary folders are cleaned on the next start"
 
 

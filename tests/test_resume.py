@@ -286,3 +286,28 @@ def test_a_fresh_trainer_run_sets_other_runs_checkpoints_aside_unchanged(tmp_pat
     assert [run_of(f) for f in checkpoints(tmp_path)] == [second.state.run_id]
     third = train(tmp_path, toy, tokenizer, resume=True)  # resuming still finds this run's own checkpoints
     assert third.state.run_id == second.state.run_id
+
+
+def test_a_kill_while_rotation_deletes_a_checkpoint_leaves_no_damaged_checkpoint(tmp_path, toy, tokenizer,
+                                                                                  monkeypatch):
+    """Rotation renames a checkpoint aside before deleting it: a process killed half-way through the deletion
+    leaves a `.tmp-` folder the next start cleans, never a half-deleted `checkpoint-<step>` that nothing removes."""
+    import finch.checkpoint as checkpoint_module
+
+    trainer = train(tmp_path, toy, tokenizer, max_steps=4, save_steps=2)  # checkpoint-2 and checkpoint-4
+    run_id, real_rmtree = trainer.state.run_id, shutil.rmtree
+
+    def killed_half_way(folder, ignore_errors=False):
+        victim = sorted(Path(folder).iterdir())[0]
+        victim.unlink()  # one file gone, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_module.rotate_checkpoints(tmp_path, 1, None, run_id)
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", real_rmtree)
+    assert [folder.name for folder in checkpoints(tmp_path)] == ["checkpoint-4"]
+    assert all(verify(folder) is None for folder in checkpoints(tmp_path))
+    assert len(list(tmp_path.glob(".tmp-checkpoint-2-*"))) == 1
+    remove_leftovers(tmp_path, run_id)  # what the next start does
+    assert not list(tmp_path.glob(".tmp-*"))
