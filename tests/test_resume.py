@@ -298,7 +298,7 @@ def test_a_kill_while_rotation_deletes_a_checkpoint_leaves_no_damaged_checkpoint
     run_id, real_rmtree = trainer.state.run_id, shutil.rmtree
 
     def killed_half_way(folder, ignore_errors=False):
-        victim = sorted(Path(folder).iterdir())[0]
+        victim = min(Path(folder).iterdir())
         victim.unlink()  # one file gone, then the process "dies"
         raise KeyboardInterrupt
 
