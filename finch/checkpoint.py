@@ -411,7 +411,10 @@ def delete_checkpoint(folder: Path, run_id: str | None) -> None:
     nothing would clean): renamed aside in one atomic step, then removed; a kill in between leaves a `.tmp-` folder
     of this run, which the next start deletes (`remove_leftovers`)."""
     doomed = folder.with_name(_leftover_name("tmp", folder.name, run_id))
-    os.replace(folder, doomed)
+    try:
+        os.replace(folder, doomed)
+    except FileNotFoundError:  # already gone: what was asked
+        return
     shutil.rmtree(doomed, ignore_errors=True)
 
 
