@@ -9,6 +9,8 @@
 #   1. the CUDA path trains and resumes exactly (`finch verify-resume` on MRPC with MiniLM)
 #   2. throughput and MFU of finch vs HF's Trainer on a BERT-base-sized model (benchmarks/throughput.py)
 #   3. quality: HF's tutorial code vs `finch train` from the files, MRPC, 3 seeds (benchmarks/quality.py)
+#   4. the same on BBC News (2,225 articles, 5 topics; long texts)
+# PARTS="3 4" bash benchmarks/gpu_check.sh run   runs only those parts.
 set -u
 case "${1:-}" in
 prepare)
@@ -28,6 +30,8 @@ save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v i
           ".gpu/minilm16.safetensors", metadata={"format": "pt"})
 PY
   cp "${FINCH_MRPC:-../shared/data/mrpc}"/{train,dev}.tsv .gpu/mrpc/
+  rm -rf .gpu/c4c.tar.xz /tmp/finch-bbc && python3 benchmarks/quality.py --write-bbc /tmp/finch-bbc \
+    && tar -C /tmp -cJf .gpu/bbc.tar.xz finch-bbc
   du -sh .gpu ;;
 run)
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -44,14 +48,27 @@ save_file({k: (v.float() if v.is_floating_point() else v) for k, v in w.items()}
   python3 -c "import datasets, finch" || exit 1
   # QUICK=1: a dry run of every part at a tiny size (to check this script on the CPU before spending GPU time)
   if [ "${QUICK:-0}" = 1 ]; then small=(--subset 24 --epochs 1); seeds=(1); else small=(); seeds=(1 2 3); fi
+  parts=" ${PARTS:-1 2 3 4} "
+  if [[ $parts == *" 1 "* ]]; then
   echo "== 1. exact resume on CUDA"
   timeout 80 python3 -m finch verify-resume --train .gpu/mrpc/train.tsv --validation .gpu/mrpc/dev.tsv \
     --model /tmp/minilm --steps 8 --output-dir /tmp/vr 2>&1 | grep -E "finch\]|identical|differ|rror" | tee "$OUT/verify.txt"
+  fi
+  if [[ $parts == *" 2 "* ]]; then
   echo "== 2. throughput and MFU, BERT-base size, batch 32, 1 epoch"
   timeout 120 python3 benchmarks/throughput.py --tokenizer /tmp/minilm --data .gpu/mrpc --batch-size 32 --epochs 1 \
     ${small[@]+"${small[@]}"} --out "$OUT/throughput.jsonl" 2>&1 | grep -vE "^\{|Warning|warn" | tail -8
+  fi
+  if [[ $parts == *" 3 "* ]]; then
   echo "== 3. quality, MRPC, seeds ${seeds[*]}"
-  timeout 350 python3 benchmarks/quality.py --datasets mrpc --seeds "${seeds[@]}" --mrpc .gpu/mrpc --model /tmp/minilm \
-    ${small[@]+"${small[@]}"} --out "$OUT/quality.jsonl" 2>&1 | grep -vE "^\{" | tail -12 ;;
+  timeout "${MRPC_LIMIT:-350}" python3 benchmarks/quality.py --datasets mrpc --seeds "${seeds[@]}" --mrpc .gpu/mrpc --model /tmp/minilm \
+    ${small[@]+"${small[@]}"} --out "$OUT/quality.jsonl" 2>&1 | grep -vE "^\{" | tail -12
+  fi
+  if [[ $parts == *" 4 "* ]]; then
+  echo "== 4. quality, BBC News, seeds ${seeds[*]}"
+  tar -C /tmp -xJf .gpu/bbc.tar.xz
+  timeout "${BBC_LIMIT:-300}" python3 benchmarks/quality.py --datasets bbc --seeds "${seeds[@]}" --bbc /tmp/finch-bbc \
+    --model /tmp/minilm ${small[@]+"${small[@]}"} --out "$OUT/quality.jsonl" 2>&1 | grep -vE "^\{" | tail -12
+  fi ;;
 *) echo "usage: bash benchmarks/gpu_check.sh prepare|run" >&2; exit 2 ;;
 esac

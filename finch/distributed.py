@@ -72,8 +72,18 @@ class DistributedRuntime(Runtime):
         set_seed(int(np.random.SeedSequence([seed, self.rank, step]).generate_state(1)[0]))
 
     def shard(self, model: torch.nn.Module, args: Any) -> None:
-        if self.fsdp_plan is not None:
-            fsdp.shard(model, self.fsdp_plan, self.device)
+        if self.fsdp_plan is None:
+            return
+        plan = self.fsdp_plan
+        if not fsdp.is_sharded(model):  # decided on rank 0 (its machine gathers a full state), taken by all
+            self.sharded_checkpoints = self.on_main(lambda: fsdp.checkpoints_sharded(
+                plan.state_dict_type, fsdp.state_bytes(model), fsdp.available_memory()))
+            if self.sharded_checkpoints and plan.state_dict_type is None and self.rank == 0:
+                logger.warning("fsdp: the full state (%.1f GB) would take more than half of this machine's available "
+                               "memory: checkpoints hold every rank's shards (torch.distributed.checkpoint); "
+                               "fsdp_config={'state_dict_type': 'FULL_STATE_DICT'} to gather them",
+                               fsdp.state_bytes(model) / 1e9)
+        fsdp.shard(model, plan, self.device)
 
     def full_state(self, model: torch.nn.Module, optimizer: Any) -> tuple[dict | None, dict | None]:
         if not (self.sharded and fsdp.is_sharded(model)):  # (evaluate or save_model before train() sharded it)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,19 +36,25 @@ REFUSED = {
 # fsdp_config keys (HF's, with or without the `fsdp_` prefix) and the values finch accepts for each
 CONFIG_VALUES: dict[str, tuple[Any, ...] | None] = {
     "version": (2, "2"), "transformer_layer_cls_to_wrap": None, "reshard_after_forward": (True, False),
-    "auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",), "state_dict_type": ("FULL_STATE_DICT",),
+    "auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",), "state_dict_type": ("FULL_STATE_DICT", "SHARDED_STATE_DICT"),
     "activation_checkpointing": (False,), "offload_params": (False,), "cpu_ram_efficient_loading": (False,),
     "xla": (False,),
 }
 
 
+SHARDS = "shards"  # a sharded checkpoint's torch.distributed.checkpoint folder (every rank's part of the state)
+
+
 @dataclass(frozen=True)
 class FsdpPlan:
-    """How to shard: `reshard_after_forward` (True: `full_shard`, ZeRO-3; False: `shard_grad_op`, ZeRO-2) and the
-    class names of the modules sharded one by one (None: the model's `_no_split_modules`, as HF's auto wrap)."""
+    """How to shard: `reshard_after_forward` (True: `full_shard`, ZeRO-3; False: `shard_grad_op`, ZeRO-2), the
+    class names of the modules sharded one by one (None: the model's `_no_split_modules`, as HF's auto wrap), and
+    how checkpoints hold the state (`state_dict_type`, HF's names: "FULL_STATE_DICT" gathered to rank 0,
+    "SHARDED_STATE_DICT" each rank's shards; None: chosen by `checkpoints_sharded`)."""
 
     reshard_after_forward: bool = True
     layer_classes: tuple[str, ...] | None = None
+    state_dict_type: str | None = None
 
 
 def read_fsdp(fsdp: str | list[str], config: dict | str | None) -> tuple[FsdpPlan | None, list[str]]:
@@ -74,7 +81,7 @@ def read_fsdp(fsdp: str | list[str], config: dict | str | None) -> tuple[FsdpPla
     layers = settings.get("transformer_layer_cls_to_wrap")
     if isinstance(layers, str):
         layers = [name.strip() for name in layers.split(",") if name.strip()]
-    return FsdpPlan(reshard, tuple(layers) if layers else None), problems
+    return FsdpPlan(reshard, tuple(layers) if layers else None, settings.get("state_dict_type")), problems
 
 
 def _read_config(config: dict | str | None) -> tuple[dict[str, Any], list[str]]:
@@ -99,7 +106,7 @@ def _read_config(config: dict | str | None) -> tuple[dict[str, Any], list[str]]:
             settings[name] = value
         elif value not in CONFIG_VALUES[name] or isinstance(value, bool) != isinstance(CONFIG_VALUES[name][0], bool):
             hint = {"version": "finch runs FSDP2 (fully_shard)",
-                    "state_dict_type": "finch gathers a full state dict to rank 0 and saves it in its normal format"
+                    "state_dict_type": "checkpoints hold the full state (gathered to rank 0) or every rank's shards"
                     }.get(name, "finch does not do it")
             problems.append(f"fsdp_config: {key}={value!r}: {hint}; accepted: {list(CONFIG_VALUES[name])}")
         else:
@@ -196,3 +203,150 @@ def gradient_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+# ---- sharded checkpoints (torch.distributed.checkpoint) ------------------------------------------------------------
+def state_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the full state a checkpoint gathers: the weights, and AdamW's two moments of each trainable one."""
+    return sum(p.numel() * p.element_size() * (3 if p.requires_grad else 1) for p in model.parameters())
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine has available (Linux's MemAvailable; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def checkpoints_sharded(state_dict_type: str | None, full_bytes: int, available: int | None) -> bool:
+    """Whether checkpoints hold every rank's shards (else the full state, gathered to rank 0): as `state_dict_type`
+    says, and when it is unset, when the full state would take more than half of the memory rank 0's machine has
+    available (gathering it could then run that machine out of memory)."""
+    if state_dict_type is not None:
+        return state_dict_type == "SHARDED_STATE_DICT"
+    return available is not None and full_bytes > available // 2
+
+
+def save_shards(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, folder: Path) -> None:
+    """Every rank writes its shards of the model (and optimizer) into `folder` with torch.distributed.checkpoint;
+    a collective (rank 0 writes the `.metadata` index last). `folder` must be on a disk every rank shares."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        state = {"model": get_model_state_dict(model)}
+    else:
+        weights, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": weights, "optimizer": optimizer_state}
+    dcp.save(state, checkpoint_id=folder)
+
+
+def load_shards(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """What `save_shards` wrote, into `model` (and `optimizer`): a collective when `model` is sharded (each rank
+    reads what its shards need, also with another number of ranks); in one process, the whole tensors, into a
+    model that is not sharded. The index is read without running anything it holds (`_index_reader`).
+
+    Raises:
+        ResumeError: the index holds something other than checkpoint records (refused), or a rank could not load.
+    """
+    import pickle
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from finch.errors import ResumeError
+
+    reader = _index_reader(folder)
+    try:
+        _load(reader, model, optimizer)
+    except pickle.UnpicklingError as error:
+        raise ResumeError(f"{folder / '.metadata'}: {error} (nothing in it was run); resume from a checkpoint that "
+                          f"finch wrote") from None
+    except CheckpointException as error:  # a BaseException: made an error that says which rank failed and why
+        failures = "; ".join(f"rank {rank}: {type(failure).__name__}: {failure}"
+                             for rank, failure in sorted(error.failures.items()))
+        raise ResumeError(f"the shards in {folder} could not be loaded ({failures})") from None
+
+
+def _load(reader: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
+
+    reader.read_metadata()  # the index first: a forged one is refused here, before torch reads it
+    if not is_sharded(model):
+        if optimizer is not None:
+            raise ValueError("the optimizer of a sharded checkpoint loads only into a model sharded with FSDP2")
+        weights = model.state_dict()  # views of the parameters: loaded in place
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": weights}, storage_reader=reader, no_dist=True)
+        return
+    if optimizer is None:
+        state = {"model": get_model_state_dict(model)}
+        dcp.load(state, storage_reader=reader)
+        set_model_state_dict(model, state["model"])
+        return
+    weights, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": weights, "optimizer": optimizer_state}
+    dcp.load(state, storage_reader=reader)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def missing_shards(folder: Path) -> list[str]:
+    """The files `folder`'s index names that are not in it: on several machines without a shared disk, the other
+    machines' shards are on their own disks."""
+    metadata = _index_reader(folder).read_metadata()
+    names = {info.relative_path for info in (metadata.storage_data or {}).values()}
+    return sorted(name for name in names if not (folder / name).is_file())
+
+
+def _index_reader_class() -> type:
+    import pickle
+
+    import torch
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class IndexUnpickler(pickle.Unpickler):
+        """torch.distributed.checkpoint's `.metadata` is a pickle: only its own record types, torch's sizes and
+        dtypes and plain containers are built from it; anything else is refused (never imported or called)."""
+
+        def find_class(self, module: str, name: str) -> Any:
+            if module.startswith("torch.distributed.checkpoint.") or (module, name) in _PLAIN \
+                    or module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None),
+                                                                          (torch.dtype, torch.layout,
+                                                                           torch.memory_format))):
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index: refused")
+
+    class IndexReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            with open(Path(self.path) / ".metadata", "rb") as file:
+                metadata = IndexUnpickler(file).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return IndexReader
+
+
+_PLAIN = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+          ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),  # where it was saved (storage_meta)
+          ("torch.serialization", "_get_layout")}  # a torch.layout by its name
+
+
+def _index_reader(folder: Path) -> Any:
+    """torch's `FileSystemReader` for `folder`, reading the index with `IndexUnpickler` (the classes are made on first
+    use: torch is imported lazily here)."""
+    return _index_reader_class()(folder)

@@ -43,6 +43,7 @@ from huggingface_hub import HfApi, get_token
 
 from finch.callbacks import TrainerCallback
 from finch.errors import ConfigError, UnknownArgumentError
+from finch.fsdp import SHARDS
 from finch.outputs import write_text
 
 logger = logging.getLogger("finch")
@@ -139,9 +140,10 @@ class Hub:
         message = (f"Training in progress, step {state.global_step}" if self.args.save_strategy == "steps"
                    else f"Training in progress, epoch {int(state.epoch)}")
         try:
-            staged = _stage(checkpoint, self._staging() / f"{checkpoint.name}-model", skip=TRAINING_STATE)
-            write_text(staged / CARD, model_card(self.args, state, model, self.repo_id))
-            self._submit(Upload(staged, "", message, self.args.hub_revision))
+            if not (checkpoint / SHARDS).is_dir():  # a sharded checkpoint holds no loadable model: it goes up at the end
+                staged = _stage(checkpoint, self._staging() / f"{checkpoint.name}-model", skip=TRAINING_STATE)
+                write_text(staged / CARD, model_card(self.args, state, model, self.repo_id))
+                self._submit(Upload(staged, "", message, self.args.hub_revision))
             if strategy in ("checkpoint", "all_checkpoints"):
                 place = "last-checkpoint" if strategy == "checkpoint" else checkpoint.name
                 staged = _stage(checkpoint, self._staging() / f"{checkpoint.name}-checkpoint")

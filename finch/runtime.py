@@ -192,6 +192,7 @@ class Runtime:
     local_rank = 0
     world_size = 1
     sharded = False  # FSDP2: each rank holds a shard of every parameter (finch.fsdp)
+    sharded_checkpoints = False  # FSDP2: checkpoints hold every rank's shards, never the gathered whole
 
     def __init__(self, device: torch.device, precision: Precision) -> None:
         self.device, self.precision = device, precision

@@ -478,12 +478,18 @@ class Trainer:
         state.stateful_callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
                                     if hasattr(cb, "state_dict")}
         rng_states = self.runtime.all_gather(rng_state())
-        weights, optimizer_state = self.runtime.full_state(self.model, self.optimizer)  # FSDP2: gathered to rank 0
+        weights = optimizer_state = shards_in = None
+        if self.runtime.sharded_checkpoints:  # FSDP2, sharded: every rank writes its part; rank 0 completes it
+            shards_in = checkpoint.save_shards(args.output_dir, state, self.model,
+                                               None if args.save_only_model else self.optimizer,
+                                               self.runtime.on_main, self.runtime.is_main_process)
+        else:
+            weights, optimizer_state = self.runtime.full_state(self.model, self.optimizer)  # FSDP2: gathered to rank 0
 
         def write() -> None:
             checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
                                        run.scaler, self.processing_class, rng_states, self.runtime.launch.id,
-                                       weights, optimizer_state)
+                                       weights, optimizer_state, shards_in)
             checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
                                           state.run_id, keep=path)
         self.runtime.on_writers(write, args.save_on_each_node)

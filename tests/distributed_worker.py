@@ -10,7 +10,9 @@ Scenarios:
               only), --kill-in-save K (rank 0 SIGKILLs itself half-way through writing checkpoint-K, once per OUT).
               Each rank writes its process id to OUT/pid-<r>-<torchrun's restart count> when training starts.
               --fsdp: FSDP2 ('full_shard auto_wrap') instead of DDP, evaluated on 9 examples every 4 steps (the
-              weights do not change), and the model saved with save_model in OUT/model.
+              weights do not change), and the model saved with save_model in OUT/model; --sharded: checkpoints
+              hold each rank's shards (fsdp_config state_dict_type SHARDED_STATE_DICT); --load-best: the model of
+              the evaluation with the highest eval_loss loaded at the end (an early one: not the last step's weights).
     evaluate  `evaluate` and `predict` of 1, 7 and 37 examples.
     control   a NaN loss on rank 1 only at step 2, a callback on rank 1 only that stops training at step 5; then early
               stopping that must stop both ranks at step 2.
@@ -148,7 +150,9 @@ class StopOnRankOne(TrainerCallback):
 def train(options, out: Path) -> dict:
     args = train_args(str(out), per_device_train_batch_size=options.per_device,
                       gradient_accumulation_steps=options.accumulation, save_strategy="steps",
-                      save_steps=options.save_steps, **(FSDP if options.fsdp else {}))
+                      save_steps=options.save_steps, **(FSDP if options.fsdp else {}),
+                      **({"fsdp_config": {"state_dict_type": "SHARDED_STATE_DICT"}} if options.sharded else {}),
+                      **({"load_best_model_at_end": True, "metric_for_best_model": "loss", "greater_is_better": True} if options.load_best else {}))
     recorder = Recorder(out)
     callbacks = [recorder] + ([SlowSteps(options.step_seconds)] if options.step_seconds else [])
     callbacks += [FailOnRankOne(options.fail_at_step)] if options.fail_at_step else []
@@ -223,6 +227,8 @@ def main() -> None:
     parser.add_argument("--fail-at-step", type=int, default=0)
     parser.add_argument("--kill-in-save", type=int, default=0)
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--sharded", action="store_true")
+    parser.add_argument("--load-best", action="store_true")
     options = parser.parse_args()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)

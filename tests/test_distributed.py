@@ -60,7 +60,8 @@ def run_in_process(out: Path, **options) -> dict:
     import distributed_worker
 
     values = {"per_device": 4, "accumulation": 1, "dropout": 0.0, "step_seconds": 0.0, "save_steps": 1000,
-              "resume": "auto", "fail_at_step": 0, "kill_in_save": 0, "fsdp": False, **options}
+              "resume": "auto", "fail_at_step": 0, "kill_in_save": 0, "fsdp": False, "sharded": False,
+              "load_best": False, **options}
     out.mkdir(parents=True, exist_ok=True)
     return distributed_worker.train(argparse.Namespace(**values), out)
 
