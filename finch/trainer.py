@@ -7,44 +7,40 @@ and saving as the strategies say. Data order is a pure function of (seed, epoch)
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
-import json
 import logging
 import math
-import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import EvalPrediction
-from transformers.trainer_utils import PredictionOutput, TrainOutput
+from transformers.trainer_utils import TrainOutput
 
-from finch import checkpoint, data, evaluation
+from finch import checkpoint, data
 from finch.args import TrainingArguments
 from finch.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.dropout import DropoutSwap
 from finch.errors import ConfigError, DataError, ModelError
+from finch.evaluation import EvaluationMixin, describe, split_outputs, to_device
 from finch.fingerprint import Fingerprint, model_fingerprint
 from finch.hf_names import check_overrides
 from finch.hub import Hub, HubCallback
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
-from finch.outputs import write_text
 from finch.preemption import PreemptionGuard, TrainingPreempted
 from finch.resume import continue_state, plan_resume
 from finch.runtime import Runtime, rng_state, set_seed
 from finch.state import TrainerControl, TrainerState
+from finch.trainer_outputs import OutputsMixin
 
 logger = logging.getLogger("finch")
 
-METRICS_CHECK_ROWS = 8  # rows compute_metrics is tried on before training: enough for shapes, seconds at most
 
 
 @dataclass
@@ -90,7 +86,7 @@ def _due(strategy: str, every: int, step: int, epoch_done: bool) -> bool:
     return (strategy == "steps" and step % every == 0) or (strategy == "epoch" and epoch_done)
 
 
-class Trainer:
+class Trainer(EvaluationMixin, OutputsMixin):
     """Fine-tunes `model` on `train_dataset` as `args` say; the API of `transformers.Trainer`.
 
     Args:
@@ -370,7 +366,7 @@ class Trainer:
         on the device: reading it is a host sync, done only at logging steps.
         """
         items = data.count_items(batch, self.label_names) if counts else 0  # before compute_loss, which may pop labels
-        batch = _to_device(batch, self.device)  # a new dict: an override's `inputs.pop("labels")` leaves ours intact
+        batch = to_device(batch, self.device)  # a new dict: an override's `inputs.pop("labels")` leaves ours intact
         with run.dropout:
             with self.precision.autocast(self.device):
                 loss = self.compute_loss(run.model, batch)
@@ -395,7 +391,7 @@ class Trainer:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch or
                                           data.count_items(inputs, self.label_names))
         elif weighted:  # class weights and/or label smoothing: cross-entropy computed here
-            logits = evaluation.split_outputs(outputs, has_labels=False)[1]
+            logits = split_outputs(outputs, has_labels=False)[1]
             logits = logits[0] if isinstance(logits, tuple) else logits
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                                      weight=self._class_weights, ignore_index=-100,
@@ -540,37 +536,6 @@ class Trainer:
                            "fraction such as warmup_steps=0.1 (10%% of the steps).", warmup, max_steps,
                            self.args.learning_rate, max_steps)
 
-    def _check_compute_metrics(self) -> None:
-        """Run `compute_metrics` (and the evaluation loss) on a few evaluation rows before training, so a broken
-        function fails in seconds instead of after the first epoch. Invisible to the run: no log entry, no
-        callback event, and every RNG left exactly where it was (exact resume and parity compare bit for bit)."""
-        dataset = self.eval_dataset
-        if self.compute_metrics is None or dataset is None:
-            return
-        if isinstance(dataset, dict):
-            dataset = next(iter(dataset.values()), None)
-        if dataset is None or len(dataset) == 0:
-            return
-        with _rng_preserved():
-            self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval", tell_callbacks=False)
-
-    def _call_compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
-        """`compute_metrics(prediction)`, its mistakes reported with the function's name and what it was given."""
-        name = getattr(self.compute_metrics, "__qualname__", type(self.compute_metrics).__name__)
-        try:
-            result = self.compute_metrics(prediction)
-        except Exception as error:
-            raise ConfigError(
-                f"compute_metrics={name} raised {type(error).__name__}: {error}. It was given an EvalPrediction with "
-                f"predictions {_describe(prediction.predictions)} and label_ids {_describe(prediction.label_ids)} "
-                f"(finch tries it on {METRICS_CHECK_ROWS} evaluation rows before training, so this shows early). "
-                f"Fix the function (the traceback above points into it); the usual start is "
-                f"`logits, labels = eval_pred; predictions = np.argmax(logits, axis=-1)`.") from error
-        if not isinstance(result, Mapping):
-            raise ConfigError(f"compute_metrics={name} returned {type(result).__name__} {result!r:.80}, not a dict: "
-                              f"return metric names mapped to numbers, e.g. {{'accuracy': 0.91, 'f1': 0.88}}")
-        return dict(result)
-
     # ---- hyperparameter search -----------------------------------------------------------------------------------
     def hyperparameter_search(self, hp_space: Callable | None = None, compute_objective: Callable | None = None,
                               n_trials: int | None = 20, direction: str | list[str] = "minimize",
@@ -583,201 +548,6 @@ class Trainer:
         return hyperparameter_search(self, hp_space, compute_objective, n_trials, direction, backend, hp_name,
                                      **kwargs)
 
-    # ---- evaluation and prediction -------------------------------------------------------------------------------
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
-                 metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Loss and `compute_metrics` on `eval_dataset` (default: the trainer's); a dict of sets gives
-        `eval_<name>_*` metrics for each. Logged, and passed to callbacks' `on_evaluate`."""
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if dataset is None:
-            raise ConfigError("Trainer.evaluate() needs an eval_dataset (pass one here or to the Trainer)")
-        if isinstance(dataset, str):  # HF: the name of one of the Trainer's eval datasets
-            if not isinstance(self.eval_dataset, dict) or dataset not in self.eval_dataset:
-                names = sorted(self.eval_dataset) if isinstance(self.eval_dataset, dict) else []
-                raise ConfigError(f"Trainer.evaluate(eval_dataset={dataset!r}): a name picks one of the Trainer's "
-                                  f"eval_dataset dict ({names or 'it has none'}); pass a dataset or one of those")
-            dataset = self.eval_dataset[dataset]
-        if isinstance(dataset, dict):
-            metrics: dict[str, float] = {}
-            for name, subset in dataset.items():
-                metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
-            return metrics
-        metrics = self._prediction_loop(dataset, ignore_keys, metric_key_prefix).metrics
-        metrics["epoch"] = self._logged_epoch()  # as HF's evaluate() returns it: tutorials read metrics["epoch"]
-        self.log(metrics)
-        self.control = self._fire("on_evaluate", metrics=metrics)
-        return metrics
-
-    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None,
-                metric_key_prefix: str = "test") -> PredictionOutput:
-        """Predictions for every example, in dataset order: `(predictions, label_ids, metrics)`."""
-        output = self._prediction_loop(test_dataset, ignore_keys, metric_key_prefix)
-        self.control = self._fire("on_predict", metrics=output.metrics)
-        return output
-
-    def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str,
-                         tell_callbacks: bool = True) -> PredictionOutput:
-        """Batches in decreasing length under `inference_mode`; outputs to the CPU batch by batch; dataset order.
-
-        With several processes, rank r runs batches r, r + world, ... of the one global plan, and every rank gets
-        every rank's outputs: each example is evaluated once, predictions come back in dataset order, and the loss
-        and `compute_metrics` see exactly what one process would (the same batches, summed in the same order), so
-        the metrics are identical on every rank. `tell_callbacks=False` fires no `on_prediction_step` (finch's own
-        check before training)."""
-        model, args, runtime = self.model, self.args, self.runtime
-        given = dataset
-        dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns)
-        lengths = data.example_lengths(dataset)
-        data.check_dataset(given, model, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset",
-                           lengths)
-        batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)
-        mine = batches[runtime.rank::runtime.world_size]
-        loader = data.make_loader(dataset, mine, self.data_collator, args.dataloader_num_workers,
-                                  args.dataloader_pin_memory and self.device.type == "cuda")
-        was_training = model.training
-        model.eval()
-        started = time.perf_counter()
-        include = set(args.include_for_metrics or ())
-        outputs_of_batches = []  # (logits, labels or None, loss sum or None, items, extras) of this rank's batches
-        # FSDP2: the whole model gathered first (ranks run different numbers of batches), outside inference mode, or
-        # the gathered parameters would be inference tensors that the next training forward cannot write into
-        with runtime.gathered(model), torch.inference_mode():
-            for batch in loader:
-                has_labels = all(batch.get(name) is not None for name in self.label_names)
-                batch_items = data.count_items(batch, self.label_names)
-                batch = _to_device(batch, self.device)
-                # read before compute_loss: an override may `inputs.pop("labels")` (HF's class-imbalance recipe)
-                labels = batch[self.label_names[0]] if has_labels else None
-                loss_sum = None
-                with self.precision.autocast(self.device):
-                    if has_labels:
-                        loss, outputs = self.compute_loss(model, batch, return_outputs=True)
-                        loss_sum = (loss.float() * batch_items).cpu()
-                    else:
-                        outputs = model(**batch)
-                logits = evaluation.split_outputs(outputs, has_labels, ignore_keys or ())[1]
-                if self.preprocess_logits_for_metrics is not None:
-                    logits = self.preprocess_logits_for_metrics(logits, labels)
-                # include_for_metrics, as HF gives them: the input ids, and each example's batch mean loss
-                inputs = batch.get(getattr(model, "main_input_name", "input_ids")) if "inputs" in include else None
-                rows = len(logits[0] if isinstance(logits, tuple) else logits)
-                extras = {"inputs": evaluation.to_numpy(inputs) if inputs is not None else None,
-                          "losses": np.full(rows, loss_sum.item() / batch_items, np.float32)
-                          if "loss" in include and loss_sum is not None else None}
-                outputs_of_batches.append((evaluation.to_numpy(logits),
-                                           evaluation.to_numpy(labels) if labels is not None else None,
-                                           loss_sum, batch_items, extras))
-                if tell_callbacks:
-                    self.control = self._fire("on_prediction_step")
-        model.train(was_training)
-        gathered = runtime.all_gather((outputs_of_batches, time.perf_counter() - started))
-        # global batch b was run by rank b % world as its (b // world)-th batch: back to the plan's order
-        in_order = [gathered[b % runtime.world_size][0][b // runtime.world_size] for b in range(len(batches))]
-        loss_sum, items = torch.zeros(()), 0
-        for _, _, batch_loss, batch_items, _ in in_order:
-            if batch_loss is not None:
-                loss_sum += batch_loss
-                items += batch_items
-        order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else np.zeros(0, int)
-        predictions = evaluation.reorder(evaluation.concatenate([logits for logits, *_ in in_order]), order)
-        label_chunks = [labels for _, labels, *_ in in_order if labels is not None]
-        label_ids = evaluation.reorder(evaluation.concatenate(label_chunks), order) if label_chunks else None
-        metrics: dict[str, float] = {}
-        if items:
-            metrics["loss"] = loss_sum.item() / items
-        if self.compute_metrics is not None and label_ids is not None:
-            extras = {name: evaluation.reorder(evaluation.concatenate([batch[-1][name] for batch in in_order]), order)
-                      for name in ("inputs", "losses") if all(batch[-1][name] is not None for batch in in_order)}
-            metrics.update(self._call_compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids,
-                                                                     **extras)))
-        runtime_seconds = max(seconds for _, seconds in gathered)  # the slowest rank's: the same on every rank
-        metrics.update(runtime=round(runtime_seconds, 4), samples_per_second=round(len(dataset) / runtime_seconds, 3),
-                       steps_per_second=round(len(batches) / runtime_seconds, 3))
-        metrics = {k if k.startswith(f"{prefix}_") else f"{prefix}_{k}": v for k, v in metrics.items()}
-        return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
-
-    # ---- logging and saving ---------------------------------------------------------------------------------------
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Record `logs` (with the current epoch and step) in `state.log_history` and tell the callbacks.
-        `start_time` is HF's signature (subclasses call `super().log(logs, start_time)`); finch times elsewhere."""
-        logs = {**logs, "epoch": self._logged_epoch()}
-        self.state.log_history.append({**logs, "step": self.state.global_step})
-        self.control = self._fire("on_log", logs=logs)
-
-    def log_metrics(self, split: str, metrics: dict[str, float]) -> None:
-        """Print `metrics` under a `***** split metrics *****` header (HF's example scripts call it); rank 0 only."""
-        if self.runtime.is_main_process:
-            print(f"***** {split} metrics *****")
-            width = max(map(len, metrics), default=0)
-            for key in sorted(metrics):
-                print(f"  {key: <{width}} = {metrics[key]}")
-
-    def save_metrics(self, split: str, metrics: dict[str, float], combined: bool = True) -> None:
-        """Write `metrics` to `output_dir/<split>_results.json` and merge them into `all_results.json`, as HF's
-        example scripts expect; each file written whole (temporary name, then renamed); rank 0 only."""
-        if not self.runtime.is_main_process:
-            return
-        folder = Path(self.args.output_dir)
-        write_text(folder / f"{split}_results.json", json.dumps(metrics, indent=4, sort_keys=True))
-        if combined:
-            every = folder / "all_results.json"
-            merged = {**(json.loads(every.read_text()) if every.exists() else {}), **metrics}
-            write_text(every, json.dumps(merged, indent=4, sort_keys=True))
-
-    def save_state(self) -> None:
-        """Write `trainer_state.json` (the `TrainerState`) to `output_dir`; rank 0 only."""
-        if self.runtime.is_main_process:
-            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            self.state.save_to_json(Path(self.args.output_dir) / "trainer_state.json")
-
-    def _logged_epoch(self) -> float:
-        return round(self.state.epoch, 4)
-
-    def save_model(self, output_dir: str | None = None) -> None:
-        """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`.
-        Rank 0 writes (each machine's first process with `save_on_each_node`); every rank returns once the folder is
-        complete."""
-        folder = Path(output_dir or self.args.output_dir)
-        weights, _ = self.runtime.full_state(self.model, None)  # FSDP2: the whole model, gathered to rank 0
-
-        def write() -> None:
-            checkpoint.save_model_folder(self.model, folder, self.processing_class, weights)
-            self.args.save(folder / "training_args.json")
-        self.runtime.on_writers(write, self.args.save_on_each_node)
-
-    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, token: str | None = None,
-                    revision: str | None = None, **kwargs: Any) -> Any:
-        """HF's `push_to_hub`: save the model to `output_dir`, write its model card (`README.md`: metrics, training
-        arguments), wait for the uploads made during training (retrying failed ones), then upload `output_dir`'s
-        files (never its checkpoints or training state) to `hub_model_id`. Call it on every rank.
-
-        Args:
-            commit_message: the commit's message. blocking: wait for the upload (else a `Future` is returned).
-            token: a token for this call (default: `hub_token`, HF_TOKEN or `hf auth login`'s). revision: the branch
-            (default `hub_revision`). kwargs: model card fields (`model_name`, `language`, `license`, `tags`,
-            `finetuned_from`, `tasks`, `dataset`, `dataset_tags`).
-
-        Returns:
-            huggingface_hub's `CommitInfo` (a `Future` of it when `blocking=False`); None on ranks other than 0.
-
-        Raises:
-            ConfigError: offline or no token. The hub's own errors when the upload fails.
-        """
-        hub = self.hub if self.hub is not None and token is None else Hub.for_trainer(self.args, self.runtime, token)
-        self.save_model()
-        if not self.runtime.is_main_process:
-            return None
-        return hub.push_folder(self.args.output_dir, self.state, self.model, commit_message, blocking,
-                               revision or self.args.hub_revision, kwargs)
-
-    def is_world_process_zero(self) -> bool:
-        """Whether this process is rank 0 of all (the one that writes); True in a single process."""
-        return self.runtime.is_main_process
-
-    def is_local_process_zero(self) -> bool:
-        """Whether this process is rank 0 of its machine; True in a single process."""
-        return self.runtime.is_local_main_process
-
     @property
     def tokenizer(self) -> Any:
         return self.processing_class
@@ -787,10 +557,6 @@ class Trainer:
         # HF's model_init takes no argument or the trial (None outside a search): tutorials write `model_init(trial)`
         takes_trial = len(inspect.signature(self.model_init).parameters) == 1
         return self.model_init(None) if takes_trial else self.model_init()
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _model_loss(outputs: Any, model: torch.nn.Module, label_names: list[str], labels_given: bool) -> torch.Tensor:
@@ -813,40 +579,9 @@ def _model_loss(outputs: Any, model: torch.nn.Module, label_names: list[str], la
         raise DataError(f"{model_class} returned no loss: the batches have no labels it recognises. Name the label "
                         f"column 'label' or 'labels', or set label_names=[...] in TrainingArguments.")
     raise ModelError(f"{model_class} returned no loss although the batch has labels ({', '.join(label_names)}): its "
-                     f"forward returned {_describe(outputs)}. Use a model with a task head that computes its loss from "
+                     f"forward returned {describe(outputs)}. Use a model with a task head that computes its loss from "
                      f"`labels` (e.g. AutoModelForSequenceClassification, not AutoModel), pass compute_loss_func="
                      f"(outputs, labels, num_items_in_batch) -> loss to the Trainer, or override Trainer.compute_loss.")
-
-
-def _describe(value: Any) -> str:
-    """A short description of a model output or array for error messages: type, keys, shapes."""
-    if isinstance(value, Mapping):
-        return f"{type(value).__name__} with keys {[k for k, v in value.items() if v is not None]}"
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)}: ({', '.join(_describe(v) for v in value[:4])})"
-    shape = getattr(value, "shape", None)
-    return f"shape {tuple(shape)}" if shape is not None else type(value).__name__
-
-
-@contextlib.contextmanager
-def _rng_preserved() -> Iterator[None]:
-    """Every RNG the run draws from (Python, NumPy, torch CPU and CUDA) is put back as it was on exit."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=cuda_devices):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
-def _first_rows(dataset: Any, count: int) -> Any:
-    """The first `count` rows, keeping the dataset's type where it can (`datasets.Dataset.select`)."""
-    count = min(count, len(dataset))
-    if hasattr(dataset, "select"):
-        return dataset.select(range(count))
-    return torch.utils.data.Subset(dataset, range(count))
 
 
 def _token_count(batch: dict) -> int:
