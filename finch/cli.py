@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import traceback
 import types
@@ -95,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--heartbeat-interval", type=_positive_int, default=20,
                        help="seconds between a running trial's heartbeats; a trial silent for 3 of them is retried")
     study.add_argument("--show", action="store_true", help="print the study's trials and best parameters, and exit")
+    add_launch_options(search)
     add_job_options(search)
     for name, run, text in (("eval", run_eval, "metrics of a saved model on labelled data"),
                             ("predict", run_predict, "label every row of a file with a saved model (streams)")):
@@ -278,8 +278,9 @@ def run_verify_resume(flags: dict[str, Any]) -> int:
 
 def run_search(flags: dict[str, Any]) -> int:
     """Search hyperparameters on the job's data (see `finch.search_job`); print the best trial and the model."""
+    from finch.distributed import launched_by_torchrun, relaunch
     from finch.errors import ConfigError
-    from finch.job import prepare, resolve_options
+    from finch.job import prepare, resolve_options, training_arguments
     from finch.search_job import search_job, show_study
     from finch.search_report import try_write_search_report
 
@@ -287,15 +288,17 @@ def run_search(flags: dict[str, Any]) -> int:
     if flags.get("show"):
         print(show_study(options["output_dir"], flags.get("storage"), flags.get("study_name")))
         return 0
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("finch search runs one process per worker (workers share a study through --storage); "
-                          "for several processes per trial, call Trainer.hyperparameter_search under torchrun")
     if options.get("resume"):
         raise ConfigError("finch search resumes by itself: re-run the same command (a killed worker's trial is "
                           "retried from its last checkpoint); drop --resume")
+    if flags.get("nproc_per_node") and not launched_by_torchrun():  # each trial trains on N processes
+        training_arguments(options)  # a mistake in the flags shows once, here, not once per process
+        relaunch(flags["argv"], flags)
     job = prepare(options)  # every check that needs no weights: nothing is written before it passes
     study = search_job(job, options, flags["trials"], flags.get("storage"), flags.get("study_name"),
                        flags.get("space"), flags["prune"], flags["heartbeat_interval"])
+    if study is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     print()
     print(show_study(options["output_dir"], flags.get("storage"), study.study_name))
     report = try_write_search_report(options["output_dir"], flags.get("storage"), study.study_name)

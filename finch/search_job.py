@@ -10,6 +10,10 @@ A space file maps `TrainingArguments` fields to a list of choices or a range:
     learning_rate: {low: 1e-5, high: 1e-3, log: true}
     num_train_epochs: {low: 1, high: 4}
     per_device_train_batch_size: [8, 16, 32]
+
+Under torchrun (`finch search --nproc-per-node N`), every trial trains on all N processes: rank 0 owns the study and
+tells the others each trial's parameters and every prune decision (`finch.search_ranks`), and it alone keeps the best
+model and writes the study's files.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from finch.search import (
     state_counts,
     trial_arguments,
 )
+from finch.search_ranks import RankChannel, follow, lead
 from finch.search_storage import HEARTBEAT_INTERVAL, create_study, import_optuna, open_storage
 
 
@@ -163,35 +168,29 @@ def search_job(job: Any, options: dict[str, Any], trials: int, storage_url: str 
                study_name: str | None = None, space_file: str | None = None, prune: bool = True,
                heartbeat_interval: int = HEARTBEAT_INTERVAL) -> Any:
     """`finch search`: run the study of `job` until it has `trials` trials (all workers together); keep the best
-    model in `<output_dir>/best-model`. Returns the study.
+    model in `<output_dir>/best-model`. Returns the study (None on ranks other than 0 under torchrun).
 
     The objective is the job's `metric_for_best_model` (the CLI's `--metric`), maximised when greater is better;
     each trial's value is that of the model it keeps (the best evaluation's with `load_best_model_at_end`)."""
-    optuna = import_optuna()
+    from finch.runtime import Runtime
+
     args = job.args
     space = load_space(space_file, args) if space_file else default_hp_space
     check_space(space, args, free_names=False)
+    channel = RankChannel(Runtime.for_args(args))  # under torchrun: this process joins the group here
+    if channel.distributed and args.fsdp:
+        raise ConfigError("finch search under torchrun trains each trial with DDP; fsdp is not searched: leave it out "
+                          "(or call Trainer.hyperparameter_search in a script)")
     metric = args.metric_for_best_model
     key = metric if metric.startswith("eval_") else f"eval_{metric}"
     direction = "maximize" if args.greater_is_better else "minimize"
-    output = Path(args.output_dir)
-    if storage_url is None:
-        output.mkdir(parents=True, exist_ok=True)  # every input check has passed (prepare): the first write
-    storage = open_storage(storage_url or default_storage(output), heartbeat_interval)
-    name = study_name or output.resolve().name
     periodic = prune and args.eval_strategy != "no"
-    pruner = optuna.pruners.MedianPruner() if periodic else optuna.pruners.NopPruner()
-    with quiet_optuna():
-        study = create_study(storage, name, [direction], load_if_exists=True, pruner=pruner)
-    _claim_study(study, {"objective": key, "direction": direction, "model": str(options.get("model") or "demo"),
-                         "data": _data_digest(job.splits.train), "validation": _data_digest(job.splits.validation)})
-    check_run_folders(output, name, args.overwrite_output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is re-queued before the count below
-    if _study_done(study, trials):
-        print(f"study {name} has {trials} trials already; raise --trials to run more", flush=True)
+    study = channel.on_leader(lambda: _open_study(job, options, storage_url, study_name, heartbeat_interval,
+                                                  key, direction, periodic))
+    done = channel.decide(lambda: _study_done(study, trials))
+    if done:
+        if channel.leader:
+            print(f"study {study.study_name} has {trials} trials already; raise --trials to run more", flush=True)
         return study
 
     def metric_of(metrics: dict[str, float]) -> float:
@@ -201,10 +200,38 @@ def search_job(job: Any, options: dict[str, Any], trials: int, storage_url: str 
         if _study_done(study_, trials):
             study_.stop()
 
-    runner = Trials(args, space, metric_of, lambda trial_args, trial, resume: job.build(trial_args), name,
-                    prune=periodic, best_metric_objective=True, after_trial=_best_model_keeper(job, name, direction),
-                    total=trials)
-    study.optimize(runner, n_trials=trials, callbacks=[stop_when_done], catch=(NonFiniteLossError, SurplusTrial))
+    runner = Trials(args, space, metric_of, lambda trial_args, trial, resume: job.build(trial_args),
+                    study.study_name if study is not None else "", prune=periodic, best_metric_objective=True,
+                    after_trial=_best_model_keeper(job, study.study_name if study is not None else "", direction),
+                    total=trials, channel=channel)
+    if not channel.leader:
+        follow(channel, lambda plan: runner.run(plan, plan.trial), runner.survivable)
+        return None
+    lead(channel, lambda: study.optimize(runner, n_trials=trials, callbacks=[stop_when_done],
+                                         catch=(NonFiniteLossError, SurplusTrial)), lambda: None)
+    return study
+
+
+def _open_study(job: Any, options: dict[str, Any], storage_url: str | None, study_name: str | None,
+                heartbeat_interval: int, key: str, direction: str, periodic: bool) -> Any:
+    """Rank 0 (or the only process): the study, opened or created, claimed for this job's data, model and
+    objective; the output folder checked; a dead worker's trial re-queued."""
+    optuna = import_optuna()
+    output = Path(job.args.output_dir)
+    if storage_url is None:
+        output.mkdir(parents=True, exist_ok=True)  # every input check has passed (prepare): the first write
+    storage = open_storage(storage_url or default_storage(output), heartbeat_interval)
+    name = study_name or output.resolve().name
+    pruner = optuna.pruners.MedianPruner() if periodic else optuna.pruners.NopPruner()
+    with quiet_optuna():
+        study = create_study(storage, name, [direction], load_if_exists=True, pruner=pruner)
+    _claim_study(study, {"objective": key, "direction": direction, "model": str(options.get("model") or "demo"),
+                         "data": _data_digest(job.splits.train), "validation": _data_digest(job.splits.validation)})
+    check_run_folders(output, name, job.args.overwrite_output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is re-queued before the count below
     return study
 
 
@@ -250,7 +277,10 @@ def _best_model_keeper(job: Any, study_name: str, direction: str) -> Callable[[A
             if kept.get("study") != study_name or better(objective, kept.get("objective"), direction):
                 staging = output / f".tmp-{BEST_MODEL}-{os.getpid()}"
                 shutil.rmtree(staging, ignore_errors=True)
-                trainer.save_model(str(staging))
+                # the model as it is on this rank (rank 0 under torchrun, where DDP keeps a whole replica): not
+                # save_model, a collective that the other ranks, waiting for rank 0's next trial, would not join
+                checkpoint.save_model_folder(trainer.model, staging, trainer.processing_class)
+                trainer.args.save(staging / "training_args.json")
                 job.card.write(staging)
                 (staging / BEST_TRIAL_FILE).write_text(json.dumps(
                     {"study": study_name, "trial": trial.number, "objective": objective, "params": trial.params,

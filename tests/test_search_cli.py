@@ -2,10 +2,13 @@
 and mistakes that exit 2 before any training."""
 
 import json
+import subprocess
+import sys
 
 import optuna
 import pytest
 from test_cli import reviews, write_csv
+from test_distributed import RUN_TIMEOUT, environment
 from transformers import pipeline
 
 from finch.cli import main
@@ -83,13 +86,27 @@ def test_mistakes_exit_2_before_training(tmp_path, tiny_model_dir, files, capsys
     assert not list(tmp_path.glob("out/run-*"))  # nothing trained
 
 
-def test_search_under_torchrun_exits_2(tmp_path, tiny_model_dir, files, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+def test_search_on_two_processes_trains_each_trial_on_both_and_reports_once(tmp_path, tiny_model_dir, files):
+    """`finch search --nproc-per-node 2` relaunches through torchrun: rank 0 owns the study, each trial trains on
+    both processes (DDP), and the table, the best model and the study's files are written once."""
     train, dev, space = files
-    assert main(["search", "--model", tiny_model_dir, "--train", train, "--validation", dev, "--output-dir",
-                 str(tmp_path / "out"), "--space", space, *FAST]) == 2
-    assert "Trainer.hyperparameter_search under torchrun" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "finch.cli", "search", "--nproc-per-node", "2", "--model",
+                             tiny_model_dir, "--train", train, "--validation", dev, "--output-dir", str(out),
+                             "--space", space, "--metric", "loss", "--trials", "2", "--ddp-timeout", "90", *FAST],
+                            env=environment(), capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    printed = result.stdout + result.stderr
+    assert result.returncode == 0, printed[-6000:]
+    assert printed.count("batch 8 x 2 processes") == 2, "each of the 2 trials trains on both processes"
+    assert result.stdout.count("best: trial") == 1, "rank 0 alone reports"
+    study = optuna.load_study(study_name="out", storage=f"sqlite:///{out / 'search.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    best = min(study.trials, key=lambda t: t.value)
+    kept = json.loads((out / "best-model" / "search_trial.json").read_text())
+    assert kept["trial"] == best.number and kept["objective"] == best.value
+    assert not list(out.glob(".tmp-*")) and not list(out.glob("run-*/checkpoint-*"))
+    classify = pipeline("text-classification", model=str(out / "best-model"))
+    assert classify("good great nice")[0]["label"] in {"neg", "pos"}
 
 
 def test_show_without_a_search_exits_2(tmp_path, capsys):
