@@ -42,7 +42,6 @@ from finch.trainer_outputs import OutputsMixin
 logger = logging.getLogger("finch")
 
 
-
 @dataclass
 class TrainingRun:
     """What one `train()` call builds and the loop's helpers use, passed to them explicitly (never kept on the
