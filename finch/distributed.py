@@ -76,13 +76,13 @@ class DistributedRuntime(Runtime):
             return
         plan = self.fsdp_plan
         if not fsdp.is_sharded(model):  # decided on rank 0 (its machine gathers a full state), taken by all
+            full_bytes = fsdp.state_bytes(model)
             self.sharded_checkpoints = self.on_main(lambda: fsdp.checkpoints_sharded(
-                plan.state_dict_type, fsdp.state_bytes(model), fsdp.available_memory()))
+                plan.state_dict_type, full_bytes, fsdp.available_memory()))
             if self.sharded_checkpoints and plan.state_dict_type is None and self.rank == 0:
                 logger.warning("fsdp: the full state (%.1f GB) would take more than half of this machine's available "
                                "memory: checkpoints hold every rank's shards (torch.distributed.checkpoint); "
-                               "fsdp_config={'state_dict_type': 'FULL_STATE_DICT'} to gather them",
-                               fsdp.state_bytes(model) / 1e9)
+                               "fsdp_config={'state_dict_type': 'FULL_STATE_DICT'} to gather them", full_bytes / 1e9)
         fsdp.shard(model, plan, self.device)
 
     def full_state(self, model: torch.nn.Module, optimizer: Any) -> tuple[dict | None, dict | None]:

@@ -13,6 +13,7 @@ torch is imported lazily: `read_fsdp` is called by `TrainingArguments` validatio
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import warnings
 from collections.abc import Iterator
@@ -309,6 +310,7 @@ def missing_shards(folder: Path) -> list[str]:
     return sorted(name for name in names if not (folder / name).is_file())
 
 
+@functools.cache
 def _index_reader_class() -> type:
     import pickle
 
@@ -347,6 +349,6 @@ _PLAIN = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "fro
 
 
 def _index_reader(folder: Path) -> Any:
-    """torch's `FileSystemReader` for `folder`, reading the index with `IndexUnpickler` (the classes are made on first
-    use: torch is imported lazily here)."""
+    """torch's `FileSystemReader` for `folder`, reading the index with `IndexUnpickler` (the classes are made once,
+    on first use: torch is imported lazily here)."""
     return _index_reader_class()(folder)

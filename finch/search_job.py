@@ -177,7 +177,8 @@ def search_job(job: Any, options: dict[str, Any], trials: int, storage_url: str 
     args = job.args
     space = load_space(space_file, args) if space_file else default_hp_space
     check_space(space, args, free_names=False)
-    channel = RankChannel(Runtime.for_args(args))  # under torchrun: this process joins the group here
+    # under torchrun this process joins the group here (each trial's Trainer then finds it); alone, no one to tell
+    channel = RankChannel(Runtime.for_args(args) if args.world_size > 1 else None)
     if channel.distributed and args.fsdp:
         raise ConfigError("finch search under torchrun trains each trial with DDP; fsdp is not searched: leave it out "
                           "(or call Trainer.hyperparameter_search in a script)")
@@ -200,9 +201,9 @@ def search_job(job: Any, options: dict[str, Any], trials: int, storage_url: str 
         if _study_done(study_, trials):
             study_.stop()
 
-    runner = Trials(args, space, metric_of, lambda trial_args, trial, resume: job.build(trial_args),
-                    study.study_name if study is not None else "", prune=periodic, best_metric_objective=True,
-                    after_trial=_best_model_keeper(job, study.study_name if study is not None else "", direction),
+    name = study.study_name if study is not None else ""  # only rank 0, which holds the study, writes it anywhere
+    runner = Trials(args, space, metric_of, lambda trial_args, trial, resume: job.build(trial_args), name,
+                    prune=periodic, best_metric_objective=True, after_trial=_best_model_keeper(job, name, direction),
                     total=trials, channel=channel)
     if not channel.leader:
         follow(channel, lambda plan: runner.run(plan, plan.trial), runner.survivable)
