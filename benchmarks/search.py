@@ -14,6 +14,11 @@ ratios (the issue's target: finch needs at most half of HF's steps). A JSON line
 Usage (from the repo root):
     python benchmarks/search.py                                      # 8 trials, 200 training rows, 100 dev rows
     python benchmarks/search.py --trials 20 --train-rows 1000 --dev-rows 408 --threads 2
+    python benchmarks/search.py --trials 12 --train-rows 300 --dev-rows 200 --threads 1 --parallel   # 2 cores
+
+Steps and objectives do not depend on the machine's load (each trial is seeded); the seconds do, so compare wall
+times only from runs where both sides had the same cores (`--parallel --threads 1` on two free cores, or one side
+after the other).
 """
 
 from __future__ import annotations
@@ -102,13 +107,28 @@ def tokenized(a: argparse.Namespace) -> tuple[Any, Any, Any]:
     return tok, train.map(encode, batched=True), dev.map(encode, batched=True)
 
 
-def spawn(impl: str, a: argparse.Namespace) -> dict[str, Any]:
-    """`worker` in a fresh interpreter (no state shared between the two libraries); its last stdout line."""
+def spawn(impl: str, a: argparse.Namespace) -> subprocess.Popen:
+    """`worker` in a fresh interpreter (no state shared between the two libraries)."""
     command = [sys.executable, __file__, "--worker", impl, "--trials", str(a.trials), "--train-rows",
                str(a.train_rows), "--dev-rows", str(a.dev_rows), "--seed", str(a.seed), "--data", str(a.data)]
     command += ["--threads", str(a.threads)] if a.threads else []
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+def result(process: subprocess.Popen) -> dict[str, Any]:
+    """A worker's summary: its last stdout line."""
+    out, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"a search worker failed (exit {process.returncode}); its log is above")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def search_both(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """HF's search, then finch's; with --parallel both at once (give each --threads 1 on a 2-core machine)."""
+    if not a.parallel:
+        return {impl: result(spawn(impl, a)) for impl in IMPLS}
+    processes = {impl: spawn(impl, a) for impl in IMPLS}
+    return {impl: result(process) for impl, process in processes.items()}
 
 
 def until(trials: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -166,6 +186,8 @@ def main() -> None:
     p.add_argument("--dev-rows", type=int, default=100, help="MRPC's first N dev rows (the objective's)")
     p.add_argument("--seed", type=int, default=42, help="the TPE sampler's seed (both searches)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each search")
+    p.add_argument("--parallel", action="store_true",
+                   help="run both searches at once (each on --threads cores): half the wall time, same steps")
     p.add_argument("--data", type=Path, default=Path(os.environ.get("FINCH_MRPC") or mrpc.DEFAULT_DATA))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/search.jsonl"))
     p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
@@ -173,10 +195,11 @@ def main() -> None:
     if a.worker:
         print(json.dumps(worker(a.worker, a)))
         return
-    runs = {impl: spawn(impl, a) for impl in IMPLS}
+    runs = search_both(a)
     summary = report(runs)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    row = {"trials": a.trials, "train_rows": a.train_rows, "dev_rows": a.dev_rows, "seed": a.seed, **summary,
+    row = {"trials": a.trials, "train_rows": a.train_rows, "dev_rows": a.dev_rows, "seed": a.seed,
+           "parallel": a.parallel, **summary,
            "runs": runs, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with open(a.out, "a") as f:
         f.write(json.dumps(row) + "\n")

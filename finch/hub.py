@@ -265,7 +265,7 @@ class HubCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
-            from finch.checkpoint import PREFIX
+            from finch.run_folders import PREFIX
 
             self.hub.push_checkpoint(Path(args.output_dir) / f"{PREFIX}{state.global_step}", state,
                                      kwargs.get("model"))

@@ -16,7 +16,10 @@ import math
 from pathlib import Path
 
 from finch.args import TrainingArguments
-from finch.checkpoint import (
+from finch.errors import ResumeError
+from finch.fingerprint import Fingerprint
+from finch.optim import total_training_steps
+from finch.run_folders import (
     PREFIX,
     STATE,
     checkpoints,
@@ -28,9 +31,6 @@ from finch.checkpoint import (
     verify,
     world_size_of,
 )
-from finch.errors import ResumeError
-from finch.fingerprint import Fingerprint
-from finch.optim import total_training_steps
 from finch.runtime import Launch
 from finch.state import TrainerState
 

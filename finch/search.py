@@ -40,7 +40,7 @@ from typing import Any
 
 from transformers.trainer_utils import BestRun
 
-from finch import checkpoint
+from finch import run_folders
 from finch.args import TrainingArguments
 from finch.callbacks import TrainerCallback
 from finch.errors import ConfigError, UnknownArgumentError
@@ -230,8 +230,8 @@ class Trials:
         self.channel.tell(plan)
         trainer, reporter, objective = self.run(plan, trial)
         if reporter.pruned:
-            for folder in checkpoint.run_checkpoints(plan.folder, trainer.state.run_id):
-                checkpoint.delete_checkpoint(folder, trainer.state.run_id)
+            for folder in run_folders.run_checkpoints(plan.folder, trainer.state.run_id):
+                run_folders.delete_checkpoint(folder, trainer.state.run_id)
             raise optuna.TrialPruned(f"pruned at step {trainer.state.global_step}")
         if self.after_trial is not None:
             self.after_trial(trainer, trial, objective)
@@ -249,10 +249,10 @@ class Trials:
         trial.set_user_attr("host", socket.gethostname())
         params = self.space(trial)
         trial_arguments(self.args, params, folder)  # a value the arguments refuse fails the trial here, on rank 0
-        resume = original is not None and checkpoint.latest_checkpoint(folder, quiet=True) is not None
+        resume = original is not None and run_folders.latest_checkpoint(folder, quiet=True) is not None
         if original is not None:
             logger.info("trial %d retries trial %d (its worker stopped) %s", trial.number, original,
-                        f"from {checkpoint.latest_checkpoint(folder, quiet=True)}" if resume else "from the start")
+                        f"from {run_folders.latest_checkpoint(folder, quiet=True)}" if resume else "from the start")
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / TRIAL_FILE).write_text(json.dumps(
             {"study": self.study_name, "trial": trial.number, "retry_of": original, "params": params}) + "\n")

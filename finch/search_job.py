@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finch import checkpoint
+from finch import checkpoint, run_folders
 from finch.args import TrainingArguments, convert_value
 from finch.errors import ConfigError
 from finch.nonfinite import NonFiniteLossError
@@ -291,7 +291,7 @@ def _best_model_keeper(job: Any, study_name: str, direction: str) -> Callable[[A
                     os.replace(best, old)  # two renames: best-model is whole or (for an instant) absent
                 os.replace(staging, best)
                 shutil.rmtree(old, ignore_errors=True)
-        for folder in checkpoint.run_checkpoints(trainer.args.output_dir, trainer.state.run_id):
+        for folder in run_folders.run_checkpoints(trainer.args.output_dir, trainer.state.run_id):
             shutil.rmtree(folder, ignore_errors=True)
 
     return keep

@@ -22,7 +22,7 @@ import torch
 from transformers import EvalPrediction
 from transformers.trainer_utils import TrainOutput
 
-from finch import checkpoint, data
+from finch import checkpoint, data, run_folders
 from finch.args import TrainingArguments
 from finch.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.dropout import DropoutSwap
@@ -230,7 +230,7 @@ class Trainer(EvaluationMixin, OutputsMixin):
         run.model = torch.compile(run.model) if args.torch_compile else run.model
 
         def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by its writer)
-            checkpoint.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
+            run_folders.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
             args.save(Path(args.output_dir) / "training_args.json")
         runtime.on_writers(prepare_output_dir, args.save_on_each_node)
         self._print_header(len(dataset), dropped, resume, run.dropout.describe())
@@ -467,7 +467,7 @@ class Trainer(EvaluationMixin, OutputsMixin):
         the checkpoint (atomically) and rotates, and the others wait for it: when this returns on any rank, the
         checkpoint is whole on disk (or every rank raises)."""
         state, args = self.state, self.args
-        path = Path(args.output_dir) / f"{checkpoint.PREFIX}{state.global_step}"
+        path = Path(args.output_dir) / f"{run_folders.PREFIX}{state.global_step}"
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(path)
         state.stateful_callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
@@ -485,7 +485,7 @@ class Trainer(EvaluationMixin, OutputsMixin):
             checkpoint.save_checkpoint(args.output_dir, self.model, state, args, self.optimizer, self.lr_scheduler,
                                        run.scaler, self.processing_class, rng_states, self.runtime.launch.id,
                                        weights, optimizer_state, shards_in)
-            checkpoint.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
+            run_folders.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
                                           state.run_id, keep=path)
         self.runtime.on_writers(write, args.save_on_each_node)
         run.last_checkpoint = str(path)

@@ -38,7 +38,7 @@ from conftest import sentiment_dataset, tiny_bert
 from transformers import AutoTokenizer
 
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, checkpoint
-from finch.checkpoint import latest_checkpoint
+from finch.run_folders import latest_checkpoint
 
 RANK = int(os.environ.get("RANK", "0"))
 FSDP = {"fsdp": "full_shard auto_wrap", "eval_strategy": "steps", "eval_steps": 4, "per_device_eval_batch_size": 2}

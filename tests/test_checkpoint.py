@@ -9,8 +9,9 @@ from conftest import sentiment_dataset, tiny_bert, weights_of
 from transformers import DataCollatorWithPadding
 
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from finch.checkpoint import CheckpointError, checkpoints, latest_checkpoint, verify
+from finch.checkpoint import CheckpointError
 from finch.errors import ResumeError
+from finch.run_folders import checkpoints, latest_checkpoint, verify
 
 
 class StopAt(TrainerCallback):

@@ -21,10 +21,11 @@ import torch
 from conftest import sentiment_dataset, tiny_bert
 
 from finch import Trainer, TrainingArguments, data
-from finch.checkpoint import checkpoints, launch_of, rng_file, verify, world_size_of
+from finch.checkpoint import rng_file
 from finch.errors import ResumeError
 from finch.preemption import EXIT_PREEMPTED
 from finch.resume import plan_resume
+from finch.run_folders import checkpoints, launch_of, verify, world_size_of
 from finch.runtime import Launch
 
 WORKER = Path(__file__).with_name("distributed_worker.py")

@@ -15,8 +15,8 @@ import safetensors.torch
 from test_cli import FAST, reviews, write_csv
 from test_distributed import RUN_TIMEOUT, environment
 
-from finch.checkpoint import checkpoints, verify, world_size_of
 from finch.distributed import launch_command, without_launch_flags
+from finch.run_folders import checkpoints, verify, world_size_of
 
 # Imported first by every Python process started with this folder on PYTHONPATH: in a torchrun worker (RANK set) it
 # records each file written, renamed, created or removed under FINCH_AUDIT_WATCH, one line per event, in

@@ -16,9 +16,10 @@ from test_distributed import ranks, torchrun
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from finch import TrainingArguments
-from finch.checkpoint import checkpoints, load_model_weights, verify, world_size_of
+from finch.checkpoint import load_model_weights
 from finch.errors import ConfigError, ResumeError
 from finch.fsdp import SHARDS, FsdpPlan, checkpoints_sharded, load_shards, read_fsdp
+from finch.run_folders import checkpoints, verify, world_size_of
 
 
 def test_hf_fsdp_strings_and_config_are_read():

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from finch.checkpoint import checkpoints, verify
 from finch.preemption import EXIT_PREEMPTED
+from finch.run_folders import checkpoints, verify
 
 WORKER = Path(__file__).resolve().parent / "train_worker.py"
 

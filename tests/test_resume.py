@@ -16,11 +16,11 @@ from conftest import tiny_bert
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from finch import Trainer, TrainerCallback, TrainingArguments
-from finch.checkpoint import LOADED_FILES, checkpoints, remove_leftovers, run_of, verify
 from finch.errors import ResumeError
 from finch.fingerprint import Fingerprint, config_fingerprint, data_fingerprint
 from finch.preemption import TrainingPreempted
 from finch.resume import plan_resume
+from finch.run_folders import LOADED_FILES, checkpoints, remove_leftovers, run_of, verify
 
 
 def run_args(output_dir, **overrides):
@@ -292,7 +292,7 @@ def test_a_kill_while_rotation_deletes_a_checkpoint_leaves_no_damaged_checkpoint
                                                                                   monkeypatch):
     """Rotation renames a checkpoint aside before deleting it: a process killed half-way through the deletion
     leaves a `.tmp-` folder the next start cleans, never a half-deleted `checkpoint-<step>` that nothing removes."""
-    import finch.checkpoint as checkpoint_module
+    import finch.run_folders as run_folders_module
 
     trainer = train(tmp_path, toy, tokenizer, max_steps=4, save_steps=2)  # checkpoint-2 and checkpoint-4
     run_id, real_rmtree = trainer.state.run_id, shutil.rmtree
@@ -302,10 +302,10 @@ def test_a_kill_while_rotation_deletes_a_checkpoint_leaves_no_damaged_checkpoint
         victim.unlink()  # one file gone, then the process "dies"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed_half_way)
+    monkeypatch.setattr(run_folders_module.shutil, "rmtree", killed_half_way)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint_module.rotate_checkpoints(tmp_path, 1, None, run_id)
-    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", real_rmtree)
+        run_folders_module.rotate_checkpoints(tmp_path, 1, None, run_id)
+    monkeypatch.setattr(run_folders_module.shutil, "rmtree", real_rmtree)
     assert [folder.name for folder in checkpoints(tmp_path)] == ["checkpoint-4"]
     assert all(verify(folder) is None for folder in checkpoints(tmp_path))
     assert len(list(tmp_path.glob(".tmp-checkpoint-2-*"))) == 1
