@@ -486,7 +486,7 @@ class Trainer(EvaluationMixin, OutputsMixin):
                                        run.scaler, self.processing_class, rng_states, self.runtime.launch.id,
                                        weights, optimizer_state, shards_in)
             run_folders.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
-                                          state.run_id, keep=path)
+                                           state.run_id, keep=path)
         self.runtime.on_writers(write, args.save_on_each_node)
         run.last_checkpoint = str(path)
         self.control = self._fire("on_save")
