@@ -8,8 +8,11 @@ Differences from transformers 5, each on purpose:
 - `overwrite_output_dir` (gone from transformers 5) is a field again: when set, a fresh run deletes other runs'
   checkpoints in `output_dir`; unset, `Trainer.train()` moves them unchanged to `previous-runs/` and `finch train`
   refuses the folder.
-- HF names without a finch field (`do_train`, `eval_accumulation_steps`, `gradient_checkpointing`...) are accepted
-  where finch honours the value, else refused with the reason (`finch.hf_names`).
+- `local_rank` is torchrun's `LOCAL_RANK` (-1 without torchrun) whatever was given; transformers keeps the value
+  given. Like the other arguments HF's example scripts read and its Trainer does not (`do_train`, `do_eval`,
+  `do_predict`, `resume_from_checkpoint`, `log_level`), it is a field, so `HfArgumentParser` builds its flag.
+- HF names without a finch field (`eval_accumulation_steps`, `gradient_checkpointing`...) are accepted as keyword
+  arguments where finch honours the value, else refused with the reason (`finch.hf_names`).
 - An empty `output_dir` is refused (an unset shell variable would write into the current folder).
 - Every value is checked against its field's type (strings that spell one are converted; NaN is refused).
 - Arguments are saved as JSON (`training_args.json`), never pickled.
@@ -32,7 +35,7 @@ from typing import Any
 
 from finch.errors import ConfigError, UnknownArgumentError
 from finch.fsdp import read_fsdp
-from finch.hf_names import HF_ONLY, HFArgumentsProperties, accept_hf_only
+from finch.hf_names import HF_ONLY, LOG_LEVELS, HFArgumentsProperties, accept_hf_only
 
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts",
@@ -52,13 +55,15 @@ BACKENDS = ("nccl", "gloo", "mpi", "xccl")
 HUB_STRATEGIES = ("every_save", "end", "checkpoint", "all_checkpoints")  # HF's names
 
 
+SCRIPTS_ONLY = "HF example scripts"  # fields only scripts read: no `finch train` flag or option for them
 _GROUP_ORDER: list[str] = []  # each field's group, in definition order (see FIELD_GROUPS below the class)
 
 
 def _arg(default: Any, group: str, help: str, **options: Any) -> Any:
     """A field with its `--help` text and group (read by the CLI, which prints one flag per field). The metadata
-    holds only `help`: HF's `HfArgumentParser` passes every metadata key on to argparse, and example scripts build
-    one over `TrainingArguments`."""
+    holds only `help` (and argparse's `nargs`/`const` for `bool | None`, set below the class): HF's
+    `HfArgumentParser` passes every metadata key on to argparse, and example scripts build one over
+    `TrainingArguments`."""
     _GROUP_ORDER.append(group)
     return field(default=default, metadata={"help": help}, **options)
 
@@ -177,6 +182,19 @@ class TrainingArguments(HFArgumentsProperties):
                                  "any file", repr=False)
     hub_private_repo: bool | None = _arg(None, "hub", "create the repository private; unset: the hub's default")
     hub_revision: str | None = _arg(None, "hub", "branch to upload to (created if missing); unset: main")
+    # HF's, read by example scripts (run_glue.py...), never by the Trainer; last, so positions stay as they were
+    do_train: bool = _arg(False, SCRIPTS_ONLY, "whether the script trains (the Trainer does not read it)")
+    do_eval: bool = _arg(False, SCRIPTS_ONLY, "whether the script evaluates; set when eval_strategy is not "
+                         "'no' (the Trainer does not read it)")
+    do_predict: bool = _arg(False, SCRIPTS_ONLY, "whether the script predicts on its test set (the Trainer "
+                            "does not read it)")
+    resume_from_checkpoint: str | None = _arg(None, SCRIPTS_ONLY, "checkpoint a script passes to "
+                                              "trainer.train(resume_from_checkpoint=...); finch train: --resume")
+    log_level: str = _arg("passive", SCRIPTS_ONLY, "log level a script applies with get_process_log_level(): "
+                          + ", ".join(LOG_LEVELS) + " (passive: transformers' current one)")
+    log_level_replica: str = _arg("warning", SCRIPTS_ONLY, "the same, on the processes that do not log")
+    local_rank: int = _arg(-1, SCRIPTS_ONLY, "torchrun's LOCAL_RANK, -1 without torchrun (a value given is "
+                           "ignored; torch.distributed.launch passes --local-rank)")
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
@@ -185,9 +203,12 @@ class TrainingArguments(HFArgumentsProperties):
             self.output_dir = str(self.output_dir)
         if self.fsdp is None:  # HfArgumentParser gives None for an unset list-typed field
             self.fsdp = ""
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "-1"))  # read-only: what scripts print is the real one
         type_problems = _convert_types(self)
         if type_problems:  # the checks below compare values, which needs the right types first
             raise ConfigError(_listing(type_problems))
+        if self.eval_strategy != "no":  # HF's meaning: scripts then load the evaluation set
+            self.do_eval = True
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = list(self.report_to or ["none"])
@@ -392,6 +413,8 @@ def _problems(args: TrainingArguments) -> list[str]:
     choice("optim", OPTIMIZERS)
     choice("train_sampling_strategy", SAMPLING)
     choice("hub_strategy", HUB_STRATEGIES)
+    choice("log_level", tuple(LOG_LEVELS))
+    choice("log_level_replica", tuple(LOG_LEVELS))
     for item in args.include_for_metrics or []:
         if item not in ("inputs", "loss"):
             problems.append(f"include_for_metrics={args.include_for_metrics!r}: {item!r} is not one of 'inputs', 'loss'")
@@ -533,6 +556,17 @@ def translate_legacy(kwargs: dict[str, Any]) -> dict[str, Any]:
     return translated
 
 
+def _optional_bool_flags_stand_alone() -> None:
+    """HF's example scripts pass `--fp16` alone (HF's fp16 is a plain bool), but `HfArgumentParser` makes the flag
+    of a `bool | None` field take a value: argparse's nargs="?" with const=True lets it stand alone, as for a bool
+    (`--fp16 false` still works; unset stays None)."""
+    hints = typing.get_type_hints(TrainingArguments)
+    for item in dataclasses.fields(TrainingArguments):
+        if hints[item.name] == bool | None:
+            item.metadata = types.MappingProxyType({**item.metadata, "nargs": "?", "const": True})
+
+
+_optional_bool_flags_stand_alone()
 FIELD_GROUPS: dict[str, str] = dict(zip((f.name for f in dataclasses.fields(TrainingArguments)), _GROUP_ORDER,
                                         strict=True))
 _dataclass_init = TrainingArguments.__init__
@@ -541,7 +575,7 @@ _dataclass_init = TrainingArguments.__init__
 @functools.wraps(_dataclass_init)
 def _init_with_aliases(self: TrainingArguments, *args: Any, **kwargs: Any) -> None:
     _dataclass_init(self, *args, **translate_legacy(kwargs))
-    for name in HF_ONLY.keys() & kwargs.keys():  # readable as in HF (`if training_args.do_train:`); not saved
+    for name in HF_ONLY.keys() & kwargs.keys():  # readable as in HF scripts; not saved
         object.__setattr__(self, name, kwargs[name])
 
 

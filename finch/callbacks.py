@@ -234,6 +234,10 @@ class JsonlLoggerCallback(TrainerCallback):
 
     The number of lines is saved in each checkpoint (`state_dict`); a run resumed from it first drops the later
     lines of steps past the checkpoint's, so the steps a killed run logged after its checkpoint do not appear twice.
+    A fresh run in a folder that holds an earlier run's log moves that log, unchanged, to
+    `previous-runs/log-<its time>.jsonl` (where `Trainer.train()` also moves the earlier run's checkpoints), so the
+    file holds one run and nothing is lost; lines this trainer logged since its last run (an `evaluate()` of the
+    untrained model) stay with the new run.
     """
 
     FILE = "log.jsonl"
@@ -241,20 +245,44 @@ class JsonlLoggerCallback(TrainerCallback):
     def __init__(self) -> None:
         self.path: Path | None = None
         self.resumed_lines: int | None = None  # from the checkpoint being resumed
+        self.pending = 0  # lines this callback appended outside train() since its last run began
+        self.training = False
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.path = Path(args.output_dir) / self.FILE
-        if state.is_world_process_zero and self.resumed_lines is not None and self.path.exists():
+        if state.is_world_process_zero and self.path.exists():
             lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            # after the checkpoint's lines, those at its step stay (the end of a finished run: its summary, a final
-            # evaluation); those past it go: the resumed run logs those steps again
-            kept = lines[:self.resumed_lines] + [line for line in lines[self.resumed_lines:]
-                                                 if _step_of(line) <= state.global_step]
-            if len(kept) < len(lines):
-                logger.info("%s: dropping %d lines logged after step %d by the run before this resume", self.path,
-                            len(lines) - len(kept), state.global_step)
-                write_text(self.path, "".join(kept))
-        self.resumed_lines = None
+            if self.resumed_lines is None:
+                self._set_aside(lines[:len(lines) - self.pending], lines[len(lines) - self.pending:])
+            else:
+                # after the checkpoint's lines, those at its step stay (the end of a finished run: its summary, a
+                # final evaluation); those past it go: the resumed run logs those steps again
+                kept = lines[:self.resumed_lines] + [line for line in lines[self.resumed_lines:]
+                                                     if _step_of(line) <= state.global_step]
+                if len(kept) < len(lines):
+                    logger.info("%s: dropping %d lines logged after step %d by the run before this resume",
+                                self.path, len(lines) - len(kept), state.global_step)
+                    write_text(self.path, "".join(kept))
+        self.resumed_lines, self.pending, self.training = None, 0, True
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.training = False
+
+    def _set_aside(self, earlier: list[str], own: list[str]) -> None:
+        """Move the `earlier` lines (another run's) to `previous-runs/`; keep this trainer's `own`."""
+        from finch.resume import PREVIOUS_RUNS
+
+        if not earlier:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.path.stat().st_mtime))
+        target, copy = self.path.parent / PREVIOUS_RUNS / f"log-{stamp}.jsonl", 1
+        while target.exists():
+            target, copy = target.with_name(f"log-{stamp}.{copy}.jsonl"), copy + 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text(target, "".join(earlier))
+        write_text(self.path, "".join(own))
+        logger.warning("%s held the log of an earlier run: moved it unchanged to %s, so this run's log holds this run "
+                       "only", self.path, target)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any):
@@ -264,6 +292,7 @@ class JsonlLoggerCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as file:
             file.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+        self.pending += 0 if self.training else 1
 
     def state_dict(self) -> dict[str, Any]:
         if self.path is None or not self.path.exists():

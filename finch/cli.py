@@ -26,7 +26,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from finch.args import FIELD_GROUPS, TrainingArguments
+from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments
 from finch.errors import UserError
 
 EXIT_USAGE = 2  # bad flags, config or data: nothing was trained
@@ -165,6 +165,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}
     for item in dataclasses.fields(TrainingArguments):
         group_name = FIELD_GROUPS.get(item.name, "other")
+        if group_name == SCRIPTS_ONLY:  # do_train, local_rank...: finch train has its own (--resume)
+            continue
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(f"training arguments: {group_name}")
         group, flag, kind = groups[group_name], "--" + item.name.replace("_", "-"), _base_type(hints[item.name])
@@ -223,14 +225,17 @@ def run_train(flags: dict[str, Any]) -> int:
     from finch import config as config_files
     from finch.distributed import launched_by_torchrun, relaunch
     from finch.job import prepare, resolve_options, training_arguments
-    from finch.outputs import write_text
+    from finch.outputs import check_no_earlier_outputs, write_text
     from finch.report import try_write_report
+    from finch.runtime import Launch
 
     options = resolve_options(flags)
     if flags.get("print_config"):
         training_arguments(options)  # validated, so what is printed would run
         print(config_files.dump(options))
         return 0
+    if not options.get("resume") and not options.get("overwrite_output_dir") and not Launch.from_environment().restarted:
+        check_no_earlier_outputs(options["output_dir"])  # before the data is read; a restart continues its own run
     if flags.get("nproc_per_node") and not launched_by_torchrun():
         training_arguments(options)  # a mistake in the flags shows once, here, not once per process
         relaunch(flags["argv"], flags)

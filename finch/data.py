@@ -24,8 +24,10 @@ def model_input_names(model: torch.nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters) - {"self", "kwargs"}
 
 
-def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns: bool) -> tuple[Any, list[str]]:
-    """Rename `label` to `labels` when the model wants `labels`, and drop columns the model does not take.
+def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns: bool,
+                    label_names: Sequence[str] = ()) -> tuple[Any, list[str]]:
+    """Rename `label` to `labels` when the model wants `labels`, and drop columns the model does not take, but the
+    `label_names` (a custom `compute_loss` reads those, as HF keeps them).
 
     Returns the dataset and the dropped column names. Datasets without column names (plain torch datasets, lists
     of dicts) are returned unchanged.
@@ -39,8 +41,22 @@ def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns:
         columns = dataset.column_names
     if not remove_unused_columns or not accepted:  # forward(**kwargs) alone: it may take anything
         return dataset, []
-    unused = [c for c in columns if c not in accepted]
+    unused = [c for c in columns if c not in accepted and c not in label_names]
     return (dataset.remove_columns(unused) if unused else dataset), unused
+
+
+def check_map_style(dataset: Any, what: str) -> None:
+    """Raise `ConfigError` for a dataset without a length or indexing (streaming `datasets.IterableDataset`,
+    `torch.utils.data.IterableDataset`, a generator): finch plans each epoch's batches from (seed, epoch), which
+    needs both, and so do exact resume and length-grouped batches."""
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        return
+    raise ConfigError(f"{what} ({type(dataset).__name__}) has no length or indexing (a streaming dataset?): "
+                      f"finch plans every epoch's batches from (seed, epoch), which makes resume exact and batches "
+                      f"length-grouped, and needs both. Pass a datasets.Dataset (load_dataset without streaming=True, "
+                      f"no .to_iterable_dataset(); Dataset.from_generator(...) for a generator: it stays on disk, "
+                      f"memory-mapped, so data larger than memory works), or a torch Dataset with __len__ and "
+                      f"__getitem__")
 
 
 def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequence[int] | None = None) -> None:

@@ -5,6 +5,7 @@ outputs, moving them to the CPU batch by batch, restoring dataset order, and `co
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,7 +57,14 @@ class EvaluationMixin:
         if not isinstance(result, Mapping):
             raise ConfigError(f"compute_metrics={name} returned {type(result).__name__} {result!r:.80}, not a dict: "
                               f"return metric names mapped to numbers, e.g. {{'accuracy': 0.91, 'f1': 0.88}}")
-        return dict(result)
+        metrics = {str(key): plain(value) for key, value in result.items()}
+        for key, value in metrics.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"compute_metrics={name} returned {key!r}: {type(value).__name__} {value!r:.80}, "
+                                  f"which cannot be logged: return numbers (or strings, or lists of numbers)") from None
+        return metrics
 
     # ---- evaluation and prediction -------------------------------------------------------------------------------
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
@@ -101,7 +109,8 @@ class EvaluationMixin:
         check before training)."""
         model, args, runtime = self.model, self.args, self.runtime
         given = dataset
-        dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns)
+        data.check_map_style(dataset, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset")
+        dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns, self.label_names)
         lengths = data.example_lengths(dataset)
         data.check_dataset(given, model, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset",
                            lengths)
@@ -188,6 +197,20 @@ def split_outputs(outputs: Any, has_labels: bool, ignore_keys: Sequence[str] = (
         loss = outputs[0] if has_labels else None
         rest = list(outputs[1:] if has_labels else outputs)
     return loss, (rest[0] if len(rest) == 1 else tuple(rest))
+
+
+def plain(value: Any) -> Any:
+    """A metric as Python numbers: NumPy and torch scalars (0-d arrays and one-element tensors included) become
+    float/int/bool, arrays lists, in dicts and lists too; as HF's `denumpify_detensorize`, which misses 0-d arrays."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value
 
 
 def to_numpy(value: Any) -> Any:

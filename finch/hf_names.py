@@ -1,15 +1,16 @@
 """HuggingFace `TrainingArguments` names that finch has no field for, and what finch does with each.
 
-Tutorials and scripts pass them (`do_train=True`, `eval_accumulation_steps=8`, `save_safetensors=True`...). Calling
-them unknown would break code that finch promises to run, and silently ignoring one that changes what is trained
-would be worse. So each name is either accepted, because finch already behaves as the value asks or the value only
-concerns HF's machinery (the value is kept as an attribute, readable as in HF), or refused with the reason and the
-fix when the value asks for something finch does not do.
+Tutorials and scripts pass them (`eval_accumulation_steps=8`, `save_safetensors=True`, `log_on_each_node=False`...).
+Calling them unknown would break code that finch promises to run, and silently ignoring one that changes what is
+trained would be worse. So each name is either accepted, because finch already behaves as the value asks or the
+value only concerns HF's machinery (the value is kept as an attribute, readable as in HF), or refused with the reason
+and the fix when the value asks for something finch does not do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,13 +20,9 @@ _ANY: Callable[[Any], bool] = lambda value: True
 _FALSY: Callable[[Any], bool] = lambda value: not value
 
 # name: (values finch honours, why / what to do otherwise)
+# (do_train, do_eval, do_predict, resume_from_checkpoint, log_level, local_rank... are fields: HfArgumentParser
+# builds its flags from the fields only)
 HF_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
-    # flags that HF's example scripts read, not the Trainer
-    "do_train": (_ANY, "read by HF's example scripts, not by the Trainer"),
-    "do_eval": (_ANY, "read by HF's example scripts, not by the Trainer"),
-    "do_predict": (_ANY, "read by HF's example scripts, not by the Trainer"),
-    "resume_from_checkpoint": (_ANY, "read by HF's example scripts; pass it to trainer.train(...)"),
-    "local_rank": (_ANY, "torchrun sets the rank; finch reads it from the environment"),
     # what finch always does
     "eval_accumulation_steps": (_ANY, "finch moves evaluation outputs to the CPU after every batch"),
     "eval_do_concat_batches": (lambda value: value is True, "finch always concatenates evaluation batches"),
@@ -33,12 +30,10 @@ HF_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "average_tokens_across_devices": (_ANY, "finch normalises the loss over every example of the step, all ranks"),
     "logging_nan_inf_filter": (_ANY, "finch skips NaN/Inf steps (max_nonfinite_steps) and logs their losses"),
     "skip_memory_metrics": (_ANY, "finch reports no memory metrics"),
-    "include_num_input_tokens_seen": (_FALSY, "finch logs tokens per second, not a running token count"),
+    "include_num_input_tokens_seen": (lambda value: not value or value == "no",  # "no": HF's default
+                                      "finch logs tokens per second, not a running token count"),
     "prediction_loss_only": (_FALSY, "leave compute_metrics=None for the loss alone"),
-    "log_level": (_ANY, "finch logs through the 'finch' logger; set its level with logging"),
-    "log_level_replica": (_ANY, "only rank 0 logs in finch"),
     "log_on_each_node": (_ANY, "only rank 0 logs in finch"),
-    "save_on_each_node": (_FALSY, "rank 0 writes checkpoints to a shared output_dir"),
     "dataloader_persistent_workers": (_ANY, "a data-loading detail with no effect on what is trained"),
     "dataloader_prefetch_factor": (_ANY, "a data-loading detail with no effect on what is trained"),
     "restore_callback_states_from_checkpoint": (_ANY, "finch restores its callbacks' state on resume"),
@@ -48,6 +43,9 @@ HF_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "gradient_checkpointing": (_FALSY, ("finch does not recompute activations; lower per_device_train_batch_size "
                                         "and raise gradient_accumulation_steps to save memory")),
     "gradient_checkpointing_kwargs": (_FALSY, "finch does not recompute activations"),
+    "activation_checkpointing": (_FALSY, ("finch does not recompute activations; lower per_device_train_batch_size "
+                                          "and raise gradient_accumulation_steps to save memory")),
+    "activation_checkpointing_kwargs": (_FALSY, "finch does not recompute activations"),
     "auto_find_batch_size": (_FALSY, "set per_device_train_batch_size yourself"),
     "deepspeed": (_FALSY, "finch scales out with torchrun and DDP (see docs/distributed.md)"),
     "neftune_noise_alpha": (_FALSY, "finch does not add NEFTune noise"),
@@ -78,17 +76,35 @@ def accept_hf_only(name: str, value: Any) -> bool:
     return True
 
 
+# HF's log level names (`log_level`, `log_level_replica`) as `logging` levels; None: "passive", leave them as they are
+LOG_LEVELS: dict[str, int | None] = {"passive": None, "detail": logging.DEBUG, "debug": logging.DEBUG,
+                                     "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+                                     "critical": logging.CRITICAL}
+
+
 class HFArgumentsProperties:
     """What HF's `TrainingArguments` offers beyond its fields and example scripts read: the device, `n_gpu`,
-    `should_save` / `should_log`, `main_process_first()`, `to_sanitized_dict()`. Mixed into finch's dataclass,
-    which provides `use_cpu`, `process_index`, `local_process_index` and `to_dict`."""
+    `parallel_mode`, `should_save` / `should_log`, `get_process_log_level()`, `main_process_first()`,
+    `to_sanitized_dict()`. Mixed into finch's dataclass, which provides `use_cpu`, `save_on_each_node`, `log_level`,
+    `log_level_replica`, `world_size`, `process_index`, `local_process_index` and `to_dict`."""
+
+    # HF_ONLY names that HF code reads, as finch always behaves when they are not passed (a passed value is kept)
+    eval_do_concat_batches = True
+    prediction_loss_only = False
+    gradient_checkpointing = False
 
     @property
     def device(self) -> Any:
-        """The device `Trainer` trains on (finch.runtime.choose_device's choice)."""
+        """The device `Trainer` trains on: this process's GPU under torchrun, else finch.runtime.choose_device's."""
+        import torch
+
         from finch.runtime import choose_device
 
-        return choose_device(self.use_cpu)  # type: ignore[attr-defined]
+        device = choose_device(self.use_cpu)  # type: ignore[attr-defined]
+        if device.type == "cuda" and self.world_size > 1:  # type: ignore[attr-defined]
+            # DistributedRuntime.start's choice, also before a Trainer has started it (scripts log it first)
+            return torch.device("cuda", self.local_process_index)  # type: ignore[attr-defined]
+        return device
 
     @property
     def n_gpu(self) -> int:
@@ -96,24 +112,46 @@ class HFArgumentsProperties:
         return 1 if self.device.type == "cuda" else 0
 
     @property
+    def parallel_mode(self) -> Any:
+        """HF's `ParallelMode`: DISTRIBUTED under torchrun with several processes, else NOT_PARALLEL (finch never
+        uses `DataParallel`, HF's NOT_DISTRIBUTED)."""
+        from transformers.training_args import ParallelMode
+
+        several = self.world_size > 1  # type: ignore[attr-defined]
+        return ParallelMode.DISTRIBUTED if several else ParallelMode.NOT_PARALLEL
+
+    @property
     def should_save(self) -> bool:
-        """Whether this process writes (rank 0 only, as in finch's checkpoints)."""
+        """Whether this process writes checkpoints: rank 0, or each machine's first with `save_on_each_node`."""
+        if self.save_on_each_node:  # type: ignore[attr-defined]
+            return self.local_process_index == 0  # type: ignore[attr-defined]
         return self.process_index == 0  # type: ignore[attr-defined]
 
     @property
     def should_log(self) -> bool:
+        """Whether this process logs: rank 0 only, as in finch."""
         return self.process_index == 0  # type: ignore[attr-defined]
+
+    def get_process_log_level(self) -> int:
+        """This process's log level (a `logging` int) for a script to apply: `log_level` on the process that logs,
+        `log_level_replica` on the others; "passive" gives transformers' current verbosity, as in HF."""
+        level = LOG_LEVELS[self.log_level if self.should_log else self.log_level_replica]  # type: ignore[attr-defined]
+        if level is None:
+            from transformers.utils import logging as transformers_logging
+
+            return transformers_logging.get_verbosity()
+        return level
 
     @contextlib.contextmanager
     def main_process_first(self, local: bool = True, desc: str = "work") -> Iterator[None]:
-        """Run the block on rank 0 first, then on the others (e.g. `dataset.map` caching once); a no-op without
-        `torch.distributed`."""
+        """Run the block on rank 0 (of the machine with `local`) first, then on the others (e.g. `dataset.map`
+        caching once); without an initialised `torch.distributed` process group, just run it."""
         import torch.distributed as dist
 
         distributed = dist.is_available() and dist.is_initialized()
         first = (self.local_process_index if local else self.process_index) == 0  # type: ignore[attr-defined]
         if distributed and not first:
-            dist.barrier()
+            dist.barrier()  # wait while the first process does `desc`
         yield
         if distributed and first:
             dist.barrier()

@@ -352,13 +352,15 @@ def _changed_arguments(args: Any) -> list[tuple[str, Any]]:
     """Arguments that differ from the defaults, plus the hyperparameters a reader looks for first; no token."""
     import dataclasses
 
+    from finch.args import FIELD_GROUPS, SCRIPTS_ONLY
+
     always = {"learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
               "max_steps", "seed", "lr_scheduler_type", "optim", "weight_decay", "warmup_steps"}
     values = args.to_dict()
     rows = []
     for item in dataclasses.fields(args):
-        if item.name == "hub_token" or item.name not in values:
-            continue
+        if item.name == "hub_token" or item.name not in values or FIELD_GROUPS.get(item.name) == SCRIPTS_ONLY:
+            continue  # the token never; do_eval, local_rank...: the script's business, not the model's
         default = item.default if item.default is not dataclasses.MISSING else None
         if item.name in always or values[item.name] != default:
             rows.append((item.name, values[item.name]))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from finch import config as config_files
-from finch.args import TrainingArguments
+from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments
 from finch.callbacks import reporters
 from finch.card import ModelCard
 from finch.errors import ConfigError, ModelError
@@ -40,7 +40,11 @@ TASK_METRICS = {"binary": ("accuracy", "f1", "mcc"), "multiclass": ("accuracy", 
 
 
 def field_types() -> dict[str, Any]:
-    return {**typing.get_type_hints(TrainingArguments), **DATA_OPTIONS}
+    """The options of `finch train` and their types: the training arguments (but those only scripts read) and the
+    data options."""
+    hints = {name: hint for name, hint in typing.get_type_hints(TrainingArguments).items()
+             if FIELD_GROUPS.get(name) != SCRIPTS_ONLY}
+    return {**hints, **DATA_OPTIONS}
 
 
 def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,27 @@ def check_output_dir(folder: str | Path) -> None:
     _check_writable(existing, f"output folder {folder}")
 
 
+# What `finch train` writes at the top of its output folder (checkpoints aside: `finch.resume` guards those).
+RUN_OUTPUTS = ("model", "metrics.json", "log.jsonl", "report.html", "eval_examples.jsonl", "finch_config.yaml",
+               "training_args.json")
+
+
+def check_no_earlier_outputs(folder: str | Path) -> None:
+    """Raise `OutputError` when `folder` holds files a new `finch train` would replace (an earlier run's outputs, or
+    the user's own files of those names), so that nothing is overwritten unasked. Reads only. A folder with
+    checkpoints is left to `finch.resume.plan_resume`, which refuses it naming the runs and how to resume them."""
+    from finch.run_folders import checkpoints
+
+    if checkpoints(folder):
+        return
+    found = [name for name in RUN_OUTPUTS if (Path(folder) / name).exists()]
+    if found:
+        listed = ", ".join(f"{name}/" if (Path(folder) / name).is_dir() else name for name in found)
+        raise OutputError(f"output folder {folder} already holds {listed} (an earlier run's outputs?); a new run "
+                          f"would replace them. Choose another --output-dir, continue that run with --resume auto "
+                          f"(if it saved checkpoints), or pass --overwrite-output-dir to replace them")
+
+
 def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), suffixes: tuple[str, ...] = (),
                       model_dir: str | Path | None = None) -> None:
     """Raise `OutputError` unless `path` can be written as a file without touching any of `inputs`, ends with one

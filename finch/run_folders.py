@@ -122,8 +122,11 @@ def saved_at(folder: str | Path) -> float:
 
 # ---- which checkpoints there are, and whose ------------------------------------------------------------------------
 def checkpoints(output_dir: str | Path) -> list[Path]:
-    """The `checkpoint-<step>` folders in `output_dir` of every run, oldest step first (whole or not: `verify`)."""
-    found = [p for p in Path(output_dir).glob(f"{PREFIX}*") if re.fullmatch(rf"{PREFIX}\d+", p.name) and p.is_dir()]
+    """The `checkpoint-<step>` folders in `output_dir` of every run, oldest step first (whole or not: `verify`).
+    A folder of that name holding neither a manifest nor a trainer state is not a checkpoint (a save is renamed into
+    place with both): it is somebody's, and nothing here reads, rotates or deletes it."""
+    found = [p for p in Path(output_dir).glob(f"{PREFIX}*") if re.fullmatch(rf"{PREFIX}\d+", p.name) and p.is_dir()
+             and ((p / MANIFEST).is_file() or (p / STATE).is_file())]
     return sorted(found, key=step_of)
 
 

@@ -170,6 +170,9 @@ def _text_rows(path: Path, suffix: str, encoding: str) -> Iterator[dict[str, Any
                 yield row
         except UnicodeDecodeError as error:
             raise _decode_error(path, file.encoding, error) from error
+        except UnicodeError as error:  # a codec's own complaint, not a byte it cannot decode
+            raise DataError(f"{path}: cannot be read as {file.encoding} text ({error}); pass the file's encoding "
+                            f"with --encoding (utf-8, cp1252, latin-1, utf-16-le...), or convert it to UTF-8") from error
         except OSError as error:
             raise _os_error(path, error) from error
     if count == 0:
@@ -179,9 +182,12 @@ def _text_rows(path: Path, suffix: str, encoding: str) -> Iterator[dict[str, Any
 def _open_text(path: Path, suffix: str, encoding: str) -> IO[str]:
     """`path` opened as text in its encoding: a byte-order mark's if it has one, else `encoding`."""
     try:
-        codec = codecs.lookup(encoding).name
+        info = codecs.lookup(encoding)
     except LookupError as error:
         raise DataError(f"encoding {encoding!r}: unknown; use e.g. utf-8, cp1252, latin-1 or utf-16") from error
+    if not getattr(info, "_is_text_encoding", True):  # rot13, base64, zip...: codecs, but not of text files
+        raise DataError(f"encoding {encoding!r}: not a text encoding; use e.g. utf-8, cp1252, latin-1 or utf-16")
+    codec = info.name
     try:
         with path.open("rb") as raw:
             head = raw.read(SNIFF_BYTES)
@@ -194,19 +200,35 @@ def _encoding_of(path: Path, suffix: str, head: bytes, codec: str) -> str:
     for mark, name in BYTE_ORDER_MARKS:
         if head.startswith(mark):
             return name
+    if codec in ("utf-16", "utf-32"):  # these need a byte-order mark, and the file starts without one
+        sniffed = _utf16_order(head) if codec == "utf-16" else None
+        if sniffed is not None:
+            return sniffed
+        raise DataError(f"{path}: --encoding {codec} needs a byte-order mark at the start of the file, and this file "
+                        f"has none; pass --encoding {codec}-le (or {codec}-be), or check that the file is "
+                        f"{codec.upper()} at all (without --encoding, finch reads UTF-8)")
     if codec.startswith(("utf-16", "utf-32")):
         return codec
-    if b"\x00" in head:  # NUL bytes: UTF-16 without a mark (mostly ASCII text: every other byte is 0), or binary
-        half = len(head) // 2
-        zeros_even, zeros_odd = head[0:half * 2:2].count(0), head[1:half * 2:2].count(0)
-        if half >= 2 and zeros_odd > 0.6 * half and zeros_even < 0.1 * half:
-            return "utf-16-le"
-        if half >= 2 and zeros_even > 0.6 * half and zeros_odd < 0.1 * half:
-            return "utf-16-be"
+    if b"\x00" in head:  # NUL bytes: UTF-16 without a mark, or binary
+        sniffed = _utf16_order(head)
+        if sniffed is not None:
+            return sniffed
         raise DataError(f"{path}: this is a binary file, not {suffix[1:].upper()} text (it holds NUL bytes); export "
                         f"the data as text (CSV, TSV or JSON Lines) or Parquet. If it is UTF-16 text without a "
                         f"byte-order mark, pass --encoding utf-16-le (or utf-16-be)")
     return codec
+
+
+def _utf16_order(head: bytes) -> str | None:
+    """"utf-16-le"/"utf-16-be" when `head` looks like UTF-16 without a byte-order mark (mostly ASCII text: every
+    other byte is 0), else None."""
+    half = len(head) // 2
+    zeros_even, zeros_odd = head[0:half * 2:2].count(0), head[1:half * 2:2].count(0)
+    if half >= 2 and zeros_odd > 0.6 * half and zeros_even < 0.1 * half:
+        return "utf-16-le"
+    if half >= 2 and zeros_even > 0.6 * half and zeros_odd < 0.1 * half:
+        return "utf-16-be"
+    return None
 
 
 def _decode_error(path: Path, encoding: str, error: UnicodeDecodeError) -> DataError:

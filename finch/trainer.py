@@ -178,6 +178,7 @@ class Trainer(EvaluationMixin, OutputsMixin):
         args, runtime = self.args, self.runtime
         if self.train_dataset is None:
             raise ConfigError("Trainer.train() needs a train_dataset")
+        data.check_map_style(self.train_dataset, "train_dataset")
         fingerprint = Fingerprint.of(self.train_dataset, self.model)  # hashes the token ids: once per train()
         # rank 0 decides from the files and tells the others: every rank resumes the same checkpoint, or none
         # (after a torchrun restart: the newest checkpoint this launch saved, see `plan_resume`)
@@ -189,7 +190,8 @@ class Trainer(EvaluationMixin, OutputsMixin):
             self.optimizer = self.lr_scheduler = None
             fingerprint = dataclasses.replace(fingerprint, model=model_fingerprint(self.model))
         model, device = self.model, self.device
-        dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns)
+        dataset, dropped = data.prepare_dataset(self.train_dataset, model, args.remove_unused_columns,
+                                                self.label_names)
         lengths = data.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
         data.check_dataset(self.train_dataset, model, "train_dataset", lengths)  # as given: its columns all named
         data.check_cross_entropy_options(args, model)

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import warnings
 
 import pytest
@@ -128,3 +129,103 @@ def test_fractional_steps_resolve_against_total():
     args = TrainingArguments(output_dir="o", eval_strategy="steps", eval_steps=0.25)
     assert args.resolve_steps(args.eval_steps, 100) == 25
     assert args.resolve_steps(40, 100) == 40
+
+
+def test_hf_argument_parser_takes_the_flags_of_hfs_example_scripts():
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", "x", "--do_train", "--do_eval", "--learning_rate", "3e-5", "--num_train_epochs", "2",
+         "--per_device_train_batch_size", "4", "--eval_strategy", "epoch", "--log_level", "info", "--bf16"])
+    assert isinstance(args, TrainingArguments)
+    assert (args.do_train, args.do_eval, args.do_predict, args.resume_from_checkpoint) == (True, True, False, None)
+    assert (args.learning_rate, args.num_train_epochs, args.per_device_train_batch_size) == (3e-5, 2.0, 4)
+    assert (args.eval_strategy, args.log_level, args.bf16, args.fp16) == ("epoch", "info", True, None)
+    assert {"do_train", "do_eval", "do_predict", "resume_from_checkpoint", "log_level", "log_level_replica",
+            "local_rank"} <= args.to_dict().keys()
+
+
+def test_hf_argument_parser_with_a_scripts_own_dataclasses():
+    from transformers import HfArgumentParser
+
+    @dataclasses.dataclass
+    class ModelArgs:
+        model_name_or_path: str
+
+    @dataclasses.dataclass
+    class DataArgs:
+        task_name: str | None = None
+        max_seq_length: int = 128
+
+    parser = HfArgumentParser((ModelArgs, DataArgs, TrainingArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(
+        ["--model_name_or_path", "bert-base-cased", "--task_name", "mrpc", "--max_seq_length", "64",
+         "--output_dir", "x", "--do_predict", "--resume_from_checkpoint", "x/checkpoint-4", "--seed", "7"])
+    assert (model_args.model_name_or_path, data_args.task_name, data_args.max_seq_length) == ("bert-base-cased",
+                                                                                               "mrpc", 64)
+    assert (args.do_predict, args.resume_from_checkpoint, args.seed) == (True, "x/checkpoint-4", 7)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gradient_checkpointing"], r"not used by the HfArgumentParser: \['--gradient_checkpointing'\]"),
+    (["--learning_rte", "1e-4"], "not used by the HfArgumentParser"),
+    (["--log_level", "loud"], "log_level='loud' is not one of 'passive', 'detail', 'debug', 'info'"),
+])
+def test_hf_argument_parser_still_refuses_what_finch_does_not_take(argv, message):
+    from transformers import HfArgumentParser
+
+    with pytest.raises(ValueError, match=message):
+        HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(["--output_dir", "x", *argv])
+
+
+def test_do_eval_follows_eval_strategy_as_in_hf():
+    assert TrainingArguments(output_dir="o").do_eval is False
+    assert TrainingArguments(output_dir="o", eval_strategy="epoch").do_eval is True
+
+
+def test_process_log_level_main_replica_and_passive(monkeypatch):
+    from transformers.utils import logging as transformers_logging
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert TrainingArguments(output_dir="o", log_level="info").get_process_log_level() == logging.INFO
+    assert TrainingArguments(output_dir="o").get_process_log_level() == transformers_logging.get_verbosity()
+    monkeypatch.setenv("RANK", "1")  # a replica: log_level_replica, "warning" by default
+    assert TrainingArguments(output_dir="o", log_level="debug").get_process_log_level() == logging.WARNING
+    assert TrainingArguments(output_dir="o", log_level_replica="error").get_process_log_level() == logging.ERROR
+
+
+def test_local_rank_and_parallel_mode_come_from_torchrun(monkeypatch):
+    from transformers.training_args import ParallelMode
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    args = TrainingArguments(output_dir="o", local_rank=3)  # torch.distributed.launch's flag: read-only here
+    assert (args.local_rank, args.world_size, args.process_index, args.parallel_mode) == (
+        -1, 1, 0, ParallelMode.NOT_PARALLEL)
+    assert args.should_log and args.should_save and args.n_gpu in (0, 1) and args.eval_do_concat_batches
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    args = TrainingArguments(output_dir="o")
+    assert (args.local_rank, args.local_process_index, args.parallel_mode) == (1, 1, ParallelMode.DISTRIBUTED)
+    assert not args.should_log and not args.should_save
+    monkeypatch.setenv("LOCAL_RANK", "0")  # each machine's first process writes with save_on_each_node
+    assert TrainingArguments(output_dir="o", save_on_each_node=True).should_save
+
+
+def test_main_process_first_in_one_process():
+    args = TrainingArguments(output_dir="o")
+    ran = []
+    with args.main_process_first(desc="dataset map"):
+        ran.append(True)
+    with args.main_process_first(local=False):
+        ran.append(True)
+    assert ran == [True, True]
+
+
+def test_hfs_own_defaults_and_new_names_as_keyword_arguments():
+    args = TrainingArguments(output_dir="o", include_num_input_tokens_seen="no", activation_checkpointing=False)
+    assert args.include_num_input_tokens_seen == "no"
+    with pytest.raises(ConfigError, match=r"activation_checkpointing=True\): finch does not support .* remove it"):
+        TrainingArguments(output_dir="o", activation_checkpointing=True)

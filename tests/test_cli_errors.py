@@ -289,6 +289,47 @@ def test_a_refused_resume_leaves_the_run_folder_byte_identical(tmp_path, tiny_mo
         assert {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_second_run_into_a_folder_with_outputs_but_no_checkpoints_is_refused(tmp_path, tiny_model_dir, capsys,
+                                                                             no_weights_loaded):
+    """Checkpoints are not the only thing a run leaves: its model, metrics, log and report (or the user's own files
+    of those names) are not replaced by a fresh run unless --overwrite-output-dir says so."""
+    train = write_csv(tmp_path / "t.csv", reviews(40))
+    out = tmp_path / "o"
+    first = subprocess.run([sys.executable, "-m", "finch.cli", "train", "--model", tiny_model_dir, "--train", train,
+                            "--output-dir", str(out), "--max-steps", "2", "--save-strategy", "no",
+                            "--no-load-best-model-at-end", *FAST], capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert not list(out.glob("checkpoint-*"))
+    before = {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()}
+    code = main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(out), "--seed", "7",
+                 "--max-steps", "2", *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error, error
+    assert f"output folder {out} already holds model/, metrics.json, log.jsonl, report.html" in error
+    assert "--overwrite-output-dir" in error and "another --output-dir" in error
+    assert {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()} == before
+
+    mine = tmp_path / "mine"  # the user's own files that happen to have finch's names
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "config.json").write_text('{"my": "config"}')
+    (mine / "report.html").write_text("MY REPORT")
+    assert main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(mine), *FAST]) == 2
+    assert "already holds model/, report.html" in capsys.readouterr().err
+    assert (mine / "report.html").read_text() == "MY REPORT"
+
+
+def test_overwrite_output_dir_leaves_a_folder_that_is_not_a_checkpoint_alone(tmp_path, tiny_model_dir):
+    """A folder named like a checkpoint holds neither a manifest nor a trainer state: it is somebody's, not a run's."""
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    notes = tmp_path / "o" / "checkpoint-999" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("user stuff")
+    assert main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(tmp_path / "o"),
+                 "--max-steps", "1", "--overwrite-output-dir", *FAST]) == 0
+    assert notes.read_text() == "user stuff"
+
+
 def scores(count):
     """Rows with a number to predict: a regression task."""
     return [(text, f"{len(text) / 10:.2f}") for text, _ in reviews(count)]

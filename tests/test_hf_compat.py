@@ -162,6 +162,70 @@ def test_compute_metrics_returning_a_number_names_the_function_and_the_fix(tmp_p
         trainer.evaluate()
 
 
+def numpy_and_torch_metrics(eval_pred):
+    """What tutorials' metrics return: NumPy and torch scalars, a 0-d array, a per-class array."""
+    logits, labels = eval_pred
+    correct = logits.argmax(-1) == labels
+    return {"accuracy": np.float32(correct.mean()), "correct": np.int64(correct.sum()), "perfect": np.bool_(
+        correct.all()), "mean_logit": torch.tensor(float(logits.mean())), "zero_d": np.array(0.5),
+            "per_class": np.array([1.0, 0.5])}
+
+
+def test_numpy_and_torch_metric_values_become_python_numbers_in_every_output(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="epoch", num_train_epochs=1,
+                                                          logging_steps=1), train_dataset=toy, eval_dataset=toy,
+                      processing_class=tokenizer, compute_metrics=numpy_and_torch_metrics)
+    trainer.train()  # the log (JSON lines) takes them: a NumPy float32 used to stop the run at the first evaluation
+    metrics = trainer.evaluate()
+    assert {type(metrics[f"eval_{k}"]) for k in ("accuracy", "mean_logit", "zero_d")} == {float}
+    assert type(metrics["eval_correct"]) is int and type(metrics["eval_perfect"]) is bool
+    assert metrics["eval_per_class"] == [1.0, 0.5]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any(type(entry.get("eval_accuracy")) is float for entry in logged)
+    assert type(trainer.predict(toy).metrics["test_accuracy"]) is float
+
+
+def test_a_metric_that_cannot_be_logged_is_refused_before_training(tmp_path, toy, tokenizer):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="epoch"), train_dataset=toy,
+                      eval_dataset=toy, processing_class=tokenizer,
+                      compute_metrics=lambda eval_pred: {"report": object()})
+    with pytest.raises(ConfigError, match="'report': object .*cannot be logged: return numbers"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+class TargetTrainer(Trainer):
+    """A custom loss reading a label column the model does not take, named in `label_names` (HF keeps those)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        target = inputs.pop("target")
+        outputs = model(**inputs)
+        loss = torch.nn.functional.cross_entropy(outputs.logits, target)
+        return (loss, outputs) if return_outputs else loss
+
+
+def test_columns_named_in_label_names_are_kept_for_a_custom_loss(tmp_path, toy, tokenizer):
+    data = toy.rename_column("label", "target")
+    trainer = TargetTrainer(model=tiny_bert(), args=quiet_args(tmp_path, label_names=["target"], max_steps=2),
+                            train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    output = trainer.predict(data)
+    assert output.label_ids.tolist() == data["target"]
+
+
+def test_a_streaming_dataset_is_refused_with_what_to_pass_instead(tmp_path, toy, tokenizer):
+    streaming = toy.to_iterable_dataset()
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=2), train_dataset=streaming,
+                      processing_class=tokenizer)
+    with pytest.raises(ConfigError, match=r"train_dataset \(IterableDataset\) has no length or indexing.*"
+                                          r"Pass a datasets.Dataset"):
+        trainer.train()
+    with pytest.raises(ConfigError, match=r"the evaluation dataset \(IterableDataset\) has no length"):
+        trainer.evaluate(streaming)
+    assert not (tmp_path / "run").exists()
+
+
 def bootstrap_metrics(eval_pred):
     """Accuracy with a bootstrap resample: it draws from every global RNG, as users' metrics may."""
     logits, labels = eval_pred

@@ -288,6 +288,29 @@ def test_a_fresh_trainer_run_sets_other_runs_checkpoints_aside_unchanged(tmp_pat
     assert third.state.run_id == second.state.run_id
 
 
+def test_a_fresh_run_sets_the_earlier_runs_log_aside_and_keeps_its_own_evaluation(tmp_path, toy, tokenizer, caplog):
+    """log.jsonl holds one run: a second fresh run moves the first's lines, byte for byte, to previous-runs/, but
+    keeps what its own trainer logged before training (an evaluation of the untrained model); a resume appends."""
+    log = tmp_path / "log.jsonl"
+    train(tmp_path, toy, tokenizer, logging_steps=1)
+    first_log = log.read_bytes()
+    assert [json.loads(line)["step"] for line in first_log.splitlines()][:2] == [1, 2]
+    second = Trainer(model=tiny_bert(), args=run_args(tmp_path, logging_steps=1), train_dataset=toy,
+                     eval_dataset=toy, processing_class=tokenizer)
+    second.evaluate()  # the baseline, step 0: it belongs to this run
+    second.train()
+    assert "held the log of an earlier run" in caplog.text
+    (aside,) = (tmp_path / "previous-runs").glob("log-*.jsonl")
+    assert aside.read_bytes() == first_log
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps[0] == 0 and "eval_loss" in json.loads(log.read_text().splitlines()[0])
+    assert steps[1:] == sorted(steps[1:]) and steps.count(1) == 1  # one run: step 1 once
+    train(tmp_path, toy, tokenizer, resume=True, logging_steps=1, max_steps=3)
+    resumed = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert resumed[:len(steps)] == steps and resumed[-2:] == [3, 3]  # appended: its step 3 and the summary
+    assert len(list((tmp_path / "previous-runs").glob("log-*.jsonl"))) == 1
+
+
 def test_a_kill_while_rotation_deletes_a_checkpoint_leaves_no_damaged_checkpoint(tmp_path, toy, tokenizer,
                                                                                   monkeypatch):
     """Rotation renames a checkpoint aside before deleting it: a process killed half-way through the deletion

@@ -160,6 +160,20 @@ def test_utf16_can_also_be_named(tmp_path):
     assert read_file(path, encoding="utf-16-le")["text"][:] == ["wörds here"]
 
 
+def test_an_encoding_that_does_not_fit_the_file_is_a_data_error(tmp_path):
+    """Codecs fail in more ways than an undecodable byte: each is the file's problem, said with the fix."""
+    path = write(tmp_path / "u.csv", "text,label\nwords here,1\nmore words,0\n")  # UTF-8, no byte-order mark
+    with pytest.raises(DataError, match=r"--encoding utf-16 needs a byte-order mark.*pass --encoding utf-16-le"):
+        read_file(path, encoding="utf-16")
+    with pytest.raises(DataError, match=r"--encoding utf-32 needs a byte-order mark"):
+        next(iter_chunks(path, 5, encoding="utf-32"))
+    for codec in ("rot13", "base64", "zip"):
+        with pytest.raises(DataError, match=f"encoding '{codec}': not a text encoding; use e.g. utf-8"):
+            read_file(path, encoding=codec)
+    bare = write(tmp_path / "le.csv", "text,label\nwörds here,1\n", "utf-16-le")
+    assert read_file(bare, encoding="utf-16")["text"][:] == ["wörds here"]  # said utf-16, wrote no mark: read
+
+
 def test_a_binary_file_is_still_called_binary(tmp_path):
     path = tmp_path / "b.csv"
     path.write_bytes(b"PK\x03\x04\x00\x00binary\x00zip" * 10)
