@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from finch import checkpoint, run_folders
-from finch.args import TrainingArguments, convert_value
+from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments, convert_value
 from finch.errors import ConfigError
 from finch.nonfinite import NonFiniteLossError
 from finch.search import (
@@ -176,18 +176,23 @@ def search_job(job: Any, options: dict[str, Any], trials: int, storage_url: str 
 
     args = job.args
     space = load_space(space_file, args) if space_file else default_hp_space
-    check_space(space, args, free_names=False)
+    searched = check_space(space, args, free_names=False)
     # under torchrun this process joins the group here (each trial's Trainer then finds it); alone, no one to tell
     channel = RankChannel(Runtime.for_args(args) if args.world_size > 1 else None)
     if channel.distributed and args.fsdp:
         raise ConfigError("finch search under torchrun trains each trial with DDP; fsdp is not searched: leave it out "
                           "(or call Trainer.hyperparameter_search in a script)")
+    if channel.leader:
+        for name in _overridden_by_space(options, searched):
+            print(f"warning: {name}={options[name]} is ignored: the search space sets {name} for each trial (take "
+                  f"{name} out of the space to train every trial with that value)", flush=True)
     metric = args.metric_for_best_model
     key = metric if metric.startswith("eval_") else f"eval_{metric}"
     direction = "maximize" if args.greater_is_better else "minimize"
     periodic = prune and args.eval_strategy != "no"
-    study = channel.on_leader(lambda: _open_study(job, options, storage_url, study_name, heartbeat_interval,
-                                                  key, direction, periodic))
+    settings = fixed_settings(job, options, searched)
+    study = channel.on_leader(lambda: _open_study(job, options, settings, storage_url, study_name,
+                                                  heartbeat_interval, key, direction, periodic))
     done = channel.decide(lambda: _study_done(study, trials))
     if done:
         if channel.leader:
@@ -213,10 +218,10 @@ def search_job(job: Any, options: dict[str, Any], trials: int, storage_url: str 
     return study
 
 
-def _open_study(job: Any, options: dict[str, Any], storage_url: str | None, study_name: str | None,
-                heartbeat_interval: int, key: str, direction: str, periodic: bool) -> Any:
-    """Rank 0 (or the only process): the study, opened or created, claimed for this job's data, model and
-    objective; the output folder checked; a dead worker's trial re-queued."""
+def _open_study(job: Any, options: dict[str, Any], settings: dict[str, Any], storage_url: str | None,
+                study_name: str | None, heartbeat_interval: int, key: str, direction: str, periodic: bool) -> Any:
+    """Rank 0 (or the only process): the study, opened or created, claimed for this job's data, model, objective
+    and fixed settings; the output folder checked; a dead worker's trial re-queued."""
     optuna = import_optuna()
     output = Path(job.args.output_dir)
     if storage_url is None:
@@ -226,8 +231,10 @@ def _open_study(job: Any, options: dict[str, Any], storage_url: str | None, stud
     pruner = optuna.pruners.MedianPruner() if periodic else optuna.pruners.NopPruner()
     with quiet_optuna():
         study = create_study(storage, name, [direction], load_if_exists=True, pruner=pruner)
+    created = "finch" not in study.user_attrs  # read before _claim_study records it
     _claim_study(study, {"objective": key, "direction": direction, "model": str(options.get("model") or "demo"),
                          "data": _data_digest(job.splits.train), "validation": _data_digest(job.splits.validation)})
+    _claim_settings(study, settings, created)
     check_run_folders(output, name, job.args.overwrite_output_dir)
     output.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -255,6 +262,84 @@ def _claim_study(study: Any, identity: dict[str, str]) -> None:
         raise ConfigError(f"study {study.study_name!r} was started with another {', '.join(changed)} "
                           f"({'; '.join(f'{k}: {recorded.get(k)} then' for k in changed if k != 'data')}); "
                           f"its trials cannot be compared with these. Use --study-name NAME for a new study")
+
+
+# ---- the settings a study is continued with ---------------------------------------------------------------------
+# TrainingArguments fields that cannot change a trial's objective: where things are written, what is logged or shown,
+# the hub, how many checkpoints are kept, and process plumbing (timeouts, loader processes, gradient buckets). Every
+# other field counts, a new one too until it is listed here: a needless refusal names its fix, a silent mix does not.
+INERT_FIELDS = frozenset({
+    "output_dir", "overwrite_output_dir", "save_total_limit", "save_only_model", "save_on_each_node",
+    "logging_strategy", "logging_steps", "logging_first_step", "report_to", "tensorboard_dir", "run_name",
+    "disable_tqdm", "dataloader_num_workers", "dataloader_pin_memory", "ddp_backend", "ddp_timeout",
+    "ddp_find_unused_parameters", "ddp_bucket_cap_mb", "allow_world_size_change", "push_to_hub", "hub_model_id",
+    "hub_strategy", "hub_token", "hub_private_repo", "hub_revision",
+    "metric_for_best_model", "greater_is_better",  # the study's objective and direction (`_claim_study`) say these
+})
+SETTINGS_ATTR = "finch_settings"  # study user attribute: the fixed settings of the run that created the study
+
+
+def fixed_settings(job: Any, options: dict[str, Any], searched: list[str]) -> dict[str, Any]:
+    """What every trial of this run trains and is evaluated with, less what the space searches: the resolved
+    `TrainingArguments` fields but `INERT_FIELDS` (`eval_steps` as resolved, so an unset one follows
+    `logging_steps`); `max_length` and `freeze` as given; the text columns in their order (a pair's order changes
+    the input; the data digest sorts columns); and the processes each trial trains on (the global batch under
+    torchrun). JSON values, keys sorted: what the study's user attribute holds and gives back."""
+    values = {k: v for k, v in job.args.to_dict().items()
+              if k not in INERT_FIELDS and FIELD_GROUPS.get(k) != SCRIPTS_ONLY}  # not do_eval, local_rank...
+    values.update(max_length=options.get("max_length"), freeze=options.get("freeze"),
+                  text_columns=list(job.splits.text_columns), world_size=job.args.world_size)
+    return json.loads(json.dumps({k: values[k] for k in sorted(values) if k not in searched}, default=str))
+
+
+def _claim_settings(study: Any, settings: dict[str, Any], created: bool) -> None:
+    """Record a new study's fixed settings; refuse to continue one with others (before any trial trains). A setting
+    searched by either run is not compared: the space may change between runs, the fixed settings may not. A study
+    of a finch that recorded none is continued with a note, and nothing is recorded (its trials' settings are not
+    known)."""
+    if created:
+        study.set_user_attr(SETTINGS_ATTR, settings)
+        return
+    recorded = study.user_attrs.get(SETTINGS_ATTR)
+    if recorded is None:
+        print(f"note: study {study.study_name!r} was started by an older finch, which did not record its fixed "
+              f"settings: they are not compared, so make sure this run's are those of its trials", flush=True)
+        return
+    changed = [name for name in settings if name in recorded and recorded[name] != settings[name]]
+    if changed:
+        listed = "; ".join(f"{name}: {_shown(recorded[name])} in the study, {_shown(settings[name])} now"
+                           for name in changed)
+        given = " ".join(_as_flag(name, recorded[name]) for name in changed if recorded[name] is not None)
+        dropped = ", ".join("--" + name.replace("_", "-") for name in changed if recorded[name] is None)
+        fix = " and ".join(part for part in (given, dropped and f"without {dropped}") if part)
+        raise ConfigError(f"study {study.study_name!r} was started with other fixed settings ({listed}); trials "
+                          f"trained otherwise cannot be ranked with its trials. Re-run with the study's settings "
+                          f"({fix}), or start a new study with --study-name NAME or another --output-dir")
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value) if isinstance(value, (list, dict, str)) else str(value)
+
+
+def _as_flag(name: str, value: Any) -> str:
+    """The flag that sets `name` to `value`, as the fix in a message."""
+    flag = "--" + name.replace("_", "-")
+    if name == "world_size":
+        return f"{value} process(es): --nproc-per-node x --nnodes"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    if isinstance(value, list):
+        return f"{flag} {' '.join(str(item) for item in value)}"
+    return f"{flag} '{json.dumps(value)}'" if isinstance(value, dict) else f"{flag} {value}"
+
+
+def _overridden_by_space(options: dict[str, Any], searched: list[str]) -> list[str]:
+    """Searched names that the user set (flag, config or key=value): the space replaces their value in every trial.
+    `options` holds only the defaults and what was chosen; a chosen value equal to its default cannot be told apart."""
+    from finch.job import CLI_DEFAULTS, DEMO_DEFAULTS
+
+    defaults = {**CLI_DEFAULTS, **(DEMO_DEFAULTS if options.get("train") is None else {})}
+    return [name for name in searched if name in options and (name not in defaults or options[name] != defaults[name])]
 
 
 def _data_digest(dataset: Any) -> str:

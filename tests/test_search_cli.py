@@ -2,6 +2,7 @@
 and mistakes that exit 2 before any training."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -63,6 +64,37 @@ def test_the_default_space_searches_hf_parameters(tmp_path, tiny_model_dir, file
                  str(out), "--trials", "1", "--no-prune", *FAST]) == 0
     (trial,) = optuna.load_study(study_name="out", storage=f"sqlite:///{out / 'search.db'}").trials
     assert set(trial.params) == {"learning_rate", "num_train_epochs", "seed", "per_device_train_batch_size"}
+
+
+def test_a_study_continues_only_with_its_fixed_settings(tmp_path, tiny_model_dir, files, capsys):
+    """Trials trained with other fixed settings are refused before training (they would be ranked with the study's);
+    settings that cannot change the objective, and what the space searches, do not count."""
+    train, dev, _ = files
+    out = tmp_path / "out"
+    command = ["search", "--model", tiny_model_dir, "--train", train, "--validation", dev, "--output-dir", str(out),
+               "--no-prune", *FAST]
+    storage = f"sqlite:///{out / 'search.db'}"
+    assert main([*command, "--trials", "1", "--learning-rate", "1e-3"]) == 0
+    assert "warning: learning_rate=0.001 is ignored: the search space sets learning_rate" in capsys.readouterr().out
+    recorded = optuna.load_study(study_name="out", storage=storage).user_attrs["finch_settings"]
+    assert recorded["weight_decay"] == 0.0 and recorded["max_steps"] == 4
+    assert "learning_rate" not in recorded and "logging_steps" not in recorded and "output_dir" not in recorded
+
+    assert main([*command, "--trials", "2", "--weight-decay", "0.5", "--max-steps", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "max_steps: 4 in the study, 2 now; weight_decay: 0.0 in the study, 0.5 now" in error, error
+    assert "--max-steps 4 --weight-decay 0.0" in error and "--study-name NAME" in error and "Traceback" not in error
+    assert [t.number for t in optuna.load_study(study_name="out", storage=storage).trials] == [0]
+    assert not (out / "run-1").exists()  # nothing trained
+
+    assert main([*command, "--trials", "2", "--logging-steps", "1", "--learning-rate", "3e-4"]) == 0
+    assert [t.state.name for t in optuna.load_study(study_name="out", storage=storage).trials] == ["COMPLETE"] * 2
+
+    with sqlite3.connect(out / "search.db") as database:  # as an older finch left it: no settings recorded
+        database.execute("DELETE FROM study_user_attributes WHERE key = 'finch_settings'")
+    assert main([*command, "--trials", "2", "--weight-decay", "0.5"]) == 0  # accepted: nothing to compare with
+    assert "note: study 'out' was started by an older finch" in capsys.readouterr().out
+    assert "finch_settings" not in optuna.load_study(study_name="out", storage=storage).user_attrs
 
 
 @pytest.mark.parametrize("space, extra, message", [
