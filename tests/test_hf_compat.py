@@ -70,16 +70,23 @@ def test_compute_loss_override_trains_evaluates_and_predicts(tmp_path, tokenizer
         assert trainer.seen_num_items == {None}  # finch's loop scales the batch's mean loss itself
 
 
-def test_popping_labels_in_training_leaves_finchs_accounting_intact(tmp_path, tokenizer):
-    """Same weights as the built-in loss: the items of each step were counted before the override popped labels."""
+def popping_loss(column: str) -> type[Trainer]:
+    """A Trainer whose `compute_loss` pops `column` from the batch and takes the logits' cross-entropy against it."""
 
-    class PlainPop(Trainer):
+    class PoppingLoss(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
+            labels = inputs.pop(column)
             outputs = model(**inputs)
             loss = torch.nn.functional.cross_entropy(outputs.logits, labels)
             return (loss, outputs) if return_outputs else loss
 
+    return PoppingLoss
+
+
+def test_popping_labels_in_training_leaves_finchs_accounting_intact(tmp_path, tokenizer):
+    """Same weights as the built-in loss: the items of each step were counted before the override popped labels."""
+
+    PlainPop = popping_loss("labels")
     data = sentiment_dataset(tokenizer, rows=20)  # batches of 4 x accumulation 3: steps of 12 and 8 rows
     runs = {}
     for trainer_class in (Trainer, PlainPop):
@@ -194,20 +201,11 @@ def test_a_metric_that_cannot_be_logged_is_refused_before_training(tmp_path, toy
     assert trainer.state.global_step == 0
 
 
-class TargetTrainer(Trainer):
-    """A custom loss reading a label column the model does not take, named in `label_names` (HF keeps those)."""
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        target = inputs.pop("target")
-        outputs = model(**inputs)
-        loss = torch.nn.functional.cross_entropy(outputs.logits, target)
-        return (loss, outputs) if return_outputs else loss
-
-
 def test_columns_named_in_label_names_are_kept_for_a_custom_loss(tmp_path, toy, tokenizer):
     data = toy.rename_column("label", "target")
-    trainer = TargetTrainer(model=tiny_bert(), args=quiet_args(tmp_path, label_names=["target"], max_steps=2),
-                            train_dataset=data, processing_class=tokenizer)
+    target_loss = popping_loss("target")  # a label column the model does not take, named in label_names
+    trainer = target_loss(model=tiny_bert(), args=quiet_args(tmp_path, label_names=["target"], max_steps=2),
+                          train_dataset=data, processing_class=tokenizer)
     trainer.train()
     assert trainer.state.global_step == 2
     output = trainer.predict(data)
