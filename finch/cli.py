@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import sys
 import traceback
@@ -58,9 +59,33 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+class HintingParser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too) with the fix added to two of its errors: a negative number in
+    scientific notation, which argparse reads as a flag, and a flag it does not know (the closest ones it does)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        if message.endswith("expected one argument"):
+            message += " (a negative value takes '=': --learning-rate=-1e-5)"
+        elif message.startswith("unrecognized arguments:"):
+            known = {flag for parser in self._parsers() for flag in parser._option_string_actions}
+            close = {guess for word in message.split(":", 1)[1].split() if word.startswith("--")
+                     for guess in difflib.get_close_matches(word.split("=")[0], known, n=2, cutoff=0.75)}
+            if close:
+                message += f"; did you mean {' or '.join(sorted(close))}?"
+        super().error(message)
+
+    def _parsers(self) -> list[argparse.ArgumentParser]:
+        """This parser and its subcommands' (an unknown flag after a subcommand is reported by the top parser)."""
+        found: list[argparse.ArgumentParser] = [self]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += list(action.choices.values())
+        return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: `--learning-rat` must be an error, not a guess at `--learning-rate`
-    parser = argparse.ArgumentParser(prog="finch", description="Fine-tune pretrained transformers.", allow_abbrev=False)
+    parser = HintingParser(prog="finch", description="Fine-tune pretrained transformers.", allow_abbrev=False)
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="fine-tune a classifier (no arguments: the BBC News demo)",
                                 argument_default=argparse.SUPPRESS, allow_abbrev=False,

@@ -29,7 +29,13 @@ def load_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read the config file ({error}); pass a UTF-8 YAML file") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
+        mark, start = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        what = getattr(error, "problem", None) or str(error).splitlines()[0]
+        if getattr(error, "context", None) and start is not None:  # e.g. "while parsing a flow sequence": where it began
+            what += f"; {error.context} that starts on line {start.line + 1}"
+        raise ConfigError(f"{where}: not valid YAML ({what}); a missing closing bracket or quote, or a tab used for "
+                          f"indentation?") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -58,6 +58,9 @@ def _check_folder(path: Path, need_weights: bool) -> None:
         missing.append(f"weights ({' or '.join(WEIGHT_FILES[::2])})")
     if not files & set(TOKENIZER_FILES):
         missing.append(f"a tokenizer ({', '.join(TOKENIZER_FILES[:3])}...)")
+    if missing and (path / "model" / "config.json").is_file():  # finch train's output folder, not its model
+        raise ModelError(f"--model {path}: this is a run's output folder; its model is in {path / 'model'}: pass "
+                         f"--model {path / 'model'}")
     if missing:
         raise ModelError(f"--model {path}: the folder lacks {', '.join(missing)}. A model folder holds what "
                          f"model.save_pretrained(folder) and tokenizer.save_pretrained(folder) write; save the "

@@ -214,6 +214,7 @@ def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | Non
         args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, disable_tqdm=True)
         trainer = Trainer(model=model, args=args, processing_class=tokenizer, compute_metrics=compute_metrics_for(task))
         metrics = trainer.evaluate(tokenized)
+    metrics.pop("epoch", None)  # this Trainer trained nothing: its 0.0 would read as the saved model's epochs
     write_text(out, json.dumps(metrics, indent=2) + "\n")
     return metrics, f"{len(tokenized)} rows of {where} (text {' + '.join(texts)}, label {label}): {task.describe()}", out
 

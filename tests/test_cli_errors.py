@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,17 @@ def test_flag_prefixes_are_not_guessed(tmp_path):
     result = run_cli("train", "--train", tmp_path / "t.csv", "--learning-rat", "1e-3")
     assert result.returncode == 2
     assert "unrecognized arguments: --learning-rat" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--learning-rate", "-1e-5"], "expected one argument (a negative value takes '=': --learning-rate=-1e-5)"),
+    (["train", "--num-train-epoch", "2"], "unrecognized arguments: --num-train-epoch; did you mean --num-train-epochs?"),
+    (["search", "--trails", "3"], "unrecognized arguments: --trails; did you mean --train or --trials?"),
+])
+def test_flag_mistakes_get_the_fix(argv, hint, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and hint in capsys.readouterr().err
 
 
 def test_help_gives_every_training_flag_a_text_and_its_default():
@@ -130,6 +142,17 @@ def test_a_model_folder_without_a_tokenizer_is_refused(tmp_path, capsys, no_weig
     error = capsys.readouterr().err
     assert code == 2 and "the folder lacks a tokenizer (tokenizer.json, vocab.txt, vocab.json...)" in error
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_folder_given_as_the_model_points_to_its_model(tmp_path, capsys, tiny_model_dir):
+    run = tmp_path / "run"  # what finch train writes: the model sits in run/model
+    (run / "model").mkdir(parents=True)
+    for item in Path(tiny_model_dir).iterdir():
+        (run / "model" / item.name).write_bytes(item.read_bytes())
+    (run / "metrics.json").write_text("{}")
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    assert main(["train", "--model", str(run), "--train", train, "--output-dir", str(tmp_path / "o"), *FAST]) == 2
+    assert f"--model {run}: this is a run's output folder; its model is in {run / 'model'}" in capsys.readouterr().err
 
 
 def test_a_hub_name_offline_is_refused_at_once(tmp_path):
@@ -328,6 +351,20 @@ def test_overwrite_output_dir_leaves_a_folder_that_is_not_a_checkpoint_alone(tmp
     assert main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(tmp_path / "o"),
                  "--max-steps", "1", "--overwrite-output-dir", *FAST]) == 0
     assert notes.read_text() == "user stuff"
+
+
+def test_a_yaml_mistake_names_its_line_and_where_the_bracket_opened(tmp_path):
+    from finch.config import load_file
+    from finch.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-3\nreport_to: [none\nseed: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml, line 3, column 5: not valid YAML \(expected ',' or '\]', but got "
+                                          r"':'; while parsing a flow sequence that starts on line 2\)"):
+        load_file(path)
+    path.write_text("a: 1\n\tb: 2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml, line 2, column 1: not valid YAML \(found character '\\t'"):
+        load_file(path)
 
 
 def scores(count):
