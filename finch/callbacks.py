@@ -253,7 +253,8 @@ class JsonlLoggerCallback(TrainerCallback):
         if state.is_world_process_zero and self.path.exists():
             lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
             if self.resumed_lines is None:
-                self._set_aside(lines[:len(lines) - self.pending], lines[len(lines) - self.pending:])
+                own = len(lines) - min(self.pending, len(lines))  # where this trainer's own lines begin
+                self._set_aside(lines[:own], lines[own:])
             else:
                 # after the checkpoint's lines, those at its step stay (the end of a finished run: its summary, a
                 # final evaluation); those past it go: the resumed run logs those steps again
