@@ -45,8 +45,8 @@ class DistributedRuntime(Runtime):
     @classmethod
     def start(cls, args: Any) -> DistributedRuntime:
         """Join (once per process) the process group torchrun describes; this rank's device and precision."""
-        cuda = torch.cuda.is_available() and not args.use_cpu
-        device = torch.device("cuda", args.local_process_index) if cuda else torch.device("cpu")
+        device = args.device  # this process's GPU (cuda:LOCAL_RANK), or the CPU: the arguments' one decision
+        cuda = device.type == "cuda"
         if cuda:
             torch.cuda.set_device(device)
         if not dist.is_initialized():

@@ -102,7 +102,7 @@ class HFArgumentsProperties:
 
         device = choose_device(self.use_cpu)  # type: ignore[attr-defined]
         if device.type == "cuda" and self.world_size > 1:  # type: ignore[attr-defined]
-            # DistributedRuntime.start's choice, also before a Trainer has started it (scripts log it first)
+            # what DistributedRuntime.start uses, and scripts read before a Trainer has started it
             return torch.device("cuda", self.local_process_index)  # type: ignore[attr-defined]
         return device
 
