@@ -144,6 +144,19 @@ def test_a_model_folder_without_a_tokenizer_is_refused(tmp_path, capsys, no_weig
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("encoding, message", [("utf-16", "--encoding utf-16 needs a byte-order mark"),
+                                               ("rot13", "encoding 'rot13': not a text encoding")])
+def test_an_encoding_that_does_not_fit_is_exit_2_before_anything_is_written(tmp_path, capsys, tiny_model_dir,
+                                                                            encoding, message):
+    train = write_csv(tmp_path / "t.csv", reviews(20))
+    before = digest(Path(train))
+    code = main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(tmp_path / "o"),
+                 "--encoding", encoding, *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error, error
+    assert digest(Path(train)) == before and not (tmp_path / "o").exists()
+
+
 def test_a_run_folder_given_as_the_model_points_to_its_model(tmp_path, capsys, tiny_model_dir):
     run = tmp_path / "run"  # what finch train writes: the model sits in run/model
     (run / "model").mkdir(parents=True)
