@@ -274,7 +274,7 @@ def run_train(flags: dict[str, Any]) -> int:
         write_text(output / "finch_config.yaml", config_files.dump(options) + "\n")
     resume = options.get("resume")  # after a torchrun restart (--max-restarts), train() resumes by itself
     trainer.train(resume_from_checkpoint=True if resume == "auto" else resume)
-    metrics = trainer.evaluate()
+    metrics = trainer.evaluate(reuse_unchanged=True)  # the last evaluation's, when it scored these very weights
     model_dir = output / "model"
     trainer.save_model(str(model_dir))
     if writes or (job.args.save_on_each_node and trainer.is_local_process_zero()):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +19,8 @@ from transformers.trainer_utils import PredictionOutput
 
 from finch import data
 from finch.errors import ConfigError
+
+logger = logging.getLogger("finch")
 
 PAD_INDEX = -100  # what pads token-level outputs of different lengths, as HF does
 METRICS_CHECK_ROWS = 8  # rows compute_metrics is tried on before training: enough for shapes, seconds at most
@@ -68,9 +71,14 @@ class EvaluationMixin:
 
     # ---- evaluation and prediction -------------------------------------------------------------------------------
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
-                 metric_key_prefix: str = "eval") -> dict[str, float]:
+                 metric_key_prefix: str = "eval", *, reuse_unchanged: bool = False) -> dict[str, float]:
         """Loss and `compute_metrics` on `eval_dataset` (default: the trainer's); a dict of sets gives
-        `eval_<name>_*` metrics for each. Logged, and passed to callbacks' `on_evaluate`."""
+        `eval_<name>_*` metrics for each. Logged, and passed to callbacks' `on_evaluate`.
+
+        `reuse_unchanged` (finch's own; `finch train` uses it for its final evaluation): when the last evaluation was
+        of these same weights on this same dataset, with the same settings, its metrics are returned (logged and
+        passed to callbacks again) instead of a second identical pass. Off by default: a user's `compute_metrics`
+        may have side effects that HF's second pass would repeat."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ConfigError("Trainer.evaluate() needs an eval_dataset (pass one here or to the Trainer)")
@@ -83,13 +91,34 @@ class EvaluationMixin:
         if isinstance(dataset, dict):
             metrics: dict[str, float] = {}
             for name, subset in dataset.items():
-                metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
+                metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}",
+                                             reuse_unchanged=reuse_unchanged))
             return metrics
-        metrics = self._prediction_loop(dataset, ignore_keys, metric_key_prefix).metrics
+        key = self._evaluation_key(dataset, ignore_keys, metric_key_prefix)
+        last_key, last_metrics = getattr(self, "_last_evaluation", (None, {}))
+        changed, = self.runtime.any_rank(key is None or key != last_key)  # every rank takes the same branch
+        if reuse_unchanged and not changed:
+            metrics = dict(last_metrics)
+            logger.info("The weights are those of the last evaluation (step %d): its metrics are reused, not "
+                        "computed again", self.state.global_step)
+        else:
+            metrics = self._prediction_loop(dataset, ignore_keys, metric_key_prefix).metrics
+        self._last_evaluation = (key, dict(metrics))
         metrics["epoch"] = self._logged_epoch()  # as HF's evaluate() returns it: tutorials read metrics["epoch"]
         self.log(metrics)
         self.control = self._fire("on_evaluate", metrics=metrics)
         return metrics
+
+    def _evaluation_key(self, dataset: Any, ignore_keys: list[str] | None, prefix: str) -> tuple | None:
+        """What an evaluation's metrics depend on: the weights' digest, the dataset and the settings that shape the
+        pass. None where the weights cannot be read whole on this rank (FSDP2's shards), or for a dataset
+        without a length."""
+        if self.runtime.sharded or not hasattr(dataset, "__len__"):  # no length: refused by the prediction loop
+            return None
+        args = self.args
+        return (weights_digest(self.model), id(dataset), getattr(dataset, "_fingerprint", None), len(dataset), prefix,
+                tuple(ignore_keys or ()), id(self.compute_metrics), id(self.preprocess_logits_for_metrics),
+                tuple(args.include_for_metrics or ()), args.per_device_eval_batch_size, self.precision.name)
 
     def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None,
                 metric_key_prefix: str = "test") -> PredictionOutput:
@@ -180,6 +209,21 @@ class EvaluationMixin:
         metrics = {k if k.startswith(f"{prefix}_") else f"{prefix}_{k}": v for k, v in metrics.items()}
         return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
 
+
+
+def weights_digest(model: torch.nn.Module) -> tuple[int, ...]:
+    """A digest of every parameter and buffer: the sum of each one's bytes read as 64-bit integers, exactly.
+
+    Any write that changes a value changes its tensor's sum (short of two writes that cancel to the bit). Version
+    counters cannot stand in: torch's fused AdamW updates weights without advancing them. One read of the weights,
+    on their device (milliseconds for MiniLM on a CPU), against an evaluation's forward pass over every example."""
+    sums = []
+    for tensor in (*model.parameters(), *model.buffers()):
+        raw = tensor.detach().reshape(-1).view(torch.uint8)
+        whole = raw.numel() // 8 * 8
+        total = raw[:whole].view(torch.int64).sum()
+        sums.append(total + raw[whole:].sum() if whole < raw.numel() else total)
+    return tuple(torch.stack(sums).tolist()) if sums else ()
 
 
 def split_outputs(outputs: Any, has_labels: bool, ignore_keys: Sequence[str] = ()) -> tuple[Any, Any]:

@@ -329,9 +329,14 @@ class Trainer(EvaluationMixin, OutputsMixin):
         total_loss, total_items = total_loss + window.loss, total_items + window.items
         training_loss = total_loss.item() / max(total_items, 1)
         if args.load_best_model_at_end and state.best_model_checkpoint:
-            logger.info("Loading the best model (%s = %s) from %s", args.metric_for_best_model, state.best_metric,
-                        state.best_model_checkpoint)
-            checkpoint.load_model_weights(model, state.best_model_checkpoint, runtime.sharded)
+            if Path(state.best_model_checkpoint).name == f"{run_folders.PREFIX}{state.global_step}":  # saved from
+                # these very weights, which nothing has changed since: there is nothing to load
+                logger.info("The best model (%s = %s) is the last step's, %s", args.metric_for_best_model,
+                            state.best_metric, state.best_model_checkpoint)
+            else:
+                logger.info("Loading the best model (%s = %s) from %s", args.metric_for_best_model, state.best_metric,
+                            state.best_model_checkpoint)
+                checkpoint.load_model_weights(model, state.best_model_checkpoint, runtime.sharded)
         steps_run = state.global_step - run_start_step
         metrics = {"train_runtime": round(runtime_seconds, 3),
                    "train_samples_per_second": round(steps_run * global_batch * accumulation / runtime_seconds, 3),

@@ -8,6 +8,7 @@ import torch
 from conftest import sentiment_dataset, tiny_bert, weights_of
 from transformers import DataCollatorWithPadding
 
+import finch.trainer
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from finch.checkpoint import CheckpointError
 from finch.errors import ResumeError
@@ -189,3 +190,25 @@ def test_resume_does_not_replay_batches(tmp_path, tokenizer, stop_at):
     Trainer(model=tiny_bert(), args=args, train_dataset=data, processing_class=tokenizer,
             data_collator=collator).train(resume_from_checkpoint=True)
     assert collator.batches == 24 - stop_at
+
+
+@pytest.mark.parametrize("scores, best, loads", [([0.1, 0.2, 0.3], "checkpoint-6", 0),  # the last step is the best
+                                                  ([0.3, 0.2, 0.1], "checkpoint-2", 1)])
+def test_the_best_model_is_loaded_at_the_end_only_when_it_is_not_the_current_one(tmp_path, toy, tokenizer,
+                                                                                   monkeypatch, scores, best, loads):
+    """When the best checkpoint was saved at the last step it holds the model's current weights: reading them back
+    is skipped. Either way the model ends with the best checkpoint's weights, bit for bit."""
+    loaded = []
+    real_load = finch.trainer.checkpoint.load_model_weights
+    monkeypatch.setattr(finch.trainer.checkpoint, "load_model_weights",
+                        lambda *a, **k: loaded.append(a[1]) or real_load(*a, **k))
+    values = iter([0.0, *scores])  # 0.0: compute_metrics tried before training
+    args = run_args(tmp_path, eval_strategy="steps", eval_steps=2, save_steps=2, max_steps=6,
+                    load_best_model_at_end=True, metric_for_best_model="score")
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),
+                      processing_class=tokenizer, compute_metrics=lambda prediction: {"score": next(values)})
+    trainer.train()
+    assert trainer.state.best_model_checkpoint == str(tmp_path / best)
+    assert len(loaded) == loads
+    saved = safetensors.torch.load_file(tmp_path / best / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in weights_of(trainer.model).items() if k in saved)

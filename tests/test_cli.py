@@ -46,6 +46,10 @@ def test_train_on_csv_files(tmp_path, tiny_model_dir, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["eval_accuracy"] <= 1
     assert (out / "log.jsonl").exists() and list(out.glob("checkpoint-*"))
+    # the final evaluation scored the same weights as the epoch's: one pass, its numbers logged twice
+    evaluations = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "eval_loss" in line]
+    assert len(evaluations) == 2 and evaluations[0] == evaluations[1]
+    assert metrics == {key: value for key, value in evaluations[0].items() if key != "step"}
     classify = pipeline("text-classification", model=str(out / "model"))
     assert classify("good great nice")[0]["label"] in {"neg", "pos"}
 

@@ -262,3 +262,68 @@ def test_torch_compile_trains_like_eager_and_saves_plain_names(tmp_path, toy, to
 
     saved = safetensors.torch.load_file(tmp_path / "True" / "run" / "checkpoint-4" / "model.safetensors")
     assert not [k for k in saved if "_orig_mod" in k]
+
+
+def test_an_evaluation_is_reused_only_for_the_same_weights_data_and_settings(tmp_path, toy, tokenizer):
+    """`evaluate(reuse_unchanged=True)` (finch train's final evaluation) returns the last evaluation's metrics while
+    nothing it depends on has changed: no second pass, no compute_metrics call, yet logged again. Anything that
+    writes a weight, another dataset or another batch size makes a real pass; plain `evaluate()` always does, as
+    HF's does."""
+    calls = []
+
+    def score(prediction):
+        calls.append(len(prediction.label_ids))
+        return {"mean_logit": float(np.mean(prediction.predictions))}
+
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="steps", eval_steps=2, max_steps=4),
+                      train_dataset=toy, eval_dataset=toy.select(range(8)), processing_class=tokenizer,
+                      compute_metrics=score)
+    trainer.train()
+    last = [entry for entry in trainer.state.log_history if "eval_loss" in entry][-1]
+    passes = len(calls)
+
+    reused = trainer.evaluate(reuse_unchanged=True)
+    assert len(calls) == passes
+    assert {key: last[key] for key in reused} == reused  # the same numbers, eval_runtime included
+    assert [entry for entry in trainer.state.log_history if "eval_loss" in entry][-1] == {**reused, "step": 4}
+
+    again = trainer.evaluate()  # HF's behaviour: a second pass, which gives the same numbers
+    assert len(calls) == passes + 1
+    assert again["eval_loss"] == pytest.approx(reused["eval_loss"], rel=1e-6)
+    assert again["eval_mean_logit"] == pytest.approx(reused["eval_mean_logit"], rel=1e-6)
+
+    def changes(step):
+        before = len(calls)
+        metrics = step()
+        assert len(calls) == before + 1, "an evaluation was reused although what it depends on changed"
+        return metrics
+
+    with torch.no_grad():
+        trainer.model.classifier.weight.add_(0.5)
+    moved = changes(lambda: trainer.evaluate(reuse_unchanged=True))
+    assert moved["eval_mean_logit"] != pytest.approx(reused["eval_mean_logit"], rel=1e-6)
+    trainer.model.load_state_dict(tiny_bert(seed=1).state_dict())
+    changes(lambda: trainer.evaluate(reuse_unchanged=True))
+    changes(lambda: trainer.evaluate(toy.select(range(6)), reuse_unchanged=True))
+    changes(lambda: trainer.evaluate(reuse_unchanged=True))  # back to the trainer's set
+    trainer.args.per_device_eval_batch_size = 3
+    changes(lambda: trainer.evaluate(reuse_unchanged=True))
+    before = len(calls)
+    trainer.evaluate(reuse_unchanged=True)
+    assert len(calls) == before  # unchanged since the previous call: reused
+
+
+def test_steps_trained_after_the_last_evaluation_are_never_hidden_by_reuse(tmp_path, toy, tokenizer):
+    """Evaluated at step 3 of 4: the weights of step 4 are new, although torch's fused AdamW wrote them without
+    advancing any version counter."""
+    calls = []
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="steps", eval_steps=3, max_steps=4),
+                      train_dataset=toy, eval_dataset=toy.select(range(8)), processing_class=tokenizer,
+                      compute_metrics=lambda prediction: calls.append(1) or {"n": len(prediction.label_ids)})
+    trainer.train()
+    assert trainer.optimizer.defaults["fused"]
+    assert [entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry] == [3]
+    before = len(calls)
+    final = trainer.evaluate(reuse_unchanged=True)
+    assert len(calls) == before + 1
+    assert final["eval_loss"] == pytest.approx(trainer.evaluate()["eval_loss"], rel=1e-6)
