@@ -17,9 +17,11 @@ SIGUSR1) after saving a checkpoint: run the same command with `--resume auto` to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
+import os
 import sys
 import traceback
 import types
@@ -249,9 +251,8 @@ def run_train(flags: dict[str, Any]) -> int:
     With `--nproc-per-node`, check the options, then relaunch as that many processes through torchrun."""
     from finch import config as config_files
     from finch.distributed import launched_by_torchrun, relaunch
-    from finch.job import prepare, resolve_options, training_arguments
-    from finch.outputs import check_no_earlier_outputs, write_text
-    from finch.report import try_write_report
+    from finch.job import resolve_options, training_arguments
+    from finch.outputs import check_no_earlier_outputs, run_lock
     from finch.runtime import Launch
 
     options = resolve_options(flags)
@@ -259,11 +260,26 @@ def run_train(flags: dict[str, Any]) -> int:
         training_arguments(options)  # validated, so what is printed would run
         print(config_files.dump(options))
         return 0
-    if not options.get("resume") and not options.get("overwrite_output_dir") and not Launch.from_environment().restarted:
-        check_no_earlier_outputs(options["output_dir"])  # before the data is read; a restart continues its own run
+    fresh = not options.get("resume") and not options.get("overwrite_output_dir") and not Launch.from_environment().restarted
     if flags.get("nproc_per_node") and not launched_by_torchrun():
+        if fresh:
+            check_no_earlier_outputs(options["output_dir"])  # said once, here, not once per process
         training_arguments(options)  # a mistake in the flags shows once, here, not once per process
         relaunch(flags["argv"], flags)
+    # one run at a time per output folder, held by the process that writes it, from this check to the last file
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(options["output_dir"]) if writer else contextlib.nullcontext():
+        if fresh:
+            check_no_earlier_outputs(options["output_dir"])  # before the data is read; a restart continues its run
+        return _train_job(options)
+
+
+def _train_job(options: dict[str, Any]) -> int:
+    from finch import config as config_files
+    from finch.job import prepare
+    from finch.outputs import write_text
+    from finch.report import try_write_report
+
     print(f"options:\n{_indent(config_files.dump(options))}", flush=True)
     job = prepare(options)  # every check that needs no weights: nothing is written before it passes
     trainer = job.build(job.args)

@@ -127,6 +127,20 @@ class EvaluationMixin:
         self.control = self._fire("on_predict", metrics=output.metrics)
         return output
 
+    def _prediction_loader(self, dataset: Any, prefix: str) -> tuple[Any, list[list[int]], Any]:
+        """The dataset checked and prepared, the global plan of evaluation batches (longest first), and the
+        DataLoader of this rank's share of them (batches rank, rank + world, ...)."""
+        model, args, runtime = self.model, self.args, self.runtime
+        given, name = dataset, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset"
+        data.check_map_style(dataset, name)
+        dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns, self.label_names)
+        lengths = data.example_lengths(dataset)
+        data.check_dataset(given, model, name, lengths)
+        batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)
+        loader = data.make_loader(dataset, batches[runtime.rank::runtime.world_size], self.data_collator,
+                                  args.dataloader_num_workers, args.dataloader_pin_memory and self.device.type == "cuda")
+        return dataset, batches, loader
+
     def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str,
                          tell_callbacks: bool = True) -> PredictionOutput:
         """Batches in decreasing length under `inference_mode`; outputs to the CPU batch by batch; dataset order.
@@ -137,16 +151,7 @@ class EvaluationMixin:
         the metrics are identical on every rank. `tell_callbacks=False` fires no `on_prediction_step` (finch's own
         check before training)."""
         model, args, runtime = self.model, self.args, self.runtime
-        given = dataset
-        data.check_map_style(dataset, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset")
-        dataset, _ = data.prepare_dataset(dataset, model, args.remove_unused_columns, self.label_names)
-        lengths = data.example_lengths(dataset)
-        data.check_dataset(given, model, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset",
-                           lengths)
-        batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)
-        mine = batches[runtime.rank::runtime.world_size]
-        loader = data.make_loader(dataset, mine, self.data_collator, args.dataloader_num_workers,
-                                  args.dataloader_pin_memory and self.device.type == "cuda")
+        dataset, batches, loader = self._prediction_loader(dataset, prefix)
         was_training = model.training
         model.eval()
         started = time.perf_counter()

@@ -156,6 +156,26 @@ class HFArgumentsProperties:
         if distributed and first:
             dist.barrier()
 
+    @property
+    def place_model_on_device(self) -> bool:
+        """HF's: whether the Trainer moves the model to `device` itself; finch's always does."""
+        return True
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """`warmup_steps` as a step count for a run of `num_training_steps` (a fraction in (0, 1) is a share)."""
+        return self.resolve_steps(self.warmup_steps, num_training_steps) if self.warmup_steps else 0  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        """Only for names not found: an HF argument or method finch lacks is named as such, not as a typo."""
+        if not name.startswith("_"):
+            import transformers
+
+            if hasattr(transformers.TrainingArguments, name):
+                raise AttributeError(f"'TrainingArguments' object has no attribute {name!r}: "
+                                     f"transformers.TrainingArguments.{name} is not part of finch's "
+                                     f"(docs/from_hf_tutorial.md lists what finch does instead)")
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+
     def to_sanitized_dict(self) -> dict[str, Any]:
         """The arguments as values TensorBoard's hparams take (bool, int, float, str; the rest as str)."""
         return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
@@ -186,3 +206,35 @@ def check_overrides(trainer_class: type, base: type) -> None:
         raise ConfigError(f"{trainer_class.__name__} overrides {', '.join(ignored)}, which HuggingFace's Trainer "
                           f"calls but finch's does not, so the override would be ignored. Instead: "
                           f"{'; '.join(f'{name}: {HF_OVERRIDES[name]}' for name in ignored)}")
+
+
+# HF fields that HF's own __post_init__ fills in or that only drive HF's machinery: never carried over
+_HF_MACHINERY = {"accelerator_config", "debug", "logging_dir", "do_eval"}
+
+
+def _blank(value: Any) -> bool:
+    """HF's 'not set' spellings, before and after its __post_init__ (False/None, [] / '' / 'none' / 'no')."""
+    return value is None or value is False or value in ("", "none", "no") or (
+        isinstance(value, (list, tuple, dict)) and not value)
+
+
+def settings_of_hf_arguments(hf_args: Any) -> dict[str, Any]:
+    """The fields of a `transformers.TrainingArguments` that differ from HF's defaults, as plain values (enums to
+    their strings): what the user set, to build finch's `TrainingArguments` from. HF's unset booleans (`bf16=False`)
+    stay unset, so finch's defaults (its precision choice) apply as they would to finch's own arguments."""
+    import dataclasses
+    import enum
+
+    settings = {}
+    for item in dataclasses.fields(hf_args):
+        if not item.init or item.name in _HF_MACHINERY:
+            continue
+        value = getattr(hf_args, item.name)
+        value = value.value if isinstance(value, enum.Enum) else value
+        if isinstance(value, list):
+            value = [v.value if isinstance(v, enum.Enum) else v for v in value]
+        default = item.default if item.default is not dataclasses.MISSING else (
+            item.default_factory() if item.default_factory is not dataclasses.MISSING else None)
+        if value != default and not (_blank(value) and _blank(default)):
+            settings[item.name] = value
+    return settings

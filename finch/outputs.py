@@ -53,6 +53,57 @@ def check_no_earlier_outputs(folder: str | Path) -> None:
                           f"(if it saved checkpoints), or pass --overwrite-output-dir to replace them")
 
 
+_HELD: dict[str, list] = {}  # folder (real path) -> [its locked descriptor or None, how many holders in this process]
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold `folder` for one run: while this process is inside, another finch run into the same folder (another
+    process on this machine) is refused instead of mixing its files with this one's.
+
+    An exclusive `flock` on the folder itself: nothing is written into it, and the kernel drops the lock when the
+    process ends, however it ends (no stale lock after a crash or SIGKILL). Re-entrant within a process (`finch
+    train` holds it, then its `Trainer.train()`). The folder is made if missing, and removed again on the way out if
+    this made it and it is still empty. A filesystem without locks (some network ones) holds nothing."""
+    path = Path(folder)
+    check_output_dir(path)  # a file of that name, a folder that cannot be written: said here, as everywhere
+    made = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(path)
+    if key not in _HELD:
+        _HELD[key] = [_lock(path), 0]
+    _HELD[key][1] += 1
+    try:
+        yield
+    finally:
+        _HELD[key][1] -= 1
+        if not _HELD[key][1]:
+            descriptor = _HELD.pop(key)[0]
+            if descriptor is not None:
+                os.close(descriptor)  # releases the lock
+            if made:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only when empty
+
+
+def _lock(path: Path) -> int | None:
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return None
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise OutputError(f"{path} is in use: another finch run is training into it now. Wait for it to end, or "
+                          f"choose another output folder (--output-dir)") from None
+    except OSError:  # no locks on this filesystem
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
 def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), suffixes: tuple[str, ...] = (),
                       model_dir: str | Path | None = None) -> None:
     """Raise `OutputError` unless `path` can be written as a file without touching any of `inputs`, ends with one

@@ -7,6 +7,7 @@ and saving as the strategies say. Data order is a pure function of (seed, epoch)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -29,14 +30,16 @@ from finch.dropout import DropoutSwap
 from finch.errors import ConfigError, DataError, ModelError
 from finch.evaluation import EvaluationMixin, describe, split_outputs, to_device
 from finch.fingerprint import Fingerprint, model_fingerprint
-from finch.hf_names import check_overrides
+from finch.hf_names import check_overrides, settings_of_hf_arguments
 from finch.hub import Hub, HubCallback
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
+from finch.outputs import run_lock
 from finch.preemption import PreemptionGuard, TrainingPreempted
 from finch.resume import continue_state, plan_resume
 from finch.runtime import Runtime, rng_state, set_seed
 from finch.state import TrainerControl, TrainerState
+from finch.trainer_hf import HFMethodsMixin
 from finch.trainer_outputs import OutputsMixin
 
 logger = logging.getLogger("finch")
@@ -54,6 +57,7 @@ class TrainingRun:
         nonfinite: counts NaN/Inf steps and decides whether the optimizer may step.
         dropout: finch's CPU dropout, swapped in around each micro-batch.
         last_checkpoint: the newest checkpoint this run saved or resumed from (named in error messages).
+        learning_rate: the rate the last optimizer step used, which is what is logged (as HF logs it).
     """
 
     model: torch.nn.Module
@@ -61,6 +65,7 @@ class TrainingRun:
     nonfinite: NonFiniteGuard
     dropout: DropoutSwap
     last_checkpoint: str | None = None
+    learning_rate: float | None = None
 
 
 @dataclass
@@ -85,7 +90,7 @@ def _due(strategy: str, every: int, step: int, epoch_done: bool) -> bool:
     return (strategy == "steps" and step % every == 0) or (strategy == "epoch" and epoch_done)
 
 
-class Trainer(EvaluationMixin, OutputsMixin):
+class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
     """Fine-tunes `model` on `train_dataset` as `args` say; the API of `transformers.Trainer`.
 
     Args:
@@ -116,7 +121,7 @@ class Trainer(EvaluationMixin, OutputsMixin):
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
         check_overrides(type(self), Trainer)  # an HF override point finch never calls: refused, not ignored
-        self.args = args if args is not None else TrainingArguments()
+        self.args = _finch_arguments(args)
         self.runtime = Runtime.for_args(self.args)  # joins torchrun's process group when there is one
         self.runtime.precision.apply()  # TF32 switches, when the precision decides them
         self.device, self.precision = self.runtime.device, self.runtime.precision
@@ -174,7 +179,15 @@ class Trainer(EvaluationMixin, OutputsMixin):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
         """Train; `resume_from_checkpoint=True` continues from the newest checkpoint in `output_dir`, a path from
         that one (see `finch.resume.plan_resume` for what is refused, before anything is written).
-        Returns `TrainOutput(global_step, training_loss, metrics)`."""
+        Returns `TrainOutput(global_step, training_loss, metrics)`.
+
+        Raises:
+            OutputError: another finch run is training into `output_dir` now (see `finch.outputs.run_lock`)."""
+        # one run at a time per output folder; its writer holds it (the other ranks write nothing there)
+        with run_lock(self.args.output_dir) if self.runtime.is_main_process else contextlib.nullcontext():
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
         args, runtime = self.args, self.runtime
         if self.train_dataset is None:
             raise ConfigError("Trainer.train() needs a train_dataset")
@@ -199,6 +212,9 @@ class Trainer(EvaluationMixin, OutputsMixin):
         # HF's meaning: per_device_train_batch_size rows on each process, so a step holds that x world x accumulation
         batch_size, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
         global_batch = batch_size * runtime.world_size
+        if len(dataset) == 0:
+            raise DataError("train_dataset has no rows: there is nothing to train on; check how it was built or "
+                            "filtered")
         steps_per_epoch = data.steps_per_epoch(len(dataset), global_batch, accumulation, args.dataloader_drop_last)
         if steps_per_epoch == 0:
             raise DataError(f"dataloader_drop_last=True drops every batch: {len(dataset)} training examples are fewer "
@@ -434,6 +450,7 @@ class Trainer(EvaluationMixin, OutputsMixin):
         else:
             self.optimizer.step()
         self.control = self._fire("on_optimizer_step")
+        run.learning_rate = self.lr_scheduler.get_last_lr()[0]  # the rate this step used, before the schedule moves
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, finite
@@ -444,7 +461,8 @@ class Trainer(EvaluationMixin, OutputsMixin):
         logs = {"loss": window.loss.item() / max(window.items, 1)}  # host sync: only at logging steps
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
-        logs["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
+        logs["learning_rate"] = run.learning_rate if run.learning_rate is not None else \
+            self.lr_scheduler.get_last_lr()[0]
         run.nonfinite.flush(run.last_checkpoint)
         if run.nonfinite.skipped:
             logs["nonfinite_steps"] = run.nonfinite.skipped
@@ -563,6 +581,28 @@ class Trainer(EvaluationMixin, OutputsMixin):
         # HF's model_init takes no argument or the trial (None outside a search): tutorials write `model_init(trial)`
         takes_trial = len(inspect.signature(self.model_init).parameters) == 1
         return self.model_init(None) if takes_trial else self.model_init()
+
+
+def _finch_arguments(args: Any) -> TrainingArguments:
+    """`args` as finch's `TrainingArguments`; HF's (the course imports them in another cell than `Trainer`) are
+    converted from the settings that differ from HF's defaults, with a warning; anything else is refused."""
+    if args is None or isinstance(args, TrainingArguments):
+        return args if args is not None else TrainingArguments()
+    import transformers
+
+    if not isinstance(args, transformers.TrainingArguments):
+        raise ConfigError(f"Trainer(args=...) takes finch's TrainingArguments, not {type(args).__name__}: "
+                          f"`from finch import TrainingArguments`")
+    settings = settings_of_hf_arguments(args)
+    try:
+        converted = TrainingArguments(**settings)
+    except (ConfigError, TypeError) as error:
+        raise type(error)(f"Trainer was given transformers.TrainingArguments, which finch converts to its own; "
+                          f"{error}. Build them with `from finch import TrainingArguments`") from None
+    warnings.warn(f"Trainer was given transformers.TrainingArguments: converted to finch's TrainingArguments from "
+                  f"the settings that differ from HF's defaults ({', '.join(sorted(settings)) or 'none'}); "
+                  f"`from finch import TrainingArguments` to skip this", UserWarning, stacklevel=3)
+    return converted
 
 
 def _model_loss(outputs: Any, model: torch.nn.Module, label_names: list[str], labels_given: bool) -> torch.Tensor:
