@@ -215,7 +215,11 @@ def padding_multiple(requested: int | None, device_type: str, compiled: bool, bf
 
 def with_padding_multiple(collator: Callable, multiple: int | None) -> Callable:
     """The user's padding collator (`DataCollatorWithPadding` and HF's other dataclass collators) with
-    `pad_to_multiple_of=multiple`, a copy, when they left that field None; any other collator as it is."""
+    `pad_to_multiple_of=multiple`, a copy, when they left that field None and pad to each batch's longest; any
+    other collator as it is (`padding="max_length"` asks for one exact length, which rounding would change)."""
+    padding = getattr(getattr(collator, "padding", None), "value", getattr(collator, "padding", None))
+    if padding in ("max_length", "do_not_pad", False):
+        return collator
     if multiple and dataclasses.is_dataclass(collator) and getattr(collator, "pad_to_multiple_of", 0) is None:
         return dataclasses.replace(collator, pad_to_multiple_of=multiple)
     return collator

@@ -45,17 +45,19 @@ class EvaluationMixin:
         with _rng_preserved():
             self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval", tell_callbacks=False)
 
-    def _call_compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
-        """`compute_metrics(prediction)`, its mistakes reported with the function's name and what it was given."""
+    def _call_compute_metrics(self, prediction: EvalPrediction, before_training: bool = False) -> dict[str, float]:
+        """`compute_metrics(prediction)`, its mistakes reported with the function's name and what it was given
+        (`before_training`: finch's early try, which the message then explains)."""
         name = getattr(self.compute_metrics, "__qualname__", type(self.compute_metrics).__name__)
         try:
             result = self.compute_metrics(prediction)
         except Exception as error:
             raise ConfigError(
                 f"compute_metrics={name} raised {type(error).__name__}: {error}. It was given an EvalPrediction with "
-                f"predictions {describe(prediction.predictions)} and label_ids {describe(prediction.label_ids)} "
-                f"(finch tries it on {METRICS_CHECK_ROWS} evaluation rows before training, so this shows early). "
-                f"Fix the function (the traceback above points into it); the usual start is "
+                f"predictions {describe(prediction.predictions)} and label_ids {describe(prediction.label_ids)}"
+                + (f" (finch tries it on {METRICS_CHECK_ROWS} evaluation rows before training, so this shows early)"
+                   if before_training else "") +
+                f". Fix the function (the traceback above points into it); the usual start is "
                 f"`logits, labels = eval_pred; predictions = np.argmax(logits, axis=-1)`.") from error
         if not isinstance(result, Mapping):
             raise ConfigError(f"compute_metrics={name} returned {type(result).__name__} {result!r:.80}, not a dict: "
@@ -207,7 +209,7 @@ class EvaluationMixin:
             extras = {name: reorder(concatenate([batch[-1][name] for batch in in_order]), order)
                       for name in ("inputs", "losses") if all(batch[-1][name] is not None for batch in in_order)}
             metrics.update(self._call_compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids,
-                                                                     **extras)))
+                                                                     **extras), before_training=not tell_callbacks))
         runtime_seconds = max(seconds for _, seconds in gathered)  # the slowest rank's: the same on every rank
         metrics.update(runtime=round(runtime_seconds, 4), samples_per_second=round(len(dataset) / runtime_seconds, 3),
                        steps_per_second=round(len(batches) / runtime_seconds, 3))

@@ -595,3 +595,17 @@ def test_the_logged_learning_rate_is_the_one_each_step_used_as_hf_logs_it(tmp_pa
     trainer.train()
     logged = [entry["learning_rate"] for entry in trainer.state.log_history if "loss" in entry]
     assert logged == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
+def test_a_broken_compute_metrics_is_explained_by_where_it_failed(tmp_path, toy, tokenizer):
+    def broken(prediction):
+        raise KeyError("f1")
+
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2),
+                      train_dataset=toy, eval_dataset=toy.select(range(10)), processing_class=tokenizer,
+                      compute_metrics=broken)
+    with pytest.raises(ConfigError, match="compute_metrics=.*broken raised KeyError") as error:
+        trainer.evaluate()
+    assert "before training" not in str(error.value) and "label_ids shape (10,)" in str(error.value)
+    with pytest.raises(ConfigError, match="finch tries it on 8 evaluation rows before training"):
+        trainer.train()
