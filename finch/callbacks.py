@@ -56,11 +56,35 @@ class CallbackHandler:
         self.callbacks.append(callback)
 
     def pop(self, callback: Any) -> Any:
-        for existing in self.callbacks:
-            if existing is callback or (isinstance(callback, type) and type(existing) is callback):
-                self.callbacks.remove(existing)
-                return existing
-        return None
+        """HF's `pop_callback`: remove and return the first callback that is `callback` (an instance) or an instance
+        of it (a class). One of HF's own callbacks (its ProgressCallback, TensorBoardCallback...) stands for finch's
+        that does the same job. When none matches: None, and a warning naming the callbacks there are."""
+        found, equivalent = self._find(callback), finch_equivalent(callback)
+        if found is None and equivalent is not None:
+            found = self._find(equivalent)
+        if found is None:
+            logger.warning("%s", self._no_match(callback))
+            return None
+        self.callbacks.remove(found)
+        return found
+
+    def _find(self, callback: Any) -> Any:
+        if isinstance(callback, type):
+            return next((existing for existing in self.callbacks if isinstance(existing, callback)), None)
+        return next((existing for existing in self.callbacks if existing is callback), None)
+
+    def _no_match(self, callback: Any) -> str:
+        kind = callback if isinstance(callback, type) else type(callback)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        what = f"callback of class {name}" if isinstance(callback, type) else f"{name} (this very instance)"
+        equivalent = finch_equivalent(kind)
+        if equivalent is not None:
+            what += f", nor finch's {equivalent.__name__}, which does its job"
+        elif kind.__module__.startswith("transformers."):
+            what += NO_FINCH_EQUIVALENT.get(kind.__name__, "")
+        present = ", ".join(type(existing).__name__ for existing in self.callbacks) or "none"
+        return f"pop_callback/remove_callback: no {what} in this Trainer, so nothing was removed; its callbacks " \
+               f"are: {present}"
 
     def fire(self, event: str, args: TrainingArguments, state: TrainerState, control: TrainerControl,
              **kwargs: Any) -> TrainerControl:
@@ -70,6 +94,26 @@ class CallbackHandler:
             if isinstance(result, TrainerControl):
                 control = result
         return control
+
+
+# HF's built-in callbacks that finch has no counterpart for, and why.
+NO_FINCH_EQUIVALENT = {
+    "DefaultFlowCallback": " (finch has none: its training loop decides when to log, evaluate and save; change that "
+                           "with logging_strategy, eval_strategy and save_strategy)",
+}
+
+
+def finch_equivalent(callback: Any) -> type | None:
+    """finch's callback class that does the job of `callback` (a class or instance) when it is one of HF's built-in
+    callbacks (`transformers.trainer_callback`, `transformers.integrations`); None for any other."""
+    kind = callback if isinstance(callback, type) else type(callback)
+    if not kind.__module__.startswith("transformers."):
+        return None
+    from finch import trackers  # here, not at the top: finch.trackers imports this module's TrainerCallback
+
+    return {"ProgressCallback": ProgressCallback, "PrinterCallback": ProgressCallback,  # finch's prints lines too
+            "EarlyStoppingCallback": EarlyStoppingCallback, "TensorBoardCallback": trackers.TensorBoardCallback,
+            "WandbCallback": trackers.WandbCallback, "MLflowCallback": trackers.MLflowCallback}.get(kind.__name__)
 
 
 class EarlyStoppingCallback(TrainerCallback):

@@ -40,6 +40,7 @@ from transformers.utils import logging as hf_logging
 from finch.args import TrainingArguments
 from finch.errors import ResumeError
 from finch.fsdp import SHARDS
+from finch.resume import check_whole
 from finch.run_folders import (
     MANIFEST,
     PREFIX,
@@ -49,7 +50,6 @@ from finch.run_folders import (
     latest_checkpoint_of,
     leftover_name,
     run_of,
-    verify,
 )
 from finch.runtime import rng_state, set_rng_state
 from finch.state import TrainerState
@@ -274,10 +274,7 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
     folder = Path(folder)
     if not (folder / STATE).exists():
         raise ResumeError(f"{folder} is not a finch checkpoint: no {STATE}; pass a {PREFIX}<step> folder")
-    problem = verify(folder)
-    if problem is not None:
-        raise ResumeError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
-                          f"(resume_from_checkpoint=True picks the newest whole one)")
+    check_whole(folder)  # finch's, and every file as its manifest lists it
     training_state = optimizer is not None and (folder / "scheduler.json").exists()  # else save_only_model
     try:
         if (folder / SHARDS).is_dir() and training_state:

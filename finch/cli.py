@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--encoding", help="text encoding of --data (default: utf-8; a BOM is honoured)")
         if name == "eval":
             command.add_argument("--label-column", help="default: as at training, else inferred")
-            command.add_argument("--out", help="metrics JSON (default: <model>/eval_<data name>.json)")
+            command.add_argument("--out", help="metrics JSON (default: <model>/eval_<data name>.json; for a "
+                                                "checkpoint, beside it: <run>/eval_<data name>_checkpoint-<step>.json)")
         else:
             command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
     report = commands.add_parser("report", help="a self-contained HTML page of a run (curves, metrics, arguments) "

@@ -57,8 +57,8 @@ class EvaluationMixin:
                 f"predictions {describe(prediction.predictions)} and label_ids {describe(prediction.label_ids)}"
                 + (f" (finch tries it on {METRICS_CHECK_ROWS} evaluation rows before training, so this shows early)"
                    if before_training else "") +
-                f". Fix the function (the traceback above points into it); the usual start is "
-                f"`logits, labels = eval_pred; predictions = np.argmax(logits, axis=-1)`.") from error
+                ". Fix the function (the traceback above points into it); the usual start is "
+                "`logits, labels = eval_pred; predictions = np.argmax(logits, axis=-1)`.") from error
         if not isinstance(result, Mapping):
             raise ConfigError(f"compute_metrics={name} returned {type(result).__name__} {result!r:.80}, not a dict: "
                               f"return metric names mapped to numbers, e.g. {{'accuracy': 0.91, 'f1': 0.88}}")

@@ -27,6 +27,7 @@ from finch.errors import DataError, OutputError
 from finch.loading import find_empty_texts
 from finch.models import load_classifier, load_config, load_tokenizer, max_length_for, model_source
 from finch.outputs import check_output_file, replaced_on_success, write_text
+from finch.run_folders import checkpoint_around
 from finch.sources import iter_chunks
 from finch.tasks import Task
 
@@ -120,14 +121,15 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, text_
     """Write predictions for every row of `data` to `out` (.csv or .jsonl), in input order; return the row count.
 
     Raises:
-        OutputError: `out` is not .csv/.jsonl, is the input itself, cannot be written, or a prediction column
-            would overwrite an input column.
+        OutputError: `out` is not .csv/.jsonl, is the input itself, is inside a checkpoint folder, cannot be
+            written, or a prediction column would overwrite an input column.
         DataError: the input is missing, unreadable, empty or lacks the text columns (before `out` is touched).
     """
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".jsonl"):
         raise OutputError(f"--out {out}: write predictions to a .csv or .jsonl file")
     check_output_file(out, inputs=(data,), model_dir=model_dir)
+    check_not_in_checkpoint(out)
     model_dir = model_source(str(model_dir))
     chunks = iter_chunks(data, rows_per_chunk, encoding=encoding)
     first = next(chunks, None)  # the input is read and checked before the weights load or `out` is opened
@@ -183,7 +185,8 @@ def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | Non
     """Metrics of a saved model on a labelled file, saved as JSON; returns (metrics, what was read, where saved).
 
     Columns default to those recorded at training (the card), else they are inferred; labels are mapped with the
-    model's `id2label`, and a label it does not know is an error naming the rows.
+    model's `id2label`, and a label it does not know is an error naming the rows. `out` defaults to
+    `<model>/eval_<data name>.json`, or beside a checkpoint, never inside it (see `default_eval_out`).
     """
     from finch import Trainer, TrainingArguments
     from finch.loading import Checks, drop_empty_texts, encode_labels, infer_columns
@@ -193,8 +196,9 @@ def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | Non
 
     model_dir = model_source(str(model_dir))
     card = ModelCard.read(model_dir)
-    out = Path(out) if out else Path(model_dir) / f"eval_{Path(data).stem}.json"
+    out = Path(out) if out else default_eval_out(model_dir, data)
     check_output_file(out, inputs=(data,), suffixes=(".json",), model_dir=model_dir)
+    check_not_in_checkpoint(out)
     found = read_source(data, encoding=encoding)
     split = found.get("data", found.get("validation", found.get("test")))
     if split is None:
@@ -217,6 +221,26 @@ def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | Non
     metrics.pop("epoch", None)  # this Trainer trained nothing: its 0.0 would read as the saved model's epochs
     write_text(out, json.dumps(metrics, indent=2) + "\n")
     return metrics, f"{len(tokenized)} rows of {where} (text {' + '.join(texts)}, label {label}): {task.describe()}", out
+
+
+def default_eval_out(model_dir: str | Path, data: str | Path) -> Path:
+    """Where `finch eval` writes its metrics without `--out`: `<model>/eval_<data name>.json`; for a checkpoint,
+    whose files are never changed after its save, beside it: `<run>/eval_<data name>_checkpoint-<step>.json`."""
+    name = f"eval_{Path(data).stem}"
+    checkpoint = checkpoint_around(model_dir) if Path(model_dir).is_dir() else None
+    if checkpoint is None:
+        return Path(model_dir) / f"{name}.json"
+    return checkpoint.parent / f"{name}_{checkpoint.name}.json"
+
+
+def check_not_in_checkpoint(out: Path) -> None:
+    """Raise `OutputError` if `out` is inside a checkpoint folder: resume checks each of its files against its
+    manifest, and a file added there would make it a damaged checkpoint."""
+    checkpoint = checkpoint_around(out)
+    if checkpoint is not None:
+        raise OutputError(f"--out {out} is inside the checkpoint {checkpoint}, which is never written to after its "
+                          f"save (resume checks every file against its manifest.json); choose an --out outside it, "
+                          f"e.g. {checkpoint.parent / out.name}")
 
 
 def _recorded_label(card: ModelCard, split: Any) -> str | None:

@@ -21,16 +21,21 @@ class TrainingPreempted(SystemExit):
     """Raised by `Trainer.train` after a stop signal, once the checkpoint is on disk.
 
     A `SystemExit` with code `EXIT_PREEMPTED`, so a script that does not catch it exits with that code and its
-    job can be requeued; `checkpoint` is the folder to resume from.
+    job can be requeued; `checkpoint` is the folder to resume from. Its message gives both ways to resume, the
+    command line's and Python's: the same message is raised by `Trainer.train` under `finch train` and in a script.
     """
+
+    RESUME_HINTS = ("to go on, run the same command with --resume auto (finch train ... --resume auto; finch search "
+                    "needs no flag), or in Python trainer.train(resume_from_checkpoint=True)")
 
     def __init__(self, signal_name: str, checkpoint: str | None) -> None:
         super().__init__(EXIT_PREEMPTED)
         self.signal_name, self.checkpoint = signal_name, checkpoint
 
     def __str__(self) -> str:
-        saved = f"checkpoint saved at {self.checkpoint}" if self.checkpoint else "no checkpoint (save_strategy='no')"
-        return f"training stopped by {self.signal_name}: {saved}; resume with resume_from_checkpoint=True"
+        if not self.checkpoint:
+            return f"training stopped by {self.signal_name}: no checkpoint saved (save_strategy='no'), nothing to resume"
+        return f"training stopped by {self.signal_name}: checkpoint saved at {self.checkpoint}; {self.RESUME_HINTS}"
 
 
 class PreemptionGuard:

@@ -27,9 +27,11 @@ from finch.run_folders import (
     latest_checkpoint,
     latest_checkpoint_of_launch,
     run_of,
+    set_aside_name,
     step_of,
     verify,
     world_size_of,
+    written_by_transformers,
 )
 from finch.runtime import Launch
 from finch.state import TrainerState
@@ -82,15 +84,10 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
         elif found and not overwrite:
             raise ResumeError(
                 f"output_dir {output_dir} already holds checkpoints of another run ({describe_runs(found)}); a new "
-                f"run there would mix with them. Resume it with resume_from_checkpoint=True (CLI: --resume auto), "
-                f"delete them with overwrite_output_dir=True (CLI: --overwrite-output-dir), or choose another "
-                f"output_dir")
+                f"run there would mix with them. {_choices_for(found)}")
         return None
     folder = _folder_to_resume(output_dir, resume)
-    problem = verify(folder)
-    if problem is not None:
-        raise ResumeError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
-                          f"(resume_from_checkpoint=True picks the newest whole one)")
+    check_whole(folder)
     check_compatible(folder, args)
     saved = TrainerState.load_from_json(folder / STATE)
     check_fingerprint(folder, saved, fingerprint)
@@ -99,13 +96,22 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
     return folder
 
 
+def _choices_for(found: list[Path]) -> str:
+    """What a fresh run can do about other runs' checkpoints in its output_dir."""
+    rest = "delete them with overwrite_output_dir=True (CLI: --overwrite-output-dir), or choose another output_dir"
+    if all(map(written_by_transformers, found)):
+        return f"finch cannot resume transformers.Trainer's checkpoints (to train on from their weights, pass " \
+               f"{found[-1]} as the model); {rest}"
+    return f"Resume it with resume_from_checkpoint=True (CLI: --resume auto), {rest}"
+
+
 def set_aside_checkpoints(output_dir: Path, found: list[Path]) -> None:
     """Move other runs' checkpoint folders into `output_dir/previous-runs/<run id>/` (renames in one file system:
     nothing is copied, changed or deleted), so a fresh run neither mixes with them nor replaces them."""
     described = describe_runs(found)
     moved_to = set()
     for folder in found:
-        place = output_dir / PREVIOUS_RUNS / f"run-{(run_of(folder) or 'without-id')[:8]}"
+        place = output_dir / PREVIOUS_RUNS / set_aside_name(folder)
         place.mkdir(parents=True, exist_ok=True)
         target, copy = place / folder.name, 1
         while target.exists():  # the same run id and step set aside before: keep both
@@ -137,10 +143,13 @@ def _after_restart(output_dir: Path, resume: str | Path | bool | None, launch: L
 
 def _folder_to_resume(output_dir: Path, resume: str | Path | bool) -> Path:
     if resume is True:
-        found = latest_checkpoint(output_dir)
+        present = checkpoints(output_dir)
+        if present and all(map(written_by_transformers, present)):
+            raise _written_by_transformers(f"resume_from_checkpoint=True, but the checkpoints in {output_dir} "
+                                           f"({', '.join(f.name for f in present)}) were", present[-1])
+        found = latest_checkpoint(output_dir)  # warns about each one it skips, and why
         if found is None:
-            present = checkpoints(output_dir)
-            held = f"no whole checkpoint (damaged: {describe_runs(present)})" if present else "no checkpoint"
+            held = f"no whole finch checkpoint ({describe_runs(present)})" if present else "no checkpoint"
             raise ResumeError(f"resume_from_checkpoint=True but {output_dir} holds {held}. Start without resuming, "
                               f"or pass a checkpoint folder")
         others = [f for f in checkpoints(output_dir) if run_of(f) != run_of(found)]
@@ -160,6 +169,27 @@ def _folder_to_resume(output_dir: Path, resume: str | Path | bool) -> Path:
                 f"(CLI: --resume auto) with output_dir={folder}") if inner else f"; pass a {PREFIX}<step> folder"
         raise ResumeError(f"{folder} is not a finch checkpoint folder (no {STATE}){hint}")
     return folder
+
+
+def check_whole(folder: Path) -> None:
+    """Raise `ResumeError` unless checkpoint `folder` is finch's and whole (every file as its manifest lists it).
+    A transformers.Trainer checkpoint is not called damaged: the message says whose it is and how to go on."""
+    if written_by_transformers(folder):
+        raise _written_by_transformers(f"checkpoint {folder} was", folder)
+    problem = verify(folder)
+    if problem is not None:
+        raise ResumeError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
+                          f"(resume_from_checkpoint=True picks the newest whole one)")
+
+
+def _written_by_transformers(what: str, newest: Path) -> ResumeError:
+    """The refusal of a transformers.Trainer checkpoint: `what` ("checkpoint X was", "the checkpoints in D were")
+    is not damaged, why finch cannot resume it, and how to go on from its weights (`newest`'s)."""
+    return ResumeError(f"{what} written by transformers.Trainer, not by finch: not damaged, but finch cannot resume "
+                       f"a transformers.Trainer checkpoint (finch's resume needs the manifest, data position and RNG "
+                       f"state that finch saves with each checkpoint). To go on from its weights, start a fresh run with the checkpoint as the "
+                       f"model: model=AutoModelForSequenceClassification.from_pretrained('{newest}') (CLI: finch "
+                       f"train --model {newest}); or resume it with transformers.Trainer")
 
 
 def check_compatible(folder: str | Path, args: TrainingArguments) -> None:

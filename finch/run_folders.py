@@ -30,6 +30,8 @@ MANIFEST = "manifest.json"
 # The files `load_checkpoint` reads: each must be listed in the manifest, so none is read unchecked.
 LOADED_FILES = (WEIGHTS, "optimizer.pt", "scheduler.json", "scaler.json", "rng_state.json", STATE,
                 "training_args.json")
+# Files that only transformers.Trainer writes into its checkpoints (finch writes JSON where it pickles).
+TRANSFORMERS_FILES = ("training_args.bin", "scheduler.pt", "rng_state.pth")
 # Killed saves leave `.tmp-checkpoint-<step>-<run>-<host>-<pid>` (or `.stale-...`, the replaced copy of a step saved
 # again); an older finch wrote `.tmp-checkpoint-<step>-<pid>`.
 LEFTOVER = re.compile(rf"\.(tmp|stale)-({PREFIX}\d+)-(?:([0-9a-f]{{32}}|legacy)-(.*)-)?(\d+)")
@@ -67,6 +69,9 @@ def verify(folder: str | Path) -> str | None:
     list, a name that leads out of the folder), or None if it is whole."""
     folder = Path(folder)
     manifest = _manifest(folder)
+    if manifest is None and written_by_transformers(folder):
+        return f"written by transformers.Trainer, not finch: not damaged, but finch cannot resume it (it has no " \
+               f"finch {MANIFEST}, data position or RNG state)"
     if manifest is None:
         return f"no readable {MANIFEST} (the save did not finish)"
     listed = manifest["files"]
@@ -87,6 +92,15 @@ def verify(folder: str | Path) -> str | None:
     if unlisted:
         return f"{unlisted[0]} is not listed in {MANIFEST} (added after the save?)"
     return None
+
+
+def written_by_transformers(folder: str | Path) -> bool:
+    """Whether checkpoint `folder` was saved by transformers.Trainer: no finch manifest, and HF's pickled arguments,
+    scheduler or RNG state (`rng_state_<rank>.pth` on several processes)."""
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        return False
+    return any((folder / name).is_file() for name in TRANSFORMERS_FILES) or any(folder.glob("rng_state_*.pth"))
 
 
 def world_size_of(folder: str | Path) -> int:
@@ -125,9 +139,19 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     """The `checkpoint-<step>` folders in `output_dir` of every run, oldest step first (whole or not: `verify`).
     A folder of that name holding neither a manifest nor a trainer state is not a checkpoint (a save is renamed into
     place with both): it is somebody's, and nothing here reads, rotates or deletes it."""
-    found = [p for p in Path(output_dir).glob(f"{PREFIX}*") if re.fullmatch(rf"{PREFIX}\d+", p.name) and p.is_dir()
-             and ((p / MANIFEST).is_file() or (p / STATE).is_file())]
-    return sorted(found, key=step_of)
+    return sorted(filter(is_checkpoint, Path(output_dir).glob(f"{PREFIX}*")), key=step_of)
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """A `checkpoint-<step>` folder with a manifest or a trainer state (finch's, or transformers.Trainer's)."""
+    return re.fullmatch(rf"{PREFIX}\d+", folder.name) is not None and folder.is_dir() and \
+        ((folder / MANIFEST).is_file() or (folder / STATE).is_file())
+
+
+def checkpoint_around(path: str | Path) -> Path | None:
+    """The checkpoint folder that `path` is, or is inside (None: it is in none)."""
+    path = Path(path).resolve()
+    return next((folder for folder in (path, *path.parents) if is_checkpoint(folder)), None)
 
 
 def run_checkpoints(output_dir: str | Path, run_id: str | None) -> list[Path]:
@@ -183,15 +207,29 @@ class _WholeCheckpoints:
 
 def describe_runs(folders: list[Path]) -> str:
     """`run 3f2a9c01: checkpoint-20, checkpoint-30 (last saved 2025-05-01 12:00)` for each run, newest last."""
-    runs: dict[str | None, list[Path]] = {}
+    runs: dict[str, list[Path]] = {}
     for folder in folders:
-        runs.setdefault(run_of(folder), []).append(folder)
+        runs.setdefault(_who_saved(folder), []).append(folder)
     parts = []
-    for run_id, found in sorted(runs.items(), key=lambda item: max(map(saved_at, item[1]))):
+    for who, found in sorted(runs.items(), key=lambda item: max(map(saved_at, item[1]))):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(map(saved_at, found))))
-        who = f"run {run_id[:8]}" if run_id else "an older finch's run (no run id)"
         parts.append(f"{who}: {', '.join(f.name for f in found)} (last saved {when})")
     return "; ".join(parts)
+
+
+def _who_saved(folder: Path) -> str:
+    run_id = run_of(folder)
+    if run_id is not None:
+        return f"run {run_id[:8]}"
+    return "a transformers.Trainer run" if written_by_transformers(folder) else "an older finch's run (no run id)"
+
+
+def set_aside_name(folder: Path) -> str:
+    """The `previous-runs/` subfolder for the checkpoints of the run that saved `folder`."""
+    run_id = run_of(folder)
+    if run_id is not None:
+        return f"run-{run_id[:8]}"
+    return "transformers-trainer-run" if written_by_transformers(folder) else "older-finch-run"
 
 
 # ---- writing into output_dir, once the checks have passed ---------------------------------------------------------

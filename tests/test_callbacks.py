@@ -1,13 +1,19 @@
-"""The progress printed during training: lines when stdout is not a terminal, the bar when it is."""
+"""The progress printed during training: lines when stdout is not a terminal, the bar when it is; removing
+callbacks as HF's code does."""
 
 import logging
+import re
 import sys
 
+import pytest
+import transformers.integrations as hf_integrations
+import transformers.trainer_callback as hf_callbacks
 from conftest import sentiment_dataset, tiny_bert
 
-from finch import ProgressCallback, Trainer, TrainingArguments
+from finch import EarlyStoppingCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from finch.callbacks import format_log_line
 from finch.state import TrainerState
+from finch.trackers import TensorBoardCallback
 
 
 def quiet_args(tmp_path, **overrides) -> TrainingArguments:
@@ -57,7 +63,8 @@ def test_off_a_terminal_a_progress_line_comes_at_least_every_heartbeat(tmp_path,
 
 
 def test_the_bar_is_closed_before_loading_the_best_model(tmp_path, tokenizer, capsys):
-    """The bar is drawn once, and 'Loading the best model' starts a line of its own after it."""
+    """The bar is drawn once, and the best-model message ('Loading the best model ...', or 'The best model ... is
+    the last step's' when there is nothing to load) starts a line of its own after it."""
     data = sentiment_dataset(tokenizer, rows=16)
     args = quiet_args(tmp_path, num_train_epochs=2, eval_strategy="epoch", save_strategy="epoch",
                       load_best_model_at_end=True)
@@ -73,6 +80,40 @@ def test_the_bar_is_closed_before_loading_the_best_model(tmp_path, tokenizer, ca
     finally:
         logger.removeHandler(handler)
     err = capsys.readouterr().err
-    before, message, after = err.partition("Loading the best model")
-    assert message and before.endswith("\n")  # on a line of its own
+    message = re.search(r"(Loading the|The) best model \(", err)
+    before, after = err[:message.start()], err[message.end():]
+    assert before.endswith("\n")  # on a line of its own
     assert "4/4" in before and "4/4" not in after  # the finished bar was drawn before the message, not again
+
+
+@pytest.mark.parametrize(("hf_callback", "finch_class"), [
+    (hf_callbacks.ProgressCallback, ProgressCallback),
+    (hf_callbacks.PrinterCallback, ProgressCallback),  # HF's replacement for the bar; finch's prints lines too
+    (hf_callbacks.ProgressCallback(), ProgressCallback),  # an instance of HF's class stands for it too
+    (hf_callbacks.EarlyStoppingCallback, EarlyStoppingCallback),
+    (hf_integrations.TensorBoardCallback, TensorBoardCallback)])
+@pytest.mark.parametrize("method", ["pop_callback", "remove_callback"])
+def test_removing_one_of_hfs_callbacks_removes_finchs_counterpart(tmp_path, hf_callback, finch_class, method):
+    """HF's code removes its built-in callbacks by their class (`trainer.remove_callback(ProgressCallback)` to drop
+    the bar): in finch that removes the callback doing the same job, not nothing."""
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, report_to=["tensorboard"]),
+                      callbacks=[EarlyStoppingCallback()])
+    ours = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, finch_class))
+    removed = getattr(trainer, method)(hf_callback)
+    assert ours not in trainer.callback_handler.callbacks
+    assert method == "remove_callback" or removed is ours
+
+
+@pytest.mark.parametrize(("callback", "said"), [
+    (hf_callbacks.DefaultFlowCallback, ("transformers.trainer_callback.DefaultFlowCallback (finch has none: its "
+                                        "training loop decides when to log, evaluate and save")),
+    (hf_integrations.MLflowCallback, "nor finch's MLflowCallback"),
+    (type("MyCallback", (TrainerCallback,), {}), "no callback of class test_callbacks.MyCallback in this Trainer"),
+    (TrainerCallback(), "TrainerCallback (this very instance) in this Trainer")])
+def test_removing_a_callback_the_trainer_does_not_have_warns_and_names_those_it_has(tmp_path, caplog, callback, said):
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path))
+    before = list(trainer.callback_handler.callbacks)
+    assert trainer.pop_callback(callback) is None
+    assert trainer.callback_handler.callbacks == before
+    assert said in caplog.text and "nothing was removed" in caplog.text
+    assert "its callbacks are: ProgressCallback, JsonlLoggerCallback" in caplog.text

@@ -15,6 +15,7 @@ from conftest import tiny_bert
 from test_cli import FAST, reviews, write_csv
 
 from finch.cli import main
+from finch.run_folders import checkpoints, verify
 
 
 def run_cli(*args, timeout=300):
@@ -455,6 +456,26 @@ def test_out_never_replaces_a_file_of_the_model_or_the_run(tmp_path, trained_mod
     assert {p: digest(p) for p in run.rglob("*") if p.is_file()} == before
     assert main(["eval", "--model", str(model), "--data", data]) == 0  # its own eval_dev.json, written twice
     assert main(["eval", "--model", str(model), "--data", data]) == 0
+
+
+def test_eval_of_a_checkpoint_writes_beside_it_and_never_into_it(tmp_path, trained_model, capsys):
+    """A checkpoint's files are checked against its manifest on resume: `finch eval --model RUN/checkpoint-N` saves
+    its metrics in the run folder, named after the checkpoint, and says where; an --out inside it is refused."""
+    model, rows = trained_model
+    run = model.parent
+    checkpoint = checkpoints(run)[-1]
+    before = {p: digest(p) for p in checkpoint.rglob("*") if p.is_file()}
+    data = write_csv(tmp_path / "dev.csv", rows[:6], header=("review", "rating", "label"))
+    assert main(["eval", "--model", str(checkpoint), "--data", data, "--label-column", "rating"]) == 0
+    out = run / f"eval_dev_{checkpoint.name}.json"
+    assert "eval_accuracy" in json.loads(out.read_text())
+    assert f"saved:  {out}" in capsys.readouterr().out
+    for argv in (["eval", "--model", checkpoint, "--data", data, "--out", checkpoint / "eval_dev.json"],
+                 ["predict", "--model", checkpoint, "--data", data, "--out", checkpoint / "predictions.csv"]):
+        assert main(list(map(str, argv))) == 2
+        assert f"inside the checkpoint {checkpoint}" in capsys.readouterr().err
+    assert {p: digest(p) for p in checkpoint.rglob("*") if p.is_file()} == before
+    assert verify(checkpoint) is None
 
 
 def test_eval_names_the_models_labels_when_the_data_has_others(tmp_path, trained_model, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import signal
 import subprocess
@@ -9,6 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from test_cli import FAST, reviews, write_csv
+
+import finch
+from finch import TrainerCallback
+from finch.cli import main
 from finch.preemption import EXIT_PREEMPTED
 from finch.run_folders import checkpoints, verify
 
@@ -79,3 +87,41 @@ def test_resume_exact_with_dataloader_workers(tmp_path):
     process.communicate(timeout=120)
     assert process.returncode == EXIT_PREEMPTED
     assert finish(start(run_dir, "--workers", "2", "--steps", "12", "--save-steps", "1000")) == expected
+
+
+class SignalAt(TrainerCallback):
+    """A stop signal arriving during step `step` (Ctrl-C, or a scheduler's SIGTERM)."""
+
+    def __init__(self, number: int, step: int) -> None:
+        self.number, self.step = number, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), self.number)
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_finch_train_stopped_by_a_signal_says_to_rerun_it_with_resume_auto(tmp_path, tiny_model_dir, monkeypatch,
+                                                                          caplog, number):
+    """The stop message names the command line's way to go on, not only the Python API's, and that way works."""
+    real_trainer = finch.Trainer
+
+    def stopped_at_step_2(*args, **kwargs):
+        trainer = real_trainer(*args, **kwargs)
+        trainer.add_callback(SignalAt(number, 2))
+        return trainer
+
+    command = ["train", "--model", tiny_model_dir, "--train", write_csv(tmp_path / "t.csv", reviews(24)),
+               "--output-dir", str(tmp_path / "run"), "--per-device-train-batch-size", "4", *FAST]
+    monkeypatch.setattr(finch, "Trainer", stopped_at_step_2)  # the CLI builds its Trainer through finch.Trainer
+    with pytest.raises(SystemExit) as stop:
+        main(command)
+    assert stop.value.code == EXIT_PREEMPTED
+    message = next(record.getMessage() for record in caplog.records if "training stopped by" in record.getMessage())
+    assert f"training stopped by {signal.Signals(number).name}" in message
+    assert "checkpoint-2" in message and "the same command with --resume auto" in message
+    assert "finch train ... --resume auto" in message
+    monkeypatch.setattr(finch, "Trainer", real_trainer)
+    caplog.set_level(logging.INFO, logger="finch")
+    assert main([*command, "--resume", "auto"]) == 0  # the advice, followed
+    assert f"Resuming from {tmp_path / 'run' / 'checkpoint-2'} at step 2" in caplog.text

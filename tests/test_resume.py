@@ -288,6 +288,52 @@ def test_a_fresh_trainer_run_sets_other_runs_checkpoints_aside_unchanged(tmp_pat
     assert third.state.run_id == second.state.run_id
 
 
+def transformers_checkpoint(output_dir: Path, step: int) -> Path:
+    """A checkpoint as transformers.Trainer writes it: the model, HF's trainer_state.json (no run id) and its
+    pickles (arguments, optimizer, scheduler, RNG state), and no finch manifest."""
+    folder = output_dir / f"checkpoint-{step}"
+    tiny_bert().save_pretrained(folder)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": step, "epoch": 1.0,
+                                                           "log_history": [], "stateful_callbacks": {}}))
+    for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).write_bytes(b"pickled by transformers")
+    return folder
+
+
+@pytest.mark.parametrize("how", ["folder", "auto"])
+def test_a_transformers_trainer_checkpoint_is_refused_as_such_not_called_damaged(tmp_path, toy, tokenizer, how):
+    """Told "damaged", a user may delete a good checkpoint: the refusal says whose it is, why finch cannot resume
+    it, and how to go on from its weights (advice that works); the folder stays as it was."""
+    hf_run = tmp_path / "hf"
+    folder = transformers_checkpoint(hf_run, 4)
+    before = folder_digest(hf_run)
+    with pytest.raises(ResumeError) as error:
+        train(hf_run, toy, tokenizer, resume=str(folder) if how == "folder" else True)
+    message = str(error.value)
+    assert "written by transformers.Trainer" in message and "not damaged" in message
+    assert "is damaged" not in message and "older finch" not in message
+    assert f"from_pretrained('{folder}')" in message and f"finch train --model {folder}" in message
+    assert "resume it with transformers.Trainer" in message
+    assert folder_digest(hf_run) == before
+    AutoModelForSequenceClassification.from_pretrained(folder)  # the advice: a fresh run from its weights
+
+
+def test_a_fresh_run_sets_transformers_checkpoints_aside_under_a_clear_name(tmp_path, toy, tokenizer, caplog):
+    """Trainer.train() moves them to previous-runs/transformers-trainer-run/; finch train (no set_aside) refuses the
+    folder without advising a resume that finch cannot do."""
+    folder = transformers_checkpoint(tmp_path, 4)
+    before = folder_digest(folder)
+    with pytest.raises(ResumeError, match=r"another run \(a transformers.Trainer run: checkpoint-4") as error:
+        plan_resume(tmp_path, None, run_args(tmp_path))
+    assert "--resume auto" not in str(error.value) and f"pass {folder} as the model" in str(error.value)
+    train(tmp_path, toy, tokenizer)
+    assert "checkpoints of another run (a transformers.Trainer run: checkpoint-4" in caplog.text
+    aside = tmp_path / "previous-runs" / "transformers-trainer-run" / "checkpoint-4"
+    assert folder_digest(aside) == before
+    assert [folder.name for folder in (tmp_path / "previous-runs").iterdir() if folder.is_dir()] == [
+        "transformers-trainer-run"]
+
+
 def test_a_fresh_run_sets_the_earlier_runs_log_aside_and_keeps_its_own_evaluation(tmp_path, toy, tokenizer, caplog):
     """log.jsonl holds one run: a second fresh run moves the first's lines, byte for byte, to previous-runs/, but
     keeps what its own trainer logged before training (an evaluation of the untrained model); a resume appends."""
