@@ -167,19 +167,25 @@ class HFArgumentsProperties:
 
     def __getattr__(self, name: str) -> Any:
         """Only for names not found: an HF argument or method finch lacks is named as such, not as a typo."""
-        if not name.startswith("_"):
-            import transformers
-
-            if hasattr(transformers.TrainingArguments, name):
-                raise AttributeError(f"'TrainingArguments' object has no attribute {name!r}: "
-                                     f"transformers.TrainingArguments.{name} is not part of finch's "
-                                     f"(docs/from_hf_tutorial.md lists what finch does instead)")
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+        raise no_such_attribute(self, name, "TrainingArguments")
 
     def to_sanitized_dict(self) -> dict[str, Any]:
         """The arguments as values TensorBoard's hparams take (bool, int, float, str; the rest as str)."""
         return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
                 for key, value in self.to_dict().items()}  # type: ignore[attr-defined]
+
+
+def no_such_attribute(owner: Any, name: str, hf_class: str) -> AttributeError:
+    """The error for `name`, not found on finch's `owner`: when `transformers.<hf_class>` has it, the message says
+    it is an HF attribute finch does not have (not a typo). Private names are never looked up in transformers."""
+    message = f"'{type(owner).__name__}' object has no attribute {name!r}"
+    if not name.startswith("_"):
+        import transformers
+
+        if hasattr(getattr(transformers, hf_class), name):
+            message += (f": transformers.{hf_class}.{name} is not part of finch's {hf_class} "
+                        f"(docs/from_hf_tutorial.md lists what finch does instead)")
+    return AttributeError(message)
 
 
 # HF `Trainer` methods that subclasses override to customise training, which finch's loop does not call: an override

@@ -11,6 +11,7 @@ import torch
 
 from finch import data
 from finch.evaluation import split_outputs, to_device
+from finch.hf_names import no_such_attribute
 from finch.hub import CARD, model_card
 from finch.outputs import write_text
 
@@ -81,11 +82,4 @@ class HFMethodsMixin:
 
     def __getattr__(self, name: str) -> Any:
         """Only for names not found: an HF Trainer method finch lacks is named as such, not as a typo."""
-        if not name.startswith("_"):
-            import transformers
-
-            if hasattr(transformers.Trainer, name):
-                raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}: "
-                                     f"transformers.Trainer.{name} is not part of finch's Trainer "
-                                     f"(docs/from_hf_tutorial.md lists what finch does instead)")
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+        raise no_such_attribute(self, name, "Trainer")
