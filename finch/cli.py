@@ -261,7 +261,7 @@ def run_train(flags: dict[str, Any]) -> int:
         training_arguments(options)  # validated, so what is printed would run
         print(config_files.dump(options))
         return 0
-    fresh = not options.get("resume") and not options.get("overwrite_output_dir") and not Launch.from_environment().restarted
+    fresh = not (options.get("resume") or options.get("overwrite_output_dir") or Launch.from_environment().restarted)
     if flags.get("nproc_per_node") and not launched_by_torchrun():
         if fresh:
             check_no_earlier_outputs(options["output_dir"])  # said once, here, not once per process

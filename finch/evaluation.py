@@ -139,8 +139,9 @@ class EvaluationMixin:
         lengths = data.example_lengths(dataset)
         data.check_dataset(given, model, name, lengths)
         batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)
+        pin = args.dataloader_pin_memory and self.device.type == "cuda"
         loader = data.make_loader(dataset, batches[runtime.rank::runtime.world_size], self.data_collator,
-                                  args.dataloader_num_workers, args.dataloader_pin_memory and self.device.type == "cuda")
+                                  args.dataloader_num_workers, pin)
         return dataset, batches, loader
 
     def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str,

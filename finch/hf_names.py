@@ -163,7 +163,8 @@ class HFArgumentsProperties:
 
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """`warmup_steps` as a step count for a run of `num_training_steps` (a fraction in (0, 1) is a share)."""
-        return self.resolve_steps(self.warmup_steps, num_training_steps) if self.warmup_steps else 0  # type: ignore[attr-defined]
+        warmup = self.warmup_steps  # type: ignore[attr-defined]
+        return self.resolve_steps(warmup, num_training_steps) if warmup else 0  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> Any:
         """Only for names not found: an HF argument or method finch lacks is named as such, not as a typo."""

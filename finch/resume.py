@@ -187,9 +187,10 @@ def _written_by_transformers(what: str, newest: Path) -> ResumeError:
     is not damaged, why finch cannot resume it, and how to go on from its weights (`newest`'s)."""
     return ResumeError(f"{what} written by transformers.Trainer, not by finch: not damaged, but finch cannot resume "
                        f"a transformers.Trainer checkpoint (finch's resume needs the manifest, data position and RNG "
-                       f"state that finch saves with each checkpoint). To go on from its weights, start a fresh run with the checkpoint as the "
-                       f"model: model=AutoModelForSequenceClassification.from_pretrained('{newest}') (CLI: finch "
-                       f"train --model {newest}); or resume it with transformers.Trainer")
+                       f"state that finch saves with each checkpoint). To go on from its weights, start a fresh "
+                       f"run with the checkpoint as the model: "
+                       f"model=AutoModelForSequenceClassification.from_pretrained('{newest}') "
+                       f"(CLI: finch train --model {newest}); or resume it with transformers.Trainer")
 
 
 def check_compatible(folder: str | Path, args: TrainingArguments) -> None:
