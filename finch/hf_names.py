@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -245,3 +246,26 @@ def settings_of_hf_arguments(hf_args: Any) -> dict[str, Any]:
         if value != default and not (_blank(value) and _blank(default)):
             settings[item.name] = value
     return settings
+
+
+def as_finch_arguments(args: Any, finch_class: type) -> Any:
+    """`args` as finch's `TrainingArguments` (`finch_class`): HF's (the course builds them in another cell than the
+    `Trainer`) are converted from the settings that differ from HF's defaults, with a warning; None gives the
+    defaults; anything else is refused."""
+    if args is None or isinstance(args, finch_class):
+        return args if args is not None else finch_class()
+    import transformers
+
+    if not isinstance(args, transformers.TrainingArguments):
+        raise ConfigError(f"Trainer(args=...) takes finch's TrainingArguments, not {type(args).__name__}: "
+                          f"`from finch import TrainingArguments`")
+    settings = settings_of_hf_arguments(args)
+    try:
+        converted = finch_class(**settings)
+    except (ConfigError, TypeError) as error:
+        raise type(error)(f"Trainer was given transformers.TrainingArguments, which finch converts to its own; "
+                          f"{error}. Build them with `from finch import TrainingArguments`") from None
+    warnings.warn(f"Trainer was given transformers.TrainingArguments: converted to finch's TrainingArguments from "
+                  f"the settings that differ from HF's defaults ({', '.join(sorted(settings)) or 'none'}); "
+                  f"`from finch import TrainingArguments` to skip this", UserWarning, stacklevel=3)
+    return converted

@@ -30,7 +30,7 @@ from finch.dropout import DropoutSwap
 from finch.errors import ConfigError, DataError, ModelError
 from finch.evaluation import EvaluationMixin, describe, split_outputs, to_device
 from finch.fingerprint import Fingerprint, model_fingerprint
-from finch.hf_names import check_overrides, settings_of_hf_arguments
+from finch.hf_names import as_finch_arguments, check_overrides
 from finch.hub import Hub, HubCallback
 from finch.nonfinite import NonFiniteGuard
 from finch.optim import create_optimizer, create_scheduler, total_training_steps
@@ -121,7 +121,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
         check_overrides(type(self), Trainer)  # an HF override point finch never calls: refused, not ignored
-        self.args = _finch_arguments(args)
+        self.args = as_finch_arguments(args, TrainingArguments)
         self.runtime = Runtime.for_args(self.args)  # joins torchrun's process group when there is one
         self.runtime.precision.apply()  # TF32 switches, when the precision decides them
         self.device, self.precision = self.runtime.device, self.runtime.precision
@@ -535,31 +535,6 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         logger.info("Resuming from %s at step %d (epoch %.2f)", folder, state.global_step, state.epoch)
         run.last_checkpoint = str(folder)
         return state
-    def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None, dropout: str) -> None:
-        args, state = self.args, self.state
-        fused = bool(getattr(self.optimizer, "defaults", {}).get("fused"))
-        logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | dropout %s | "
-                    "compile %s", self.runtime.describe(), self.precision.name, self.precision.reason,
-                    args.train_sampling_strategy, type(self.optimizer).__name__, " fused" if fused else "",
-                    f"multiple of {self.padding_multiple}" if self.padding_multiple else "longest in batch",
-                    dropout, "on" if args.torch_compile else "off")
-        processes = f" x {self.runtime.world_size} processes" if self.runtime.world_size > 1 else ""
-        logger.info("%d examples | batch %d%s x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
-                    args.per_device_train_batch_size, processes, args.gradient_accumulation_steps, state.steps_per_epoch,
-                    state.max_steps, f" | resuming at step {state.global_step}" if resume else "")
-        if dropped:
-            logger.info("dropped columns the model does not take: %s (remove_unused_columns=False keeps them)",
-                        ", ".join(dropped))
-
-    def _warn_if_warmup_outlasts_the_run(self, max_steps: int) -> None:
-        """A warmup longer than the run (the tutorial's 500 steps in a 40-step run) never reaches the learning rate."""
-        warmup = self.args.resolve_steps(self.args.warmup_steps, max_steps) if self.args.warmup_steps else 0
-        if warmup > max_steps:
-            logger.warning("warmup_steps=%d is more than this run's %d training steps: the learning rate climbs for "
-                           "the whole run and never reaches learning_rate=%g. Set warmup_steps below %d, or a "
-                           "fraction such as warmup_steps=0.1 (10%% of the steps).", warmup, max_steps,
-                           self.args.learning_rate, max_steps)
-
     # ---- hyperparameter search -----------------------------------------------------------------------------------
     def hyperparameter_search(self, hp_space: Callable | None = None, compute_objective: Callable | None = None,
                               n_trials: int | None = 20, direction: str | list[str] = "minimize",
@@ -581,28 +556,6 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         # HF's model_init takes no argument or the trial (None outside a search): tutorials write `model_init(trial)`
         takes_trial = len(inspect.signature(self.model_init).parameters) == 1
         return self.model_init(None) if takes_trial else self.model_init()
-
-
-def _finch_arguments(args: Any) -> TrainingArguments:
-    """`args` as finch's `TrainingArguments`; HF's (the course imports them in another cell than `Trainer`) are
-    converted from the settings that differ from HF's defaults, with a warning; anything else is refused."""
-    if args is None or isinstance(args, TrainingArguments):
-        return args if args is not None else TrainingArguments()
-    import transformers
-
-    if not isinstance(args, transformers.TrainingArguments):
-        raise ConfigError(f"Trainer(args=...) takes finch's TrainingArguments, not {type(args).__name__}: "
-                          f"`from finch import TrainingArguments`")
-    settings = settings_of_hf_arguments(args)
-    try:
-        converted = TrainingArguments(**settings)
-    except (ConfigError, TypeError) as error:
-        raise type(error)(f"Trainer was given transformers.TrainingArguments, which finch converts to its own; "
-                          f"{error}. Build them with `from finch import TrainingArguments`") from None
-    warnings.warn(f"Trainer was given transformers.TrainingArguments: converted to finch's TrainingArguments from "
-                  f"the settings that differ from HF's defaults ({', '.join(sorted(settings)) or 'none'}); "
-                  f"`from finch import TrainingArguments` to skip this", UserWarning, stacklevel=3)
-    return converted
 
 
 def _model_loss(outputs: Any, model: torch.nn.Module, label_names: list[str], labels_given: bool) -> torch.Tensor:

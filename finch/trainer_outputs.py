@@ -1,15 +1,18 @@
-"""What a `Trainer` records and writes: `log`, HF's `log_metrics` / `save_metrics` / `save_state`, `save_model` and
-`push_to_hub`, and which process writes (`is_world_process_zero`)."""
+"""What a `Trainer` records, prints and writes: `log`, HF's `log_metrics` / `save_metrics` / `save_state`,
+`save_model` and `push_to_hub`, the run's header, and which process writes (`is_world_process_zero`)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from finch import checkpoint
 from finch.hub import Hub
 from finch.outputs import write_text
+
+logger = logging.getLogger("finch")
 
 
 class OutputsMixin:
@@ -87,6 +90,31 @@ class OutputsMixin:
             return None
         return hub.push_folder(self.args.output_dir, self.state, self.model, commit_message, blocking,
                                revision or self.args.hub_revision, kwargs)
+
+    def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None, dropout: str) -> None:
+        args, state = self.args, self.state
+        fused = bool(getattr(self.optimizer, "defaults", {}).get("fused"))
+        logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | dropout %s | "
+                    "compile %s", self.runtime.describe(), self.precision.name, self.precision.reason,
+                    args.train_sampling_strategy, type(self.optimizer).__name__, " fused" if fused else "",
+                    f"multiple of {self.padding_multiple}" if self.padding_multiple else "longest in batch",
+                    dropout, "on" if args.torch_compile else "off")
+        processes = f" x {self.runtime.world_size} processes" if self.runtime.world_size > 1 else ""
+        logger.info("%d examples | batch %d%s x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
+                    args.per_device_train_batch_size, processes, args.gradient_accumulation_steps, state.steps_per_epoch,
+                    state.max_steps, f" | resuming at step {state.global_step}" if resume else "")
+        if dropped:
+            logger.info("dropped columns the model does not take: %s (remove_unused_columns=False keeps them)",
+                        ", ".join(dropped))
+
+    def _warn_if_warmup_outlasts_the_run(self, max_steps: int) -> None:
+        """A warmup longer than the run (the tutorial's 500 steps in a 40-step run) never reaches the learning rate."""
+        warmup = self.args.get_warmup_steps(max_steps)
+        if warmup > max_steps:
+            logger.warning("warmup_steps=%d is more than this run's %d training steps: the learning rate climbs for "
+                           "the whole run and never reaches learning_rate=%g. Set warmup_steps below %d, or a "
+                           "fraction such as warmup_steps=0.1 (10%% of the steps).", warmup, max_steps,
+                           self.args.learning_rate, max_steps)
 
     def is_world_process_zero(self) -> bool:
         """Whether this process is rank 0 of all (the one that writes); True in a single process."""
