@@ -98,8 +98,8 @@ class EvaluationMixin:
             return metrics
         key = self._evaluation_key(dataset, ignore_keys, metric_key_prefix)
         last_key, last_metrics = getattr(self, "_last_evaluation", (None, {}))
-        changed, = self.runtime.any_rank(key is None or key != last_key)  # every rank takes the same branch
-        if reuse_unchanged and not changed:
+        # every rank takes the same branch (agreed only when a reuse is asked for: no collective otherwise)
+        if reuse_unchanged and not self.runtime.any_rank(key is None or key != last_key)[0]:
             metrics = dict(last_metrics)
             logger.info("The weights are those of the last evaluation (step %d): its metrics are reused, not "
                         "computed again", self.state.global_step)
@@ -139,10 +139,14 @@ class EvaluationMixin:
         lengths = data.example_lengths(dataset)
         data.check_dataset(given, model, name, lengths)
         batches = data.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)
-        pin = args.dataloader_pin_memory and self.device.type == "cuda"
-        loader = data.make_loader(dataset, batches[runtime.rank::runtime.world_size], self.data_collator,
-                                  args.dataloader_num_workers, pin)
-        return dataset, batches, loader
+        return dataset, batches, self._loader(dataset, batches[runtime.rank::runtime.world_size])
+
+    def _loader(self, dataset: Any, batches: list[list[int]]) -> Any:
+        """A DataLoader over exactly `batches` of `dataset` (this rank's), with the trainer's collator, workers and
+        pinning (on CUDA): what training, evaluation and HF's `get_*_dataloader` all load through."""
+        args = self.args
+        return data.make_loader(dataset, batches, self.data_collator, args.dataloader_num_workers,
+                                args.dataloader_pin_memory and self.device.type == "cuda")
 
     def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str,
                          tell_callbacks: bool = True) -> PredictionOutput:

@@ -169,7 +169,7 @@ def prepare(options: dict[str, Any]) -> Job:
     print(f"tokens: {describe_token_limit(tokenized['train'], max_length, source)}", flush=True)
     if options.get("train") is not None:  # the demo cuts its articles at 128 on purpose: the line above says so
         warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
-    if args.process_index == 0 or (args.save_on_each_node and args.local_process_index == 0):  # its writers
+    if args.should_save:  # the processes that write into it
         check_output_dir(args.output_dir)
     _plan_resume(args, options.get("resume"), tokenized["train"], config, splits.task)
     card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,

@@ -44,6 +44,6 @@ def total_training_steps(args: TrainingArguments, steps_per_epoch: int) -> int:
 def create_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments,
                      total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The HF schedule named by `lr_scheduler_type`, warmup given in steps or as a fraction of `total_steps`."""
-    warmup = args.resolve_steps(args.warmup_steps, total_steps) if args.warmup_steps else 0
+    warmup = args.get_warmup_steps(total_steps)
     return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                          num_training_steps=total_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})

@@ -268,14 +268,11 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             epochs = range(state.global_step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch))
             for epoch in epochs if state.global_step < max_steps else ():  # a finished run, resumed, trains no more
                 # the step's global micro-batches, planned alike on every rank; then each rank loads only its share
-                steps = data.epoch_steps(len(dataset), global_batch, accumulation, args.sampler_seed, epoch,
-                                         args.train_sampling_strategy, lengths, args.dataloader_drop_last)
+                steps = self._epoch_steps(len(dataset), lengths, epoch)
                 first_step = state.global_step - epoch * steps_per_epoch  # > 0 only when resuming mid-epoch
                 shares = [[data.rank_share(b, runtime.rank, runtime.world_size) for b in step]
                           for step in steps[first_step:]]
-                loader = data.make_loader(dataset, [rows for step in shares for rows, _ in step], self.data_collator,
-                                          args.dataloader_num_workers, args.dataloader_pin_memory and device.type == "cuda")
-                micro_batches = iter(loader)
+                micro_batches = iter(self._loader(dataset, [rows for step in shares for rows, _ in step]))
                 self.control._new_epoch()
                 self.control = self._fire("on_epoch_begin")
                 for step_in_epoch in range(first_step, len(steps)):
@@ -366,6 +363,14 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
                 self.hub.push_folder(args.output_dir, state, self.model, "End of training", blocking=True,
                                      revision=args.hub_revision, card_fields={}, observer=True)
         return TrainOutput(state.global_step, training_loss, metrics)
+
+    def _epoch_steps(self, num_examples: int, lengths: list[int] | None, epoch: int) -> list[list[list[int]]]:
+        """The epoch's optimizer steps, each a list of global micro-batches of example indices: a pure function of
+        the seed, the epoch and the arguments, planned alike on every rank (`data.epoch_steps`)."""
+        args = self.args
+        return data.epoch_steps(num_examples, args.per_device_train_batch_size * self.runtime.world_size,
+                                args.gradient_accumulation_steps, args.sampler_seed, epoch,
+                                args.train_sampling_strategy, lengths, args.dataloader_drop_last)
 
     def _agree_on_control(self, preemption: PreemptionGuard | None = None) -> bool:
         """Every rank takes up each control flag that a callback set on any rank, in one collective (nothing in one

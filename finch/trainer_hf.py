@@ -27,12 +27,9 @@ class HFMethodsMixin:
         args, runtime = self.args, self.runtime
         dataset, _ = data.prepare_dataset(self.train_dataset, self.model, args.remove_unused_columns, self.label_names)
         lengths = data.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
-        steps = data.epoch_steps(len(dataset), args.per_device_train_batch_size * runtime.world_size,
-                                 args.gradient_accumulation_steps, args.sampler_seed, 0, args.train_sampling_strategy,
-                                 lengths, args.dataloader_drop_last)
-        mine = [data.rank_share(batch, runtime.rank, runtime.world_size)[0] for step in steps for batch in step]
-        return data.make_loader(dataset, mine, self.data_collator, args.dataloader_num_workers,
-                                args.dataloader_pin_memory and self.device.type == "cuda")
+        steps = self._epoch_steps(len(dataset), lengths, 0)
+        return self._loader(dataset, [data.rank_share(batch, runtime.rank, runtime.world_size)[0]
+                                      for step in steps for batch in step])
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
         """The batches `evaluate()` runs on this rank (longest first; `evaluate` restores dataset order)."""
