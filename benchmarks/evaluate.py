@@ -49,8 +49,14 @@ def trainers(a: argparse.Namespace, out_dir: str) -> dict[str, object]:
         copy.load_state_dict(state)
         args = module.TrainingArguments(output_dir=f"{out_dir}/{name}", per_device_eval_batch_size=a.batch_size,
                                         report_to="none", disable_tqdm=True)
-        built[name] = module.Trainer(model=copy, args=args, eval_dataset=dev, data_collator=DataCollatorWithPadding(tok),
-                                     processing_class=tok, compute_metrics=mrpc.compute_metrics)
+        built[name] = module.Trainer(
+            model=copy,
+            args=args,
+            eval_dataset=dev,
+            data_collator=DataCollatorWithPadding(tok),
+            processing_class=tok,
+            compute_metrics=mrpc.compute_metrics,
+        )
     return built
 
 

@@ -20,21 +20,21 @@ import pstats
 import sys
 
 PHASES = [  # (label, function as "file:name"), in the order a job runs them
-    ("checks and data (finch.job.prepare)", "finch/job.py", "prepare"),
-    ("  arguments", "finch/job.py", "training_arguments"),
-    ("  data read, columns, task", "finch/loading.py", "load_splits"),
-    ("  tokenization (cached)", "finch/tokenize.py", "tokenize_splits"),
-    ("  resume plan, fingerprints", "finch/job.py", "_plan_resume"),
-    ("model loaded (Job.build)", "finch/job.py", "build"),
-    ("train()", "finch/trainer.py", "train"),
-    ("  forward + backward", "finch/trainer.py", "_forward_backward"),
-    ("  optimizer steps", "finch/trainer.py", "_optimizer_step"),
-    ("  evaluations during training", "finch/trainer.py", "_evaluate_during_training"),
-    ("  checkpoints", "finch/trainer.py", "_save_checkpoint"),
-    ("  compute_metrics tried first", "finch/evaluation.py", "_check_compute_metrics"),
-    ("all evaluate() calls", "finch/evaluation.py", "evaluate"),
-    ("model saved (save_model)", "finch/trainer_outputs.py", "save_model"),
-    ("report", "finch/report.py", "try_write_report"),
+    ("checks and data (finch.cli.job.prepare)", "finch/cli/job.py", "prepare"),
+    ("  arguments", "finch/cli/job.py", "training_arguments"),
+    ("  data read, columns, task", "finch/data/columns.py", "load_splits"),
+    ("  tokenization (cached)", "finch/data/tokenize.py", "tokenize_splits"),
+    ("  resume plan, fingerprints", "finch/cli/job.py", "_plan_resume"),
+    ("model loaded (Job.build)", "finch/cli/job.py", "build"),
+    ("train()", "finch/training/trainer.py", "train"),
+    ("  forward + backward", "finch/training/trainer.py", "_forward_backward"),
+    ("  optimizer steps", "finch/training/trainer.py", "_optimizer_step"),
+    ("  evaluations during training", "finch/training/trainer.py", "_evaluate_during_training"),
+    ("  checkpoints", "finch/training/trainer.py", "_save_checkpoint"),
+    ("  compute_metrics tried first", "finch/training/evaluation.py", "_check_compute_metrics"),
+    ("all evaluate() calls", "finch/training/evaluation.py", "evaluate"),
+    ("model saved (save_model)", "finch/training/log_and_save.py", "save_model"),
+    ("report", "finch/report/write.py", "try_write_report"),
 ]
 
 
@@ -44,7 +44,7 @@ def cumulative(stats: pstats.Stats, file: str, name: str) -> float:
 
 
 def main() -> None:
-    from finch.cli import main as finch_main
+    from finch.cli.main import main as finch_main
 
     imported = time.perf_counter() - STARTED
     profile = cProfile.Profile()

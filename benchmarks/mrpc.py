@@ -95,10 +95,19 @@ def run_trainer(impl: str, seed: int, a: argparse.Namespace) -> dict[str, float]
     model = pretrained_model(seed)
     tuned = {"bf16": True, "use_cpu": True, "train_sampling_strategy": "group_by_length"} if impl == "hf-tuned" else {}
     with tempfile.TemporaryDirectory() as out_dir:
-        args = TrainingArguments(output_dir=out_dir, num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
-                                 per_device_eval_batch_size=a.batch_size, learning_rate=LEARNING_RATE,
-                                 weight_decay=WEIGHT_DECAY, eval_strategy="no", save_strategy="no", report_to="none",
-                                 seed=seed, **tuned)
+        args = TrainingArguments(
+            output_dir=out_dir,
+            num_train_epochs=a.epochs,
+            per_device_train_batch_size=a.batch_size,
+            per_device_eval_batch_size=a.batch_size,
+            learning_rate=LEARNING_RATE,
+            weight_decay=WEIGHT_DECAY,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            **tuned,
+        )
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                           data_collator=DataCollatorWithPadding(tok), processing_class=tok,
                           compute_metrics=compute_metrics)

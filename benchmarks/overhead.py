@@ -37,9 +37,9 @@ import torch
 from transformers import DataCollatorWithPadding, get_scheduler
 
 import finch
-from finch.dropout import fast_dropout
-from finch.optim import create_optimizer
-from finch.runtime import choose_precision
+from finch.distributed.runtime import choose_precision
+from finch.training.dropout import fast_dropout
+from finch.training.optim import create_optimizer
 
 MODEL = "minilm"  # --model
 
@@ -48,7 +48,7 @@ def prebuilt_batches(a: argparse.Namespace) -> list[dict[str, torch.Tensor]]:
     """`--steps` collated batches of MRPC, in finch's length-grouped order for seed 42, epoch 0."""
     tok, train, _ = mrpc.tokenized_mrpc(a)
     rows = train.select_columns(["input_ids", "token_type_ids", "attention_mask", "label"]).to_list()
-    order = finch.data.epoch_batches(len(rows), a.batch_size, 42, 0, "group_by_length",
+    order = finch.data.batching.epoch_batches(len(rows), a.batch_size, 42, 0, "group_by_length",
                                      [len(r["input_ids"]) for r in rows])
     collate = DataCollatorWithPadding(tok)
     return [collate([rows[i] for i in indices]) for indices in order[:a.steps]]

@@ -1,7 +1,8 @@
 """Where a training step's time goes, and what finch's CPU dropout saves, on the same MRPC batches.
 
 Trains the pretrained all-MiniLM-L6-v2 on MRPC batches in finch's length-grouped order (bf16 autocast where the
-CPU has it, fused AdamW, clipping) with torch's dropout and with finch's (`finch.dropout.fast_dropout`), alternating
+CPU has it, fused AdamW, clipping) with torch's dropout and with finch's
+(`finch.training.dropout.fast_dropout`), alternating
 which goes first for --repeats rounds, and prints milliseconds per step split into forward / backward / clip /
 optimizer, the median ratio, and the profiler's top operators for one of each.
 
@@ -28,9 +29,9 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import DataCollatorWithPadding
 
 import finch
-from finch.dropout import fast_dropout
-from finch.optim import create_optimizer
-from finch.runtime import choose_precision
+from finch.distributed.runtime import choose_precision
+from finch.training.dropout import fast_dropout
+from finch.training.optim import create_optimizer
 
 PARTS = ("forward", "backward", "clip", "optimizer")
 
@@ -39,7 +40,7 @@ def batches_for(a: argparse.Namespace) -> list[dict[str, torch.Tensor]]:
     """The first `--steps` + 3 batches of epoch 0 in finch's order, padded as finch pads them under bf16."""
     tok, train, _ = mrpc.tokenized_mrpc(a)
     rows = train.select_columns(["input_ids", "token_type_ids", "attention_mask", "label"]).to_list()
-    order = finch.data.epoch_batches(len(rows), a.batch_size, 42, 0, "group_by_length",
+    order = finch.data.batching.epoch_batches(len(rows), a.batch_size, 42, 0, "group_by_length",
                                      [len(r["input_ids"]) for r in rows])
     collate = DataCollatorWithPadding(tok, pad_to_multiple_of=8)
     return [collate([rows[i] for i in indices]) for indices in order[:a.steps + 3]]

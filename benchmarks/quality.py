@@ -71,7 +71,7 @@ def write_files(dataset: str, a: argparse.Namespace, folder: Path) -> tuple[Path
 
 def write_bbc(folder: Path, subset: int | None = None) -> tuple[Path, Path]:
     """BBC News split 80/20 (stratified, seed 0) as train.csv and validation.csv with columns text, topic."""
-    from finch.loading import bbc_news
+    from finch.data.columns import bbc_news
 
     splits = bbc_news(held_out=0.2, seed=0)
     names = splits["train"].features["label"].names

@@ -86,7 +86,8 @@ def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--impl", nargs="+", choices=("hf", "hf-tuned", "hf-tf32", "finch", "finch-fp32", "finch-tf32"), default=["hf", "hf-tuned", "finch"])
+    p.add_argument("--impl", nargs="+", choices=("hf", "hf-tuned", "hf-tf32", "finch", "finch-fp32", "finch-tf32"),
+                   default=["hf", "hf-tuned", "finch"])
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the packaged MiniLM's)")
     p.add_argument("--data", type=Path, default=mrpc.DEFAULT_DATA)
     p.add_argument("--batch-size", type=int, default=32)
@@ -117,7 +118,8 @@ def main() -> None:
     print(f"\n{'impl':<9} {'train_s':>8} {'samples/s':>9} {'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'loss':>7}")
     for r in rows:
         print(f"{r['impl']:<9} {r['train_seconds']:8.1f} {r['samples_per_second']:9.1f} "
-              f"{r['real_tokens_per_second']:9d} {r['model_tflops']:8.1f} {100 * r['mfu']:5.1f}% {r['train_loss']:7.4f}")
+              f"{r['real_tokens_per_second']:9d} {r['model_tflops']:8.1f} {100 * r['mfu']:5.1f}% "
+              f"{r['train_loss']:7.4f}")
     for finch in (r for r in rows if r["impl"].startswith("finch")):
         for r in (r for r in rows if r["impl"].startswith("hf")):
             print(f"{finch['impl']} vs {r['impl']}: {r['train_seconds'] / finch['train_seconds']:.2f}x faster")

@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the packaged model is local; the
 import numpy as np
 from transformers import AutoTokenizer
 
-from finch.loading import glue_mrpc
-from finch.metrics import accuracy, f1_per_class
+from finch.data.columns import glue_mrpc
+from finch.data.metrics import accuracy, f1_per_class
 
 # GLUE MRPC's TSVs: $FINCH_MRPC, else the project's ../shared/data/mrpc (pass --data DIR otherwise)
 DEFAULT_DATA = Path(os.environ.get("FINCH_MRPC") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc")

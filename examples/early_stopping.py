@@ -29,8 +29,8 @@ def main() -> None:
     print(f"stopped at step {trainer.state.global_step} of {planned}; best f1 {trainer.state.best_metric:.4f} "
           f"at {trainer.state.best_model_checkpoint} (loaded)")
     report("early_stopping", {"stopped_at": trainer.state.global_step, "max_steps": planned,
-                              "best_f1": trainer.state.best_metric, "final_f1": final["eval_f1"], "f1": final["eval_f1"],
-                              "accuracy": final["eval_accuracy"]})
+                              "best_f1": trainer.state.best_metric, "final_f1": final["eval_f1"],
+                              "f1": final["eval_f1"], "accuracy": final["eval_accuracy"]})
 
 
 if __name__ == "__main__":

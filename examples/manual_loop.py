@@ -16,10 +16,10 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from transformers.trainer_utils import EvalPrediction
 
 from finch import TrainingArguments
-from finch.data import epoch_batches, eval_batches, padding_multiple
-from finch.dropout import fast_dropout
-from finch.optim import create_optimizer, create_scheduler
-from finch.runtime import choose_precision
+from finch.data.batching import epoch_batches, eval_batches, padding_multiple
+from finch.distributed.runtime import choose_precision
+from finch.training.dropout import fast_dropout
+from finch.training.optim import create_optimizer, create_scheduler
 
 
 def main() -> None:
@@ -63,7 +63,10 @@ def main() -> None:
             if step >= total_steps:
                 break
         metrics = evaluate(model, validation, collate, device, precision)
-        print(f"epoch {epoch + 1}: loss {loss.item():.4f} | eval accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}")
+        print(
+            f"epoch {epoch + 1}: loss {loss.item():.4f} | eval accuracy {metrics['accuracy']:.4f} "
+            f"f1 {metrics['f1']:.4f}"
+        )
 
     output_dir = (args.output_dir or "runs/manual_loop") + "/model"
     model.save_pretrained(output_dir)

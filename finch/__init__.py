@@ -3,11 +3,11 @@
 from transformers import EvalPrediction
 
 from finch.args import TrainingArguments
-from finch.callbacks import EarlyStoppingCallback, ProgressCallback, TrainerCallback
-from finch.hf_metrics import load_metric
+from finch.hf.metrics import load_metric
+from finch.observers.trackers import MLflowCallback, TensorBoardCallback, WandbCallback
 from finch.state import TrainerControl, TrainerState
-from finch.trackers import MLflowCallback, TensorBoardCallback, WandbCallback
-from finch.trainer import Trainer
+from finch.training.callbacks import EarlyStoppingCallback, ProgressCallback, TrainerCallback
+from finch.training.trainer import Trainer
 
 __version__ = "0.1.0"
 __all__ = ["EarlyStoppingCallback", "EvalPrediction", "MLflowCallback", "ProgressCallback", "TensorBoardCallback",

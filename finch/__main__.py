@@ -2,6 +2,6 @@
 
 import sys
 
-from finch.cli import main
+from finch.cli.main import main
 
 sys.exit(main())

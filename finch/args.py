@@ -4,7 +4,8 @@ Differences from transformers 5, each on purpose:
 - `bf16` / `fp16` default to `None` ("unset"): finch then picks bf16 where the hardware runs it fast.
 - `train_sampling_strategy` defaults to "group_by_length" (same examples per epoch, less padding).
 - Old names that transformers 5 rejects (`evaluation_strategy`, `group_by_length`, `warmup_ratio`, `logging_dir`,
-  `no_cuda`, `include_inputs_for_metrics`) are accepted with one warning each; one that disagrees with its new name is an error.
+  `no_cuda`, `include_inputs_for_metrics`) are accepted with one warning each; one that disagrees with its new name
+  is an error.
 - `overwrite_output_dir` (gone from transformers 5) is a field again: when set, a fresh run deletes other runs'
   checkpoints in `output_dir`; unset, `Trainer.train()` moves them unchanged to `previous-runs/` and `finch train`
   refuses the folder.
@@ -12,7 +13,7 @@ Differences from transformers 5, each on purpose:
   given. Like the other arguments HF's example scripts read and its Trainer does not (`do_train`, `do_eval`,
   `do_predict`, `resume_from_checkpoint`, `log_level`), it is a field, so `HfArgumentParser` builds its flag.
 - HF names without a finch field (`eval_accumulation_steps`, `gradient_checkpointing`...) are accepted as keyword
-  arguments where finch honours the value, else refused with the reason (`finch.hf_names`).
+  arguments where finch honours the value, else refused with the reason (`finch.hf.names`).
 - An empty `output_dir` is refused (an unset shell variable would write into the current folder).
 - Every value is checked against its field's type (strings that spell one are converted; NaN is refused).
 - Arguments are saved as JSON (`training_args.json`), never pickled.
@@ -33,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finch.distributed.fsdp import read_fsdp
+from finch.distributed.runtime import Launch
 from finch.errors import ConfigError, UnknownArgumentError
-from finch.fsdp import read_fsdp
-from finch.hf_names import HF_ONLY, LOG_LEVELS, HFArgumentsProperties, accept_hf_only
+from finch.hf.names import HF_ONLY, LOG_LEVELS, HFArgumentsProperties, accept_hf_only
 
 STRATEGIES = ("no", "steps", "epoch")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts",
@@ -61,13 +63,35 @@ _GROUP_ORDER: list[str] = []  # each field's group, in definition order (see FIE
 
 def _arg(default: Any, group: str, help: str, **options: Any) -> Any:
     """A field with its `--help` text and group (read by the CLI, which prints one flag per field). The metadata
-    holds only `help` (and argparse's `nargs`/`const` for `bool | None`, set below the class): HF's
-    `HfArgumentParser` passes every metadata key on to argparse, and example scripts build one over
-    `TrainingArguments`."""
+    holds only `help` (and argparse's `nargs`/`const`, see `_flag`): HF's `HfArgumentParser` passes every metadata
+    key on to argparse, and example scripts build one over `TrainingArguments`."""
     _GROUP_ORDER.append(group)
-    return field(default=default, metadata={"help": help}, **options)
+    return field(default=default, metadata={"help": help, **options.pop("argparse", {})}, **options)
 
 
+def _flag(group: str, help: str) -> Any:
+    """A `bool | None` field, unset by default. HF's example scripts pass `--fp16` alone (HF's fp16 is a plain bool),
+    but `HfArgumentParser` makes the flag of a `bool | None` field take a value: argparse's nargs="?" with
+    const=True lets it stand alone, as for a bool (`--fp16 false` still works; unset stays None)."""
+    return _arg(None, group, help, argparse={"nargs": "?", "const": True})
+
+
+def _with_legacy_names(cls: type) -> type:
+    """Class decorator over the dataclass: its `__init__` also takes the names transformers removed (one
+    `FutureWarning` each, see `translate_legacy`) and HF's names finch keeps only as attributes (`HF_ONLY`)."""
+    dataclass_init = cls.__init__
+
+    @functools.wraps(dataclass_init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        dataclass_init(self, *args, **translate_legacy(kwargs))
+        for name in HF_ONLY.keys() & kwargs.keys():  # readable as in HF scripts; not saved
+            object.__setattr__(self, name, kwargs[name])
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_with_legacy_names
 @dataclass
 class TrainingArguments(HFArgumentsProperties):
     """Everything that configures a run, with HuggingFace's names and defaults.
@@ -107,7 +131,8 @@ class TrainingArguments(HFArgumentsProperties):
     eval_steps: float | None = _arg(None, "evaluation, saving, logging",
                                     "evaluate every N steps (a fraction: of all steps); default logging_steps")
     eval_on_start: bool = _arg(False, "evaluation, saving, logging", "evaluate once before training")
-    save_strategy: str = _arg("steps", "evaluation, saving, logging", "when to save a checkpoint: no, steps, epoch, best (a new best metric)")
+    save_strategy: str = _arg("steps", "evaluation, saving, logging",
+                              "when to save a checkpoint: no, steps, epoch, best (a new best metric)")
     save_steps: float = _arg(500, "evaluation, saving, logging", "save every N steps (a fraction: of all steps)")
     save_total_limit: int | None = _arg(None, "evaluation, saving, logging",
                                         "checkpoints kept (the best is always kept too); unset: all")
@@ -120,29 +145,29 @@ class TrainingArguments(HFArgumentsProperties):
                                         "end with the weights of the best evaluation (needs save = eval strategy)")
     metric_for_best_model: str | None = _arg(None, "evaluation, saving, logging",
                                              "metric that picks the best model (default with load_best: loss)")
-    greater_is_better: bool | None = _arg(None, "evaluation, saving, logging",
+    greater_is_better: bool | None = _flag("evaluation, saving, logging",
                                           "whether a larger metric is better (default: unless it ends in 'loss')")
     report_to: str | None | list[str] = _arg("none", "evaluation, saving, logging",  # noqa: RUF009 (None, immutable)
                                       "trackers, one or several: " + ", ".join(REPORTERS) +
                                       " (log.jsonl is always written)")
     tensorboard_dir: str | None = _arg(None, "evaluation, saving, logging", "TensorBoard folder; default OUTPUT/runs")
     run_name: str | None = _arg(None, "evaluation, saving, logging", "a name for the run in trackers")
-    disable_tqdm: bool | None = _arg(None, "evaluation, saving, logging", "log lines instead of a progress bar")
+    disable_tqdm: bool | None = _flag("evaluation, saving, logging", "log lines instead of a progress bar")
     # reproducibility, precision, hardware
     seed: int = _arg(42, "reproducibility, precision, hardware", "seed of the weights' initialisation and dropout")
     data_seed: int | None = _arg(None, "reproducibility, precision, hardware", "seed of the data order; default seed")
-    bf16: bool | None = _arg(None, "reproducibility, precision, hardware",
+    bf16: bool | None = _flag("reproducibility, precision, hardware",
                              "bf16 autocast; unset: on where the hardware has fast bf16")
-    fp16: bool | None = _arg(None, "reproducibility, precision, hardware",
+    fp16: bool | None = _flag("reproducibility, precision, hardware",
                              "fp16 autocast with loss scaling (CUDA; elsewhere bf16 or fp32, with a warning)")
-    tf32: bool | None = _arg(None, "reproducibility, precision, hardware",
+    tf32: bool | None = _flag("reproducibility, precision, hardware",
                              "TF32 matmuls on Ampere+ GPUs (fp32 weights, tensor cores); unset: torch's setting")
     use_cpu: bool = _arg(False, "reproducibility, precision, hardware", "train on the CPU even when CUDA is there")
     torch_compile: bool = _arg(False, "reproducibility, precision, hardware",
                                "torch.compile the model (batches padded to a few bucketed lengths)")
     pad_to_multiple_of: int | None = _arg(None, "reproducibility, precision, hardware",
                                           "round batch lengths up; unset: 8 on CUDA and under CPU bf16; 1: exact")
-    fast_dropout: bool | None = _arg(None, "reproducibility, precision, hardware",
+    fast_dropout: bool | None = _flag("reproducibility, precision, hardware",
                                      "finch's cheaper CPU dropout; unset: on when training on the CPU")
     max_nonfinite_steps: int = _arg(5, "reproducibility, precision, hardware",
                                     "NaN/Inf steps in a row (each skipped) before training stops")
@@ -160,7 +185,7 @@ class TrainingArguments(HFArgumentsProperties):
     ddp_backend: str | None = _arg(None, "distributed", "torch.distributed backend: " + ", ".join(BACKENDS)
                                    + "; unset: nccl on CUDA, gloo on the CPU")
     ddp_timeout: int = _arg(1800, "distributed", "seconds a collective may wait for the other ranks before failing")
-    ddp_find_unused_parameters: bool | None = _arg(None, "distributed",
+    ddp_find_unused_parameters: bool | None = _flag("distributed",
                                                    "DDP's find_unused_parameters; unset: on when parameters are frozen")
     ddp_bucket_cap_mb: int | None = _arg(None, "distributed", "DDP gradient bucket size in MB; unset: torch's 25")
     fsdp: str | list[str] = _arg("", "distributed", "FSDP2: 'full_shard' or 'shard_grad_op', optionally with "  # noqa: RUF009
@@ -180,7 +205,7 @@ class TrainingArguments(HFArgumentsProperties):
                              "strategies also upload checkpoints, optimizer state included)")
     hub_token: str | None = _arg(None, "hub", "hub token (default: HF_TOKEN or `hf auth login`'s); never written to "
                                  "any file", repr=False)
-    hub_private_repo: bool | None = _arg(None, "hub", "create the repository private; unset: the hub's default")
+    hub_private_repo: bool | None = _flag("hub", "create the repository private; unset: the hub's default")
     hub_revision: str | None = _arg(None, "hub", "branch to upload to (created if missing); unset: main")
     # HF's, read by example scripts (run_glue.py...), never by the Trainer; last, so positions stay as they were
     do_train: bool = _arg(False, SCRIPTS_ONLY, "whether the script trains (the Trainer does not read it)")
@@ -203,7 +228,9 @@ class TrainingArguments(HFArgumentsProperties):
             self.output_dir = str(self.output_dir)
         if self.fsdp is None:  # HfArgumentParser gives None for an unset list-typed field
             self.fsdp = ""
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "-1"))  # read-only: what scripts print is the real one
+        # where the launcher placed this process, read once (a started Runtime has it from its process group)
+        self._launch = Launch.from_environment()
+        self.local_rank = self._launch.local_rank if "LOCAL_RANK" in os.environ else -1  # read-only, as HF's
         type_problems = _convert_types(self)
         if type_problems:  # the checks below compare values, which needs the right types first
             raise ConfigError(_listing(type_problems))
@@ -238,17 +265,17 @@ class TrainingArguments(HFArgumentsProperties):
     @property
     def world_size(self) -> int:
         """Processes in the run: torchrun's `WORLD_SIZE` (1 without torchrun)."""
-        return int(os.environ.get("WORLD_SIZE", "1"))
+        return self._launch.world_size
 
     @property
     def process_index(self) -> int:
         """This process's rank among all: torchrun's `RANK` (0 without torchrun)."""
-        return int(os.environ.get("RANK", "0"))
+        return self._launch.rank
 
     @property
     def local_process_index(self) -> int:
         """This process's rank on its machine: torchrun's `LOCAL_RANK` (0 without torchrun)."""
-        return int(os.environ.get("LOCAL_RANK", "0"))
+        return self._launch.local_rank
 
     @property
     def sampler_seed(self) -> int:
@@ -417,7 +444,8 @@ def _problems(args: TrainingArguments) -> list[str]:
     choice("log_level_replica", tuple(LOG_LEVELS))
     for item in args.include_for_metrics or []:
         if item not in ("inputs", "loss"):
-            problems.append(f"include_for_metrics={args.include_for_metrics!r}: {item!r} is not one of 'inputs', 'loss'")
+            problems.append(f"include_for_metrics={args.include_for_metrics!r}: {item!r} is not one of 'inputs', "
+                            f"'loss'")
     for reporter in args.report_to:
         if reporter not in REPORTERS:
             problems.append(f"report_to={reporter!r} is not one of {', '.join(map(repr, REPORTERS))}")
@@ -556,27 +584,19 @@ def translate_legacy(kwargs: dict[str, Any]) -> dict[str, Any]:
     return translated
 
 
-def _optional_bool_flags_stand_alone() -> None:
-    """HF's example scripts pass `--fp16` alone (HF's fp16 is a plain bool), but `HfArgumentParser` makes the flag
-    of a `bool | None` field take a value: argparse's nargs="?" with const=True lets it stand alone, as for a bool
-    (`--fp16 false` still works; unset stays None)."""
-    hints = typing.get_type_hints(TrainingArguments)
-    for item in dataclasses.fields(TrainingArguments):
-        if hints[item.name] == bool | None:
-            item.metadata = types.MappingProxyType({**item.metadata, "nargs": "?", "const": True})
-
-
-_optional_bool_flags_stand_alone()
 FIELD_GROUPS: dict[str, str] = dict(zip((f.name for f in dataclasses.fields(TrainingArguments)), _GROUP_ORDER,
                                         strict=True))
-_dataclass_init = TrainingArguments.__init__
+def total_training_steps(args: TrainingArguments, steps_per_epoch: int) -> int:
+    """Optimizer steps in the whole run: `max_steps` if set, else (possibly fractional) epochs."""
+    if args.max_steps > 0:
+        return args.max_steps
+    return max(1, math.ceil(args.num_train_epochs * steps_per_epoch))
 
 
-@functools.wraps(_dataclass_init)
-def _init_with_aliases(self: TrainingArguments, *args: Any, **kwargs: Any) -> None:
-    _dataclass_init(self, *args, **translate_legacy(kwargs))
-    for name in HF_ONLY.keys() & kwargs.keys():  # readable as in HF scripts; not saved
-        object.__setattr__(self, name, kwargs[name])
-
-
-TrainingArguments.__init__ = _init_with_aliases  # type: ignore[method-assign]
+def check_keys(values: dict[str, Any], known: set[str], where: str) -> None:
+    """Raise for keys that are not options, suggesting the closest ones."""
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hints = [f"{k!r} (did you mean {', '.join(map(repr, difflib.get_close_matches(k, known, n=2)))}?)"
+                 if difflib.get_close_matches(k, known, n=1) else repr(k) for k in unknown]
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(hints)}")

@@ -7,6 +7,8 @@ and the fix; it never raises a bare `ValueError` or `KeyError` that could as wel
 
 Each type also derives from the builtin exception the Python API has always raised (`ValueError`, `TypeError`),
 so code written against HuggingFace's behaviour (`except ValueError`) keeps working.
+
+Below them, the one way a run ends that is neither the user's mistake nor a bug: `NonFiniteLossError`.
 """
 
 from __future__ import annotations
@@ -38,3 +40,8 @@ class ResumeError(UserError, ValueError):
 
 class OutputError(UserError, ValueError):
     """An output path that cannot be written, or would destroy something the user owns."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many consecutive steps with a NaN/Inf loss or gradient norm (the CLI: exit 1,
+    no traceback; the checkpoints before it are whole)."""

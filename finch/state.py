@@ -18,7 +18,7 @@ class TrainerState:
 
     finch adds three fields: `run_id` names the run (made by a fresh `train()`, kept across resumes; checkpoints
     without one are an older finch's), and `data_fingerprint` / `model_fingerprint` are SHA-256 digests of the
-    training examples and of the model's architecture (see `finch.fingerprint.Fingerprint`), so that a resume
+    training examples and of the model's architecture (see `finch.runs.fingerprint.Fingerprint`), so that a resume
     with other data or another model is refused instead of silently continuing.
     """
 

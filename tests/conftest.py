@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,6 +15,9 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from finch import TrainingArguments
+from finch.cli.main import main
 
 # GLUE MRPC is not redistributable, so it is not in the repository: its tests run where FINCH_MRPC names the folder
 # (or ../shared/data/mrpc sits beside the checkout, as on the project's machines). .ci/run sets FINCH_REQUIRE_MRPC=1,
@@ -97,3 +103,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def quiet_args(tmp_path, **overrides) -> TrainingArguments:
+    values = {"output_dir": str(tmp_path / "run"), "bf16": False, "save_strategy": "no", "logging_steps": 1000,
+              "disable_tqdm": True, "learning_rate": 1e-3, "seed": 7, "per_device_train_batch_size": 8,
+              "per_device_eval_batch_size": 64}
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "finch.cli.main", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def no_weights_loaded(monkeypatch):
+    """Fail the test if a check comes after the model's weights are loaded."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model's weights were loaded before the mistake was found")
+
+    monkeypatch.setattr("finch.cli.job.load_classifier", refuse)
+
+
+def exit_code(argv):
+    """`main`'s exit code, also when argparse rejects a flag (it exits with 2 itself)."""
+    try:
+        return main(argv)
+    except SystemExit as stopped:
+        return stopped.code

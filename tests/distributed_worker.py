@@ -38,7 +38,7 @@ from conftest import sentiment_dataset, tiny_bert
 from transformers import AutoTokenizer
 
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, checkpoint
-from finch.run_folders import latest_checkpoint
+from finch.runs.folders import latest_checkpoint
 
 RANK = int(os.environ.get("RANK", "0"))
 FSDP = {"fsdp": "full_shard auto_wrap", "eval_strategy": "steps", "eval_steps": 4, "per_device_eval_batch_size": 2}
@@ -148,11 +148,12 @@ class StopOnRankOne(TrainerCallback):
 
 
 def train(options, out: Path) -> dict:
+    best = {"load_best_model_at_end": True, "metric_for_best_model": "loss", "greater_is_better": True}
     args = train_args(str(out), per_device_train_batch_size=options.per_device,
                       gradient_accumulation_steps=options.accumulation, save_strategy="steps",
                       save_steps=options.save_steps, **(FSDP if options.fsdp else {}),
                       **({"fsdp_config": {"state_dict_type": "SHARDED_STATE_DICT"}} if options.sharded else {}),
-                      **({"load_best_model_at_end": True, "metric_for_best_model": "loss", "greater_is_better": True} if options.load_best else {}))
+                      **(best if options.load_best else {}))
     recorder = Recorder(out)
     callbacks = [recorder] + ([SlowSteps(options.step_seconds)] if options.step_seconds else [])
     callbacks += [FailOnRankOne(options.fail_at_step)] if options.fail_at_step else []

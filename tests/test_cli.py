@@ -9,7 +9,7 @@ import pytest
 from conftest import POSITIVE
 from transformers import pipeline
 
-from finch.cli import main
+from finch.cli.main import main
 
 
 def write_csv(path, rows, header=("review", "sentiment")):
@@ -100,7 +100,7 @@ def test_mistakes_exit_2_with_a_message(tmp_path, tiny_model_dir, capsys, make_a
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "finch.cli", "train", "--train", str(tmp_path / "none.csv")],
+    result = subprocess.run([sys.executable, "-m", "finch.cli.main", "train", "--train", str(tmp_path / "none.csv")],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert "none.csv: no such file" in result.stderr and "Traceback" not in result.stderr
@@ -117,7 +117,7 @@ def test_verify_resume_reports_identical_weights(tmp_path, tiny_model_dir, capsy
 
 def test_verify_resume_detects_a_resume_that_is_not_exact(tmp_path, tiny_model_dir, capsys, monkeypatch):
     """Break resume on purpose (RNG state not restored): the command must say so and exit 1."""
-    monkeypatch.setattr("finch.checkpoint.set_rng_state", lambda state: None)
+    monkeypatch.setattr("finch.runs.checkpoint.set_rng_state", lambda state: None)
     train = write_csv(tmp_path / "train.csv", reviews(48))
     code = main(["verify-resume", "--model", tiny_model_dir, "--train", train, "--steps", "6", *FAST])
     printed = capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from finch.data import epoch_batches, eval_batches
+from finch.data.batching import epoch_batches, eval_batches
 
 
 def test_eval_batches_cover_every_example_once_within_the_first_batchs_token_budget():
@@ -34,7 +34,7 @@ def test_a_users_collator_is_rounded_up_only_when_it_pads_to_each_batchs_longest
     collator asked for one exact length (`padding="max_length"`) or for no padding keeps what it was asked."""
     from transformers import DataCollatorWithPadding
 
-    from finch.data import with_padding_multiple
+    from finch.data.batching import with_padding_multiple
 
     rows = [dict(tokenizer("good movie")), dict(tokenizer("a rather long and winding review of a film"))]
     longest = with_padding_multiple(DataCollatorWithPadding(tokenizer), 16)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from finch.cli import main
+from finch.cli.main import main
 
 
 def csv_file(path, text):
@@ -93,8 +93,9 @@ CASES = {
     "an id column as the label with --strict": (
         lambda d: ["--train", csv_file(d / "i.csv", rows_csv(60, label=lambda i: f"id{i}")), "--strict"],
         "column 'label': 60 classes in 60 rows, most of them seen once; is it an id column"),
-    "text column of numbers": (lambda d: ["--train", jsonl(d / "n.jsonl", [{"text": i, "label": i % 2} for i in range(12)])],
-                               "column 'text': its values are int64 (0, ...), not text"),
+    "text column of numbers": (
+        lambda d: ["--train", jsonl(d / "n.jsonl", [{"text": i, "label": i % 2} for i in range(12)])],
+        "column 'text': its values are int64 (0, ...), not text"),
     "infinite regression label": (lambda d: ["--train", csv_file(d / "r.csv", rows_csv(label=lambda i: "inf" if i == 4
                                                                                          else f"{i * 0.3:.1f}"))],
                                   "regression labels must be finite numbers; rows 5 are inf"),

@@ -21,12 +21,12 @@ import torch
 from conftest import sentiment_dataset, tiny_bert
 
 from finch import Trainer, TrainingArguments, data
-from finch.checkpoint import rng_file
+from finch.distributed.runtime import Launch
 from finch.errors import ResumeError
-from finch.preemption import EXIT_PREEMPTED
-from finch.resume import plan_resume
-from finch.run_folders import checkpoints, launch_of, verify, world_size_of
-from finch.runtime import Launch
+from finch.runs.checkpoint import rng_file
+from finch.runs.folders import checkpoints, launch_of, verify, world_size_of
+from finch.runs.resume import plan_resume
+from finch.training.preemption import EXIT_PREEMPTED
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 RUN_TIMEOUT = 240  # seconds: a hang fails the test instead of blocking the suite

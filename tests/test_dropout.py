@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from finch import Trainer, TrainerCallback, TrainingArguments
-from finch.dropout import FastDropout, dropout, fast_dropout, keep_mask, math_attention
+from finch.training.dropout import FastDropout, dropout, fast_dropout, keep_mask, math_attention
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -105,10 +105,10 @@ def test_swaps_dropout_and_attention_then_restores_them():
 
 def test_training_attention_masks_padding_like_sdpa(monkeypatch):
     """With dropout ~0 the training path must give what evaluation (torch's SDPA) gives, padded rows included."""
-    import finch.dropout
+    import finch.training.dropout
 
     calls = []
-    monkeypatch.setattr(finch.dropout, "math_attention",
+    monkeypatch.setattr(finch.training.dropout, "math_attention",
                         lambda *a: calls.append(1) or math_attention(*a))
     model = tiny_bert()
     for module in model.modules():
@@ -193,10 +193,11 @@ class SeesTheModel(TrainerCallback):
 @pytest.mark.parametrize("name", ENCODERS)
 def test_other_encoders_train_with_it_and_saving_and_callbacks_see_the_model_as_built(
         tmp_path, toy, tokenizer, name, caplog, monkeypatch):
-    import finch.dropout
+    import finch.training.dropout
 
     attention_calls = []
-    monkeypatch.setattr(finch.dropout, "math_attention", lambda *a: attention_calls.append(1) or math_attention(*a))
+    monkeypatch.setattr(finch.training.dropout, "math_attention",
+                        lambda *a: attention_calls.append(1) or math_attention(*a))
     torch.manual_seed(0)
     model = ENCODERS[name]()
     original = model.config._attn_implementation

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_bert
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from finch.fingerprint import config_fingerprint, data_fingerprint, model_fingerprint
+from finch.runs.fingerprint import config_fingerprint, data_fingerprint, model_fingerprint
 
 
 def test_data_fingerprint_follows_the_examples_not_the_size(toy):

@@ -16,10 +16,10 @@ from test_distributed import ranks, torchrun
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from finch import TrainingArguments
-from finch.checkpoint import load_model_weights
+from finch.distributed.fsdp import SHARDS, FsdpPlan, checkpoints_sharded, load_shards, read_fsdp
 from finch.errors import ConfigError, ResumeError
-from finch.fsdp import SHARDS, FsdpPlan, checkpoints_sharded, load_shards, read_fsdp
-from finch.run_folders import checkpoints, verify, world_size_of
+from finch.runs.checkpoint import load_model_weights
+from finch.runs.folders import checkpoints, verify, world_size_of
 
 
 def test_hf_fsdp_strings_and_config_are_read():
@@ -97,9 +97,9 @@ def test_fsdp_restart_resumes_the_sharded_weights_and_optimizer_exactly(tmp_path
 
 
 def test_sharded_checkpoints_hold_each_ranks_part_and_give_the_best_model(tmp_path):
-    """The FSDP2 run with state_dict_type SHARDED_STATE_DICT and an early best model loaded at the end: checkpoints hold a
-    torch.distributed.checkpoint folder of both ranks' shards (no gathered weights or optimizer.pt), are verified by
-    their manifest, and the final weights are the best checkpoint's, read back here in one process."""
+    """The FSDP2 run with state_dict_type SHARDED_STATE_DICT and an early best model loaded at the end: checkpoints
+    hold a torch.distributed.checkpoint folder of both ranks' shards (no gathered weights or optimizer.pt), are verified
+    by their manifest, and the final weights are the best checkpoint's, read back here in one process."""
     out = tmp_path / "sharded"
     torchrun("train", str(out), "--fsdp", "--sharded", "--save-steps", "4", "--load-best")
     saved = checkpoints(out)

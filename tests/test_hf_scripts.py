@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_bert
-from test_hf_compat import quiet_args
+from conftest import quiet_args, tiny_bert
 
 from finch import Trainer, TrainingArguments
 from finch.errors import ConfigError, DataError
@@ -34,7 +33,9 @@ def test_hfs_training_arguments_given_to_finchs_trainer_are_converted_from_what_
     trainer.train()
     assert [entry["epoch"] for entry in trainer.state.log_history if "eval_loss" in entry] == [1.0]
 
-    with pytest.raises(ConfigError, match="transformers.TrainingArguments.*checkpointing=True.*does not recompute activations"):
+    with pytest.raises(
+        ConfigError, match="transformers.TrainingArguments.*checkpointing=True.*does not recompute activations"
+    ):
         Trainer(model=tiny_bert(), args=transformers.TrainingArguments(str(tmp_path / "gc"), report_to="none",
                                                                        gradient_checkpointing=True))
     with pytest.raises(ConfigError, match="takes finch's TrainingArguments, not dict"):
@@ -47,7 +48,8 @@ def test_the_hf_trainer_methods_scripts_call_work_and_the_missing_ones_say_so(tm
     args = quiet_args(tmp_path, eval_strategy="epoch", num_train_epochs=1, per_device_train_batch_size=8,
                       per_device_eval_batch_size=4, warmup_steps=0.25)
     eval_set = toy.select(range(10))
-    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=eval_set, processing_class=tokenizer)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=eval_set,
+                      processing_class=tokenizer)
     train_loader = trainer.get_train_dataloader()
     assert trainer.num_examples(train_loader) == len(toy)
     assert sum(len(batch["labels"]) for batch in train_loader) == len(toy)
@@ -64,7 +66,8 @@ def test_the_hf_trainer_methods_scripts_call_work_and_the_missing_ones_say_so(tm
         losses.append(loss.item() * len(labels))
         items += len(labels)
     assert sum(losses) / items == pytest.approx(trainer.evaluate()["eval_loss"], rel=1e-5)
-    assert trainer.prediction_step(trainer.model, next(iter(eval_loader)), prediction_loss_only=True)[1:] == (None, None)
+    batch = next(iter(eval_loader))
+    assert trainer.prediction_step(trainer.model, batch, prediction_loss_only=True)[1:] == (None, None)
     assert sum(len(b["labels"]) for b in trainer.get_test_dataloader(toy.select(range(3)))) == 3
 
     trainer.create_model_card(model_name="tiny-sentiment", language="en", dataset_args="default")

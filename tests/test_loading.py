@@ -1,4 +1,4 @@
-"""Columns, texts and labels (`finch.loading`): which columns are the text and the label, and the mistakes in them
+"""Columns, texts and labels (`finch.data.columns`): which columns are the text and the label, and the mistakes in them
 that would otherwise train something wrong in silence. The functions are called directly: no model, no CLI."""
 
 from __future__ import annotations
@@ -10,9 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from finch.data.columns import (
+    Checks,
+    drop_empty_texts,
+    find_columns,
+    find_empty_texts,
+    infer_columns,
+    is_blank,
+    load_splits,
+)
+from finch.data.readers import iter_chunks
 from finch.errors import DataError
-from finch.loading import Checks, drop_empty_texts, find_columns, find_empty_texts, infer_columns, is_blank, load_splits
-from finch.sources import iter_chunks
 
 
 def write_csv(path, header, rows):

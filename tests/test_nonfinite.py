@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_bert
 
 from finch import Trainer, TrainingArguments
-from finch.nonfinite import NonFiniteGuard, NonFiniteLossError
+from finch.training.nonfinite import NonFiniteGuard, NonFiniteLossError
 
 
 class PoisonedTrainer(Trainer):
@@ -69,7 +69,7 @@ def test_on_device_skip_leaves_weights_and_adam_untouched(tmp_path, toy, tokeniz
             guards.append(self)
 
     monkeypatch.setattr(NonFiniteGuard, "supports_on_device", staticmethod(lambda optimizer, device: True))
-    monkeypatch.setattr("finch.trainer.NonFiniteGuard", RecordedGuard)
+    monkeypatch.setattr("finch.training.trainer.NonFiniteGuard", RecordedGuard)
     poisoned = PoisonedTrainer(model=tiny_bert(), args=args_for(tmp_path / "a"), train_dataset=toy,
                                processing_class=tokenizer, poisoned_steps={3})
     poisoned.train()

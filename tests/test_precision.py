@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from finch.runtime import Hardware, choose_precision
+from finch.distributed.runtime import Hardware, choose_precision
 
 GPU = Hardware("cuda", fast_bf16=True, tf32=True)  # Ampere or later
 OLD_GPU = Hardware("cuda", fast_bf16=False, tf32=False)  # Volta/Turing

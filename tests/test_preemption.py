@@ -16,9 +16,9 @@ from test_cli import FAST, reviews, write_csv
 
 import finch
 from finch import TrainerCallback
-from finch.cli import main
-from finch.preemption import EXIT_PREEMPTED
-from finch.run_folders import checkpoints, verify
+from finch.cli.main import main
+from finch.runs.folders import checkpoints, verify
+from finch.training.preemption import EXIT_PREEMPTED
 
 WORKER = Path(__file__).resolve().parent / "train_worker.py"
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import sentiment_dataset, tiny_bert
 
 from finch import Trainer, TrainingArguments
-from finch.cli import main
+from finch.cli.main import main
 from finch.errors import ConfigError
-from finch.report import try_write_report, write_report
+from finch.report.write import try_write_report, write_report
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,8 @@ needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
 @needs_chromium
 def test_the_console_check_sees_errors(tmp_path):
     page = tmp_path / "broken.html"
-    page.write_text("<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); missing();</script></body></html>")
+    page.write_text("<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); missing();</script>"
+                    "</body></html>")
     _, _, console = chromium(page, tmp_path)
     assert any("boom" in line for line in console) and any("Uncaught ReferenceError" in line for line in console)
 
@@ -248,7 +249,7 @@ def test_eval_examples_losses_scores_and_file_round_trip(kind, tmp_path):
     import torch
     from sklearn.metrics import precision_recall_fscore_support
 
-    from finch.eval_examples import EvalExamples
+    from finch.report.eval_examples import EvalExamples
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(50, 1 if kind == "regression" else 4)).astype(np.float32)

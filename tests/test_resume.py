@@ -17,10 +17,10 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from finch import Trainer, TrainerCallback, TrainingArguments
 from finch.errors import ResumeError
-from finch.fingerprint import Fingerprint, config_fingerprint, data_fingerprint
-from finch.preemption import TrainingPreempted
-from finch.resume import plan_resume
-from finch.run_folders import LOADED_FILES, checkpoints, remove_leftovers, run_of, verify
+from finch.runs.fingerprint import Fingerprint, config_fingerprint, data_fingerprint
+from finch.runs.folders import LOADED_FILES, checkpoints, remove_leftovers, run_of, verify
+from finch.runs.resume import plan_resume
+from finch.training.preemption import TrainingPreempted
 
 
 def run_args(output_dir, **overrides):
@@ -82,7 +82,9 @@ def test_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_it_
     """What `finch train` decides (plan_resume without set_aside): refuse, naming every choice, touching nothing."""
     train(tmp_path, toy, tokenizer)
     before = folder_digest(tmp_path)
-    with pytest.raises(ResumeError, match=r"already holds checkpoints of another run \(run \w{8}: checkpoint-2") as error:
+    with pytest.raises(
+        ResumeError, match=r"already holds checkpoints of another run \(run \w{8}: checkpoint-2"
+    ) as error:
         plan_resume(tmp_path, None, run_args(tmp_path, max_steps=4))
     for choice in ("resume_from_checkpoint=True", "--resume auto", "overwrite_output_dir=True",
                    "--overwrite-output-dir", "another output_dir"):
@@ -140,7 +142,13 @@ def test_refused_resumes_leave_the_folder_byte_identical(tmp_path, toy, tokenize
     flipped = toy.map(lambda row, index: {"label": 1 - row["label"] if index == 0 else row["label"]},
                       with_indices=True)
     cases = [  # (resume, overrides, data, model, expected message)
-        (str(run / "checkpoint-9"), {}, toy, None, r"no such checkpoint folder: .*9\. Checkpoints present: .*run: checkpoint-2"),
+        (
+            str(run / "checkpoint-9"),
+            {},
+            toy,
+            None,
+            r"no such checkpoint folder: .*9\. Checkpoints present: .*run: checkpoint-2",
+        ),
         (str(run), {}, toy, None, r"is not a finch checkpoint folder .*it holds checkpoint-2: pass one of those"),
         (True, {"seed": 4}, toy, None, "cannot resume .* exactly: seed: 3 then, 4 now"),
         (True, {"per_device_train_batch_size": 8}, toy, None, "per_device_train_batch_size: 4 then, 8 now"),
@@ -361,7 +369,7 @@ def test_a_kill_while_rotation_deletes_a_checkpoint_leaves_no_damaged_checkpoint
                                                                                   monkeypatch):
     """Rotation renames a checkpoint aside before deleting it: a process killed half-way through the deletion
     leaves a `.tmp-` folder the next start cleans, never a half-deleted `checkpoint-<step>` that nothing removes."""
-    import finch.run_folders as run_folders_module
+    import finch.runs.folders as run_folders_module
 
     trainer = train(tmp_path, toy, tokenizer, max_steps=4, save_steps=2)  # checkpoint-2 and checkpoint-4
     run_id, real_rmtree = trainer.state.run_id, shutil.rmtree

@@ -9,13 +9,13 @@ import pytest
 from conftest import tiny_bert
 
 from finch import Trainer, TrainingArguments
-from finch.cli import main
+from finch.cli.main import main
 from finch.errors import OutputError
-from finch.outputs import run_lock
+from finch.runs.files import run_lock
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from finch.outputs import run_lock
+    from finch.runs.files import run_lock
     with run_lock(sys.argv[1]):
         print("held", flush=True)
         time.sleep(60)

@@ -8,7 +8,7 @@ from conftest import sentiment_dataset, tiny_bert
 
 from finch import Trainer, TrainingArguments
 from finch.errors import ConfigError, UnknownArgumentError
-from finch.search import default_compute_objective, default_hp_space
+from finch.search.study import default_compute_objective, default_hp_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

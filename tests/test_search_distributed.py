@@ -61,7 +61,8 @@ def test_a_failure_on_rank_zero_ends_the_search_on_every_rank(tmp_path):
     assert [t["learning_rate"] for t in zero["search"]["trials"]] == [1e30]
     assert one["search"]["trials"] == zero["search"]["trials"]
     assert zero["search"]["error"] == "RuntimeError: the space broke"
-    assert one["search"]["error"] == "SearchAborted: rank 0's hyperparameter search failed: RuntimeError: the space broke"
+    assert one["search"]["error"] == ("SearchAborted: rank 0's hyperparameter search failed: RuntimeError: the "
+                                      "space broke")
     assert "failed on every rank" in result.stderr  # rank 1 said why it waited for rank 0's next trial
 
 

@@ -8,9 +8,9 @@ import pytest
 from test_report import chromium, needs_chromium
 from test_search_cli import FAST, files  # noqa: F401 (files is a fixture)
 
-from finch.cli import main
-from finch.report import write_report
-from finch.search_report import MIN_TRIALS_FOR_IMPORTANCE
+from finch.cli.main import main
+from finch.report.search_page import MIN_TRIALS_FOR_IMPORTANCE
+from finch.report.write import write_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TRIALS = 5
@@ -57,7 +57,9 @@ def test_a_small_study_with_a_pruned_trial(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0  # finch report on a search folder: the search's report
     assert f"report: {tmp_path / 'report.html'}" in capsys.readouterr().out
     page = (tmp_path / "report.html").read_text()
-    assert "3: 2 complete, 1 pruned" in page and "<td>2</td><td>pruned</td><td>7.5</td><td>2</td>" in page  # Optuna: its last value
+    assert (
+        "3: 2 complete, 1 pruned" in page and "<td>2</td><td>pruned</td><td>7.5</td><td>2</td>" in page
+    )  # Optuna: its last value
     assert f"Needs at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials whose parameters differ (2 completed" in page
     assert page.count("<svg") == 2  # objective by trial (the pruned one at 7.5), at each evaluation
 

@@ -89,7 +89,9 @@ def test_the_docs_search_runs_with_the_import_changed(tmp_path, tiny_model_dir, 
     assert 1e-6 <= best_trial.hyperparameters["learning_rate"] <= 1e-4
     assert best_trial.hyperparameters["per_device_train_batch_size"] in (16, 32, 64, 128)
     # each trial's objective is its last evaluation's accuracy; the best is the greatest of them
-    finals = {folder.name: logged_evaluations(folder)[-1]["eval_accuracy"] for folder in Path("hp-search").glob("run-*")}
+    finals = {
+        folder.name: logged_evaluations(folder)[-1]["eval_accuracy"] for folder in Path("hp-search").glob("run-*")
+    }
     assert len(finals) == 6 and all(0.0 <= accuracy <= 1.0 for accuracy in finals.values())
     assert best_trial.objective == finals[f"run-{best_trial.run_id}"] == max(finals.values())
     saved = json.loads((Path(best_trial.run_summary) / "training_args.json").read_text())

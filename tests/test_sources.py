@@ -1,5 +1,6 @@
-"""Reading files (`finch.sources`): what is valid is read as it is; what is not is a `DataError` that names the file,
-the place and the fix, the same from `read_file` and from the streaming `iter_chunks` (which `finch predict` uses).
+"""Reading files (`finch.data.readers`): what is valid is read as it is; what is not is a `DataError` that names the
+file, the place and the fix, the same from `read_file` and from the streaming `iter_chunks` (which `finch predict`
+uses).
 
 The functions are called directly: no model, no CLI.
 """
@@ -18,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from finch import sources
+from finch.data import readers as sources
+from finch.data.columns import load_splits
+from finch.data.readers import iter_chunks, read_file, read_source
 from finch.errors import DataError
-from finch.loading import load_splits
-from finch.sources import iter_chunks, read_file, read_source
 
 
 def write(path, text, encoding="utf-8"):
@@ -86,7 +87,7 @@ def test_a_csv_error_names_the_file_and_the_line(tmp_path, monkeypatch):
 UNREADABLE = """
 import os, sys
 from finch.errors import DataError
-from finch.sources import read_source
+from finch.data.readers import read_source
 os.setuid(65534)  # nobody: root reads any file, so the test drops to a user that permissions apply to
 try:
     read_source(sys.argv[1])

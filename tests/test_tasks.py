@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from finch.cli import main
-from finch.tasks import DataError, Task, compute_metrics_for, detect_task, encode
+from finch.cli.main import main
+from finch.data.tasks import DataError, Task, compute_metrics_for, detect_task, encode
 
 FAST = ["--num-train-epochs", "2", "--no-bf16", "--disable-tqdm", "--learning-rate", "3e-3",
         "--per-device-train-batch-size", "8"]
@@ -169,7 +169,7 @@ def test_metrics_for_each_task():
 
 PEAK_RSS = """
 import resource, sys
-from finch.predict import predict_file
+from finch.cli.predict import predict_file
 predict_file(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=256, progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -206,7 +206,7 @@ def test_objects_as_labels_are_an_error_and_lists_of_names_are_multilabel():
 
 
 def test_collapse_watch_warns_only_when_every_evaluation_predicts_one_class():
-    from finch.tasks import CollapseWatch
+    from finch.data.tasks import CollapseWatch
 
     class Prediction:
         def __init__(self, predicted, labels):

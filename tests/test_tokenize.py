@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datasets
 
-from finch.tokenize import cache_key, tokenize_splits
+from finch.data.tokenize import cache_key, tokenize_splits
 
 
 class CountingTokenizer:

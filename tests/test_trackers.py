@@ -15,9 +15,9 @@ import pytest
 from conftest import sentiment_dataset, tiny_bert
 
 from finch import MLflowCallback, TensorBoardCallback, Trainer, TrainingArguments, WandbCallback
-from finch.callbacks import JsonlLoggerCallback, reporters
 from finch.errors import ConfigError
-from finch.trackers import flatten, grouped_key
+from finch.observers.trackers import flatten, grouped_key
+from finch.training.callbacks import JsonlLoggerCallback, reporters
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +56,14 @@ def jsonl_steps(folder: Path, key: str) -> list[int]:
     return [line["step"] for line in lines if key in line]
 
 
-# ---- choosing trackers ------------------------------------------------------------------------------------------------
+# ---- choosing trackers -----------------------------------------------------------------------------------------------
 def test_report_to_picks_trackers_and_all_means_every_installed_one(monkeypatch):
-    import finch.trackers
+    import finch.observers.trackers
 
     assert [type(c) for c in reporters(["none"])] == [JsonlLoggerCallback]
     assert [type(c) for c in reporters(["tensorboard", "mlflow"])] == [JsonlLoggerCallback, MLflowCallback,
                                                                        TensorBoardCallback]
-    monkeypatch.setattr(finch.trackers, "installed_trackers", lambda: ["wandb", "tensorboard"])
+    monkeypatch.setattr(finch.observers.trackers, "installed_trackers", lambda: ["wandb", "tensorboard"])
     assert [type(c) for c in reporters(["all"])] == [JsonlLoggerCallback, WandbCallback, TensorBoardCallback]
 
 

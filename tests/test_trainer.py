@@ -9,8 +9,8 @@ from conftest import sentiment_dataset, tiny_bert, weights_of
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup, pipeline
 
 from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from finch.dropout import fast_dropout
-from finch.metrics import classification_metrics
+from finch.data.metrics import classification_metrics
+from finch.training.dropout import fast_dropout
 
 
 def quiet_args(tmp_path, **overrides) -> TrainingArguments:
@@ -122,7 +122,8 @@ def test_early_stopping_stops_after_patience(tmp_path, toy, tokenizer):
 
 
 def test_predictions_come_back_in_dataset_order(tmp_path, toy, tokenizer):
-    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, per_device_eval_batch_size=5), processing_class=tokenizer)
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, per_device_eval_batch_size=5),
+                      processing_class=tokenizer)
     output = trainer.predict(toy)
     assert output.predictions.shape == (len(toy), 2)
     np.testing.assert_array_equal(output.label_ids, np.array(toy["label"]))
@@ -227,7 +228,7 @@ def test_jsonl_log_has_every_logged_dict(tmp_path, toy, tokenizer):
 
 
 def test_padding_multiple_rounds_batch_lengths(tmp_path, toy, tokenizer):
-    from finch.data import default_collator, padding_multiple
+    from finch.data.batching import default_collator, padding_multiple
 
     assert padding_multiple(None, "cpu", compiled=False, bf16=False) is None
     assert padding_multiple(None, "cpu", compiled=False, bf16=True) == 8
@@ -327,3 +328,29 @@ def test_steps_trained_after_the_last_evaluation_are_never_hidden_by_reuse(tmp_p
     final = trainer.evaluate(reuse_unchanged=True)
     assert len(calls) == before + 1
     assert final["eval_loss"] == pytest.approx(trainer.evaluate()["eval_loss"], rel=1e-6)
+
+
+def test_compute_loss_is_the_same_before_and_after_train_with_class_weights(tmp_path, tokenizer):
+    """`compute_loss` depends on the arguments and the training set, never on whether `train()` has run: with
+    class_weights, the loss of a batch before training is the weighted cross-entropy, as it is after."""
+    dataset = sentiment_dataset(tokenizer)
+    args = TrainingArguments(output_dir=str(tmp_path), class_weights=[1.0, 4.0], max_steps=1, bf16=False,
+                             save_strategy="no", report_to="none", learning_rate=0.0, disable_tqdm=True)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=dataset, processing_class=tokenizer)
+    batch = trainer.data_collator([{k: dataset[i][k] for k in ("input_ids", "attention_mask", "label")}
+                                   for i in range(8)])
+    batch["labels"] = batch.pop("label") if "label" in batch else batch["labels"]
+    trainer.model.eval()
+
+    def losses():
+        with torch.no_grad():
+            logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            expected = torch.nn.functional.cross_entropy(logits.float(), batch["labels"],
+                                                         weight=torch.tensor([1.0, 4.0]))
+            return float(trainer.compute_loss(trainer.model, dict(batch))), float(expected)
+
+    before, expected = losses()
+    assert before == pytest.approx(expected, rel=1e-6)
+    trainer.train()  # learning_rate 0: the weights stay, so the loss must too
+    trainer.model.eval()
+    assert losses()[0] == pytest.approx(before, rel=1e-6)

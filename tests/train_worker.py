@@ -21,7 +21,7 @@ from conftest import sentiment_dataset, tiny_bert
 from transformers import AutoTokenizer
 
 from finch import Trainer, TrainerCallback, TrainingArguments
-from finch.run_folders import latest_checkpoint
+from finch.runs.folders import latest_checkpoint
 
 
 class SayStarted(TrainerCallback):

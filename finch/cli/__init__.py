@@ -1,0 +1,5 @@
+"""The `finch` command: `main` (the subcommands, flags from every TrainingArguments field, the error boundary and
+exit codes), `job` (`finch train`'s job: options resolved, every check that needs no weights, the Trainer built),
+`config` (YAML and key=value options), `predict` (`finch eval` / `finch predict`), `verify` (`finch
+verify-resume`), `search` (`finch search`). The top layer: it may import every wing; none imports it.
+"""

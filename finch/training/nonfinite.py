@@ -1,0 +1,96 @@
+"""NaN/Inf guard: a step whose loss or gradient norm is not finite does not update the model.
+
+On the CPU (and for optimizers that cannot skip on the device) the check is read each step, which costs nothing
+there: the optimizer and the LR schedule are both skipped. On CUDA with fused AdamW it costs no host sync: the
+flag goes to the optimizer as `found_inf`, the mechanism `GradScaler` uses, so the fused kernel leaves weights,
+moments and its step count untouched, and the flag is read one step later, once the copy has landed. There the
+LR schedule still advances on a skipped step, as it does for steps `GradScaler` skips in fp16.
+
+Skipped steps are counted and logged with their examples' indices; after `limit` in a row, training stops with
+`NonFiniteLossError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from finch.errors import NonFiniteLossError
+
+logger = logging.getLogger("finch")
+
+
+@dataclass
+class NonFiniteGuard:
+    """Counts non-finite steps; decides whether the optimizer may step.
+
+    Args:
+        limit: consecutive non-finite steps after which `NonFiniteLossError` is raised.
+        on_device: skip on the device via the optimizer's `found_inf` and read the flag one step late.
+    """
+
+    limit: int
+    on_device: bool = False
+    skipped: int = 0
+    consecutive: int = 0
+    _pending: tuple[torch.Tensor, torch.cuda.Event | None, int, list[int]] | None = field(default=None, repr=False)
+
+    @staticmethod
+    def supports_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
+        """CUDA and an optimizer that honours `found_inf` (fused Adam/AdamW)."""
+        return device.type == "cuda" and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+    @staticmethod
+    def finite(loss: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor:
+        """A device boolean: the step's loss and gradient norm are both finite (no host sync)."""
+        ok = torch.isfinite(loss)
+        return ok & torch.isfinite(grad_norm) if grad_norm is not None else ok
+
+    def allow_step(self, finite: torch.Tensor, optimizer: torch.optim.Optimizer, step: int,
+                   indices: list[int], last_checkpoint: str | None) -> bool:
+        """Whether to run the optimizer and schedule for `step` (1-based) whose examples are `indices`.
+
+        Raises:
+            NonFiniteLossError: this is the `limit`-th non-finite step in a row.
+        """
+        if not self.on_device:
+            self._record(bool(finite), step, indices, last_checkpoint)  # a CPU tensor: no sync to speak of
+            return bool(finite)
+        if self._pending is not None:
+            self.flush(last_checkpoint)
+        optimizer.found_inf = (~finite).float()  # the fused kernel skips the update when this is 1
+        landing = torch.empty((), dtype=torch.bool, pin_memory=finite.is_cuda)
+        landing.copy_(finite, non_blocking=True)
+        event = torch.cuda.Event() if finite.is_cuda else None
+        if event is not None:
+            event.record()
+        self._pending = (landing, event, step, indices)
+        return True
+
+    def flush(self, last_checkpoint: str | None) -> None:
+        """Read the flag of the deferred step (at the next step, a logging step, or the end of training)."""
+        if self._pending is None:
+            return
+        landing, event, step, indices = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()  # done long ago by now: the step that followed has been queued behind it
+        self._record(bool(landing), step, indices, last_checkpoint)
+
+    def _record(self, finite: bool, step: int, indices: list[int], last_checkpoint: str | None) -> None:
+        if finite:
+            self.consecutive = 0
+            return
+        self.skipped += 1
+        self.consecutive += 1
+        shown = ", ".join(map(str, indices[:16])) + (" ..." if len(indices) > 16 else "")
+        logger.warning("step %d: loss or gradient norm is NaN/Inf; update skipped (%d in a row, %d in all); "
+                       "examples %s", step, self.consecutive, self.skipped, shown)
+        if self.consecutive >= self.limit:
+            where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
+            raise NonFiniteLossError(
+                f"training stopped at step {step}: {self.consecutive} steps in a row had a NaN/Inf loss or gradient "
+                f"norm (max_nonfinite_steps={self.limit}); the last one's examples are {shown}; {where}. Check "
+                f"those examples, lower learning_rate, or use bf16 rather than fp16, then resume.")

@@ -1,0 +1,707 @@
+"""`Trainer`: HuggingFace's constructor and methods (`train`, `evaluate`, `predict`, `save_model`, callbacks).
+
+The loop is on one screen: `_train` runs `_start_run` (every check, the model, optimizer, schedule, state or the
+checkpoint's), then `_train_epoch` for each epoch, then `_end_run`. An epoch reads as named steps: the plan (data
+order is a pure function of seed and epoch, so resuming jumps to the step), `_train_step` (micro-batches forward and
+backward with the loss normalised over every example of the step, clipping, the optimizer and schedule),
+`_log_evaluate_save` (as the strategies and callbacks say, agreed by every rank), termination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import EvalPrediction
+from transformers.trainer_utils import TrainOutput
+
+from finch.args import TrainingArguments, total_training_steps
+from finch.data import batching
+from finch.distributed.connect import runtime_for
+from finch.distributed.runtime import rng_state, set_seed
+from finch.errors import ConfigError, DataError, ModelError
+from finch.events import Event
+from finch.hf.names import as_finch_arguments, check_overrides
+from finch.observers.hub import Hub, HubCallback
+from finch.runs import checkpoint
+from finch.runs import folders as run_folders
+from finch.runs.files import run_lock
+from finch.runs.fingerprint import Fingerprint, model_fingerprint
+from finch.runs.resume import continue_state, plan_resume
+from finch.state import TrainerControl, TrainerState
+from finch.training.callbacks import CallbackHandler, ProgressCallback, reporters
+from finch.training.dropout import DropoutSwap
+from finch.training.evaluation import EvaluationMixin, describe, split_outputs, to_device
+from finch.training.hf_methods import HFMethodsMixin
+from finch.training.log_and_save import OutputsMixin
+from finch.training.nonfinite import NonFiniteGuard
+from finch.training.optim import create_optimizer, create_scheduler
+from finch.training.preemption import PreemptionGuard, TrainingPreempted
+
+logger = logging.getLogger("finch")
+
+
+@dataclass
+class LogWindow:
+    """What the loop saw since the last log: summed loss (left on the device; read only at logging steps), items
+    (of every rank), and this rank's samples and tokens."""
+
+    loss: torch.Tensor
+    start: float
+    items: int = 0
+    samples: int = 0
+    tokens: int = 0
+    steps: int = 0
+
+    @classmethod
+    def open(cls, device: torch.device, start: float | None = None) -> LogWindow:
+        return cls(torch.zeros((), device=device), time.perf_counter() if start is None else start)
+
+
+@dataclass
+class TrainingRun:
+    """The bookkeeping of one `train()` call, built by `_start_run` and passed to the loop's helpers explicitly
+    (never kept on the trainer, so nothing outlives the call by accident). What a checkpoint holds is the trainer's
+    `state`, `optimizer`, `lr_scheduler` and this run's `scaler`, gathered into one `checkpoint.RunState` to save.
+
+    Attributes:
+        model: the module the training forward runs on: the trainer's model, wrapped in DDP when there are several
+            processes and compiled with `torch_compile`; its parameters are the trainer's model's.
+        dataset, lengths: the training set with unused columns dropped, and its examples' lengths (for length
+            grouping; None otherwise).
+        steps_per_epoch, max_steps: the plan, in optimizer steps.
+        scaler: fp16's gradient scaler, else None.
+        nonfinite: counts NaN/Inf steps and decides whether the optimizer may step.
+        dropout: finch's CPU dropout, swapped in around each micro-batch.
+        resumed_from: the checkpoint this run resumed, or None.
+        last_checkpoint: the newest checkpoint this run saved or resumed from (named in error messages).
+        learning_rate: the rate the last optimizer step used, which is what is logged (as HF logs it).
+        window: what was seen since the last log; total_loss, total_items: everything logged so far.
+        grad_norm: the last step's gradient norm (a device tensor), or None.
+        started, start_step: when and at which step this call began training (for its throughput).
+    """
+
+    model: torch.nn.Module
+    dataset: Any
+    lengths: list[int] | None
+    steps_per_epoch: int
+    max_steps: int
+    scaler: torch.amp.GradScaler | None
+    nonfinite: NonFiniteGuard
+    dropout: DropoutSwap
+    resumed_from: Path | None = None
+    last_checkpoint: str | None = None
+    learning_rate: float | None = None
+    window: LogWindow | None = None
+    total_loss: torch.Tensor | None = None
+    total_items: int = 0
+    grad_norm: torch.Tensor | None = None
+    started: float = 0.0
+    start_step: int = 0
+
+    def epochs(self, global_step: int) -> range:
+        """The epochs still to train from `global_step` (none when a finished run is resumed)."""
+        if global_step >= self.max_steps:
+            return range(0)
+        return range(global_step // self.steps_per_epoch, math.ceil(self.max_steps / self.steps_per_epoch))
+
+    def add_window(self) -> LogWindow:
+        """Add the window (its loss already summed over ranks) to the run's totals; return it."""
+        self.total_loss, self.total_items = self.total_loss + self.window.loss, self.total_items + self.window.items
+        return self.window
+
+
+def _due(strategy: str, every: int, step: int, epoch_done: bool) -> bool:
+    """Whether a `logging`/`eval`/`save` strategy with interval `every` asks for action at `step`."""
+    return (strategy == "steps" and step % every == 0) or (strategy == "epoch" and epoch_done)
+
+
+class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
+    """Fine-tunes `model` on `train_dataset` as `args` say; the API of `transformers.Trainer`.
+
+    Args:
+        model: a `transformers` model or any `nn.Module` whose forward returns a loss when given labels.
+        args: `TrainingArguments` (defaults if None).
+        data_collator: turns a list of examples into a batch; default: dynamic padding with `processing_class`.
+        train_dataset, eval_dataset: `datasets.Dataset`s or torch datasets; `eval_dataset` may be a dict of them.
+        processing_class: the tokenizer, saved with the model (`tokenizer=` is accepted with a warning).
+        model_init: builds a fresh model for each `train()` (hyperparameter search).
+        compute_metrics: `EvalPrediction -> dict` of metrics.
+        callbacks: `TrainerCallback`s (instances or classes).
+        optimizers: `(optimizer, lr_scheduler)` to use instead of the defaults.
+        preprocess_logits_for_metrics: `(logits, labels) -> tensor`, applied batch by batch before gathering.
+        compute_loss_func: `(outputs, labels, num_items_in_batch) -> loss` replacing the model's loss.
+    """
+
+    def __init__(self, model: torch.nn.Module | None = None, args: TrainingArguments | None = None,
+                 data_collator: Callable | None = None, train_dataset: Any = None, eval_dataset: Any = None,
+                 processing_class: Any = None, model_init: Callable[[], torch.nn.Module] | None = None,
+                 compute_metrics: Callable[[EvalPrediction], dict] | None = None, callbacks: list | None = None,
+                 optimizers: tuple = (None, None), preprocess_logits_for_metrics: Callable | None = None,
+                 compute_loss_func: Callable | None = None, tokenizer: Any = None) -> None:
+        _show_finch_logs()
+        if tokenizer is not None:
+            warnings.warn("Trainer: 'tokenizer' was renamed 'processing_class' in transformers; finch takes both.",
+                          FutureWarning, stacklevel=2)
+            processing_class = processing_class if processing_class is not None else tokenizer
+        if model is None and model_init is None:
+            raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
+        check_overrides(type(self), Trainer)  # an HF override point finch never calls: refused, not ignored
+        self.args = as_finch_arguments(args, TrainingArguments)
+        self.runtime = runtime_for(self.args)  # joins torchrun's process group when there is one
+        self.runtime.precision.apply()  # TF32 switches, when the precision decides them
+        self.device, self.precision = self.runtime.device, self.runtime.precision
+        # offline, no token, a repository that cannot be created: said now, not after training
+        self.hub = Hub.for_trainer(self.args, self.runtime) if self.args.push_to_hub else None
+        if not self.runtime.is_main_process:
+            logger.setLevel(logging.WARNING)  # one run header, not one per rank; warnings still show
+        self.model_init = model_init
+        self.model = (model if model is not None else self._build_model()).to(self.device)
+        self.processing_class = processing_class
+        multiple = batching.padding_multiple(self.args.pad_to_multiple_of, self.device.type, self.args.torch_compile,
+                                         bf16=self.precision.name == "bf16")
+        self.data_collator = (batching.with_padding_multiple(data_collator, multiple) if data_collator is not None
+                              else batching.default_collator(processing_class, multiple))
+        self.padding_multiple = getattr(self.data_collator, "pad_to_multiple_of", None)  # None: not ours to round
+        self._uses_fast_dropout = (self.args.fast_dropout is not False and self.device.type == "cpu"
+                                   and not self.args.torch_compile)
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.compute_metrics = compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self.compute_loss_func = compute_loss_func
+        self.optimizer, self.lr_scheduler = optimizers
+        if self.runtime.sharded and self.optimizer is not None:
+            raise ConfigError("fsdp: finch makes the optimizer after sharding the model (it must hold the shards); "
+                              "drop optimizers=(...) and set the optimizer through TrainingArguments (optim=...)")
+        self._weights_of: tuple | None = None  # (train_dataset, class_weights, device, weights): see _class_weights
+        self.label_names = batching.label_names_of(self.model, self.args.label_names)
+        self.state = TrainerState(is_local_process_zero=self.runtime.is_local_main_process,
+                                  is_world_process_zero=self.runtime.is_main_process)
+        self.control = TrainerControl()
+        # progress lines from rank 0 only; the writers among `reporters` check `state.is_world_process_zero`
+        default_callbacks = [ProgressCallback()] if self.runtime.is_main_process else []
+        default_callbacks += reporters(self.args.report_to)
+        default_callbacks += [HubCallback(self.hub)] if self.hub is not None else []
+        self.callback_handler = CallbackHandler(default_callbacks + list(callbacks or []))
+        _name_labels(self.model, batching.class_names(train_dataset))
+        self._fire(Event.ON_INIT_END)
+
+    # ---- callbacks ------------------------------------------------------------------------------------------------
+    def add_callback(self, callback: Any) -> None:
+        self.callback_handler.add(callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        return self.callback_handler.pop(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        self.callback_handler.pop(callback)
+
+    def _fire(self, event: Event, **kwargs: Any) -> None:
+        """Tell every callback about `event`; `self.control` becomes what they leave (a callback may return a new
+        `TrainerControl`)."""
+        self.control = self.callback_handler.fire(event, self.args, self.state, self.control, model=self.model,
+                                                  processing_class=self.processing_class, optimizer=self.optimizer,
+                                                  lr_scheduler=self.lr_scheduler, **kwargs)
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
+        """Train; `resume_from_checkpoint=True` continues from the newest checkpoint in `output_dir`, a path from
+        that one (see `finch.runs.resume.plan_resume` for what is refused, before anything is written).
+        Returns `TrainOutput(global_step, training_loss, metrics)`.
+
+        Raises:
+            OutputError: another finch run is training into `output_dir` now (see `finch.runs.files.run_lock`)."""
+        # one run at a time per output folder; its writer holds it (the other ranks write nothing there)
+        with run_lock(self.args.output_dir) if self.runtime.is_main_process else contextlib.nullcontext():
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
+        run = self._start_run(resume_from_checkpoint)
+        with PreemptionGuard() as preemption:
+            for epoch in run.epochs(self.state.global_step):
+                self._train_epoch(run, epoch, preemption)
+                if self.control.should_training_stop or self.state.global_step >= run.max_steps:
+                    break
+        return self._end_run(run)
+
+    def _train_epoch(self, run: TrainingRun, epoch: int, preemption: PreemptionGuard) -> None:
+        """One epoch (its rest, when resuming mid-epoch), nanoGPT's loop in named steps."""
+        state, runtime = self.state, self.runtime
+        # ---- the plan: global micro-batches from (seed, epoch), alike on every rank; each rank loads its share
+        steps = self._epoch_steps(len(run.dataset), run.lengths, epoch)
+        first_step = state.global_step - epoch * run.steps_per_epoch  # > 0 only when resuming mid-epoch
+        shares = [[batching.rank_share(b, runtime.rank, runtime.world_size) for b in step] for step in steps]
+        micro_batches = iter(self._loader(run.dataset, [rows for step in shares[first_step:] for rows, _ in step]))
+        self.control._new_epoch()
+        self._fire(Event.ON_EPOCH_BEGIN)
+        for step_in_epoch in range(first_step, len(steps)):
+            # ---- forward, backward, clip, update
+            self._train_step(run, [next(micro_batches) for _ in shares[step_in_epoch]], shares[step_in_epoch],
+                             steps[step_in_epoch])
+            state.epoch = epoch + (step_in_epoch + 1) / run.steps_per_epoch
+            # ---- log, evaluate, save as the strategies say; a stop signal saves and exits
+            epoch_done = step_in_epoch == len(steps) - 1 or state.global_step >= run.max_steps
+            self._log_evaluate_save(run, epoch_done, preemption)
+            # ---- termination
+            if self.control.should_training_stop or self.control.should_epoch_stop or \
+                    state.global_step >= run.max_steps:
+                break
+        self._fire(Event.ON_EPOCH_END)
+        self._agree_on_control()
+
+    def _start_run(self, resume_from_checkpoint: str | bool | None) -> TrainingRun:
+        """Everything before the first step: the checks, the model (fresh from `model_init`), the plan, the
+        optimizer and schedule, the state (or the checkpoint's, resuming), the output folder, the run header."""
+        args, runtime = self.args, self.runtime
+        if self.train_dataset is None:
+            raise ConfigError("Trainer.train() needs a train_dataset")
+        batching.check_map_style(self.train_dataset, "train_dataset")
+        fingerprint = Fingerprint.of(self.train_dataset, self.model)  # hashes the token ids: once per train()
+        # rank 0 decides from the files and tells the others: every rank resumes the same checkpoint, or none
+        # (after a torchrun restart: the newest checkpoint this launch saved, see `plan_resume`)
+        resume = runtime.on_main(lambda: plan_resume(args.output_dir, resume_from_checkpoint, args, fingerprint,
+                                                     runtime.launch, set_aside=True))
+        set_seed(args.seed)
+        if self.model_init is not None and resume is None:
+            self.model = self._build_model().to(self.device)
+            self.optimizer = self.lr_scheduler = None
+            fingerprint = dataclasses.replace(fingerprint, model=model_fingerprint(self.model))
+        model, device = self.model, self.device
+        dataset, dropped = batching.prepare_dataset(self.train_dataset, model, args.remove_unused_columns,
+                                                    self.label_names)
+        lengths = batching.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
+        batching.check_dataset(self.train_dataset, model, "train_dataset", lengths)  # as given: its columns all named
+        batching.check_cross_entropy_options(args, model)
+        self._class_weights()  # "balanced" on data without labels, a list of the wrong length: said now
+        steps_per_epoch = self._steps_per_epoch(len(dataset))
+        max_steps = total_training_steps(args, steps_per_epoch)
+        runtime.shard(model, args)  # FSDP2, in place: before the optimizer takes the parameters
+        if self.optimizer is None:
+            self.optimizer = create_optimizer(model, args)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = create_scheduler(self.optimizer, args, max_steps)
+        run = TrainingRun(
+            model=model, dataset=dataset, lengths=lengths, steps_per_epoch=steps_per_epoch, max_steps=max_steps,
+            scaler=torch.amp.GradScaler(device.type) if self.precision.needs_scaler else None,
+            nonfinite=NonFiniteGuard(args.max_nonfinite_steps,
+                                     NonFiniteGuard.supports_on_device(self.optimizer, device)),
+            dropout=DropoutSwap(model, self._uses_fast_dropout), resumed_from=resume)
+        self.state = TrainerState(
+            max_steps=max_steps, steps_per_epoch=steps_per_epoch, num_train_epochs=max_steps / steps_per_epoch,
+            logging_steps=args.resolve_steps(args.logging_steps, max_steps),
+            eval_steps=args.resolve_steps(args.eval_steps, max_steps),
+            save_steps=args.resolve_steps(args.save_steps, max_steps),
+            train_batch_size=args.per_device_train_batch_size, run_id=runtime.on_main(checkpoint.new_run_id),
+            data_fingerprint=fingerprint.data, model_fingerprint=fingerprint.model,
+            is_local_process_zero=runtime.is_local_main_process, is_world_process_zero=runtime.is_main_process)
+        if resume is not None:
+            self.state = self._resume(run, resume, self.state)
+        else:
+            runtime.seed_rank(args.seed)  # dropout: each rank its own stream (rank 0 keeps one process's)
+        # DDP after loading: it broadcasts rank 0's weights; compiled: same parameters, compiled forward
+        run.model = runtime.wrap(model, args)
+        run.model = torch.compile(run.model) if args.torch_compile else run.model
+        state = self.state
+
+        def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by its writer)
+            run_folders.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
+            args.save(Path(args.output_dir) / "training_args.json")
+        runtime.on_writers(prepare_output_dir, args.save_on_each_node)
+        self._print_header(len(dataset), dropped, resume, run.dropout.describe())
+        self._warn_if_warmup_outlasts_the_run(max_steps)
+        self._check_compute_metrics()
+        self.control = TrainerControl()
+        self._fire(Event.ON_TRAIN_BEGIN)
+        if args.eval_on_start and resume is None:  # a baseline, as in HF: never "the best model" (no checkpoint has it)
+            self._evaluate_during_training(baseline=True)
+        run.model.train()
+        run.started, run.start_step = time.perf_counter(), state.global_step
+        run.window, run.total_loss = LogWindow.open(device, run.started), torch.zeros((), device=device)
+        return run
+
+    def _steps_per_epoch(self, num_examples: int) -> int:
+        """Optimizer steps in an epoch of `num_examples`; HF's meaning of the batch size: per_device_train_batch_size
+        rows on each process, so a step holds that x world x accumulation."""
+        args = self.args
+        global_batch = args.per_device_train_batch_size * self.runtime.world_size
+        if num_examples == 0:
+            raise DataError("train_dataset has no rows: there is nothing to train on; check how it was built or "
+                            "filtered")
+        steps = batching.steps_per_epoch(num_examples, global_batch, args.gradient_accumulation_steps,
+                                         args.dataloader_drop_last)
+        if steps == 0:
+            raise DataError(f"dataloader_drop_last=True drops every batch: {num_examples} training examples are "
+                            f"fewer than one batch of {global_batch}; lower per_device_train_batch_size or set "
+                            f"dataloader_drop_last=False")
+        return steps
+
+    def _train_step(self, run: TrainingRun, batches: list[dict], shares: list[tuple[list[int], bool]],
+                    step: list[list[int]]) -> None:
+        """One optimizer step over its micro-batches `batches` (this rank's `shares` of the global `step`).
+
+        All micro-batches are loaded before the first backward: the loss is divided by the whole step's item count
+        (all micro-batches, all ranks: one small reduction)."""
+        state, window = self.state, run.window
+        (step_items,) = self.runtime.sum_ints(sum(batching.count_items(batch, self.label_names)
+                                                  for batch, (_, counts) in zip(batches, shares) if counts))
+        self.control._new_step()
+        self._fire(Event.ON_STEP_BEGIN)
+        step_loss = torch.zeros((), device=self.device)
+        for index, (batch, (_, counts)) in enumerate(zip(batches, shares)):
+            last = index == len(batches) - 1
+            if counts:
+                window.samples += batching.batch_rows(batch)
+                window.tokens += _token_count(batch)
+            with self.runtime.no_sync(run.model, sync=last):  # gradients cross ranks once per step
+                step_loss += self._forward_backward(run, batch, step_items, counts)
+            state.micro_step += 1
+            if not last:
+                self._fire(Event.ON_SUBSTEP_END)
+        run.grad_norm, finite = self._optimizer_step(run, step_loss, step)
+        window.loss += torch.where(finite, step_loss, 0.0)  # a skipped step's NaN stays out of logs
+        window.items += step_items
+        window.steps += 1
+        state.global_step += 1
+
+    def _log_evaluate_save(self, run: TrainingRun, epoch_done: bool, preemption: PreemptionGuard) -> None:
+        """After a step: callbacks told, then log, evaluate and save as the strategies (or callbacks) ask, every
+        rank agreeing; a stop signal on any rank saves a checkpoint and raises `TrainingPreempted`."""
+        args, state = self.args, self.state
+        self._fire(Event.ON_STEP_END)
+        self._agree_on_control()
+        step, control = state.global_step, self.control
+        if _due(args.logging_strategy, state.logging_steps, step, epoch_done) or control.should_log or \
+                (args.logging_first_step and step == 1):
+            self.runtime.all_reduce_sum(run.window.loss)  # the logged loss is every rank's
+            self._log_training(run, run.add_window(), run.grad_norm)
+            run.window = LogWindow.open(self.device)
+        if _due(args.eval_strategy, state.eval_steps, step, epoch_done) or self.control.should_evaluate:
+            self._evaluate_during_training()
+            self._agree_on_control()  # on_evaluate may stop training (early stopping)
+        saved = None
+        new_best = args.save_strategy == "best" and state.best_global_step == step
+        if _due(args.save_strategy, state.save_steps, step, epoch_done) or new_best or self.control.should_save or \
+                (step >= run.max_steps and args.save_strategy not in ("no", "best")):
+            saved = self._save_checkpoint(run)
+        if self._agree_on_control(preemption):  # a stop signal reached some rank: save, then exit
+            run.nonfinite.flush(run.last_checkpoint)
+            stop = TrainingPreempted(preemption.requested or "a stop signal to another rank",
+                                     str(saved or self._save_checkpoint(run)))
+            logger.warning("%s", stop)
+            raise stop
+
+    def _end_run(self, run: TrainingRun) -> TrainOutput:
+        """After the last step: the run's loss and throughput, the best model loaded back, the final upload."""
+        args, runtime, state = self.args, self.runtime, self.state
+        run.nonfinite.flush(run.last_checkpoint)
+        runtime_seconds = time.perf_counter() - run.started
+        runtime.all_reduce_sum(run.window.loss)
+        run.add_window()
+        training_loss = run.total_loss.item() / max(run.total_items, 1)
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            if Path(state.best_model_checkpoint).name == f"{run_folders.PREFIX}{state.global_step}":  # saved from
+                # these very weights, which nothing has changed since: there is nothing to load
+                logger.info("The best model (%s = %s) is the last step's, %s", args.metric_for_best_model,
+                            state.best_metric, state.best_model_checkpoint)
+            else:
+                logger.info("Loading the best model (%s = %s) from %s", args.metric_for_best_model, state.best_metric,
+                            state.best_model_checkpoint)
+                checkpoint.load_model_weights(self.model, state.best_model_checkpoint, runtime.sharded)
+        steps_run = state.global_step - run.start_step
+        step_rows = args.per_device_train_batch_size * runtime.world_size * args.gradient_accumulation_steps
+        metrics = {"train_runtime": round(runtime_seconds, 3),
+                   "train_samples_per_second": round(steps_run * step_rows / runtime_seconds, 3),
+                   "train_steps_per_second": round(steps_run / runtime_seconds, 3), "train_loss": training_loss,
+                   "epoch": self._logged_epoch()}  # HF's train() metrics carry the epoch (its log() adds it in place)
+        self.log(metrics)
+        self._fire(Event.ON_TRAIN_END)
+        if args.push_to_hub:  # every rank: save_model waits for rank 0; rank 0 uploads, a failure is a warning
+            self.save_model()
+            if runtime.is_main_process:
+                self.hub.push_folder(args.output_dir, state, self.model, "End of training", blocking=True,
+                                     revision=args.hub_revision, card_fields={}, observer=True)
+        return TrainOutput(state.global_step, training_loss, metrics)
+
+    def _epoch_steps(self, num_examples: int, lengths: list[int] | None, epoch: int) -> list[list[list[int]]]:
+        """The epoch's optimizer steps, each a list of global micro-batches of example indices: a pure function of
+        the seed, the epoch and the arguments, planned alike on every rank (`batching.epoch_steps`)."""
+        args = self.args
+        return batching.epoch_steps(num_examples, args.per_device_train_batch_size * self.runtime.world_size,
+                                args.gradient_accumulation_steps, args.sampler_seed, epoch,
+                                args.train_sampling_strategy, lengths, args.dataloader_drop_last)
+
+    def _agree_on_control(self, preemption: PreemptionGuard | None = None) -> bool:
+        """Every rank takes up each control flag that a callback set on any rank, in one collective (nothing in one
+        process), so all ranks log, evaluate, save and stop together. Returns whether a stop signal reached any
+        rank (asked only where the loop acts on it)."""
+        control = self.control
+        (control.should_training_stop, control.should_epoch_stop, control.should_save, control.should_evaluate,
+         control.should_log, preempted) = self.runtime.any_rank(
+            control.should_training_stop, control.should_epoch_stop, control.should_save, control.should_evaluate,
+            control.should_log, preemption is not None and preemption.requested is not None)
+        return preempted
+
+    def _forward_backward(self, run: TrainingRun, batch: dict, step_items: int, counts: bool) -> torch.Tensor:
+        """One micro-batch: forward, loss scaled by its share of the step's items, backward.
+
+        `step_items` counts the whole step's items on every rank; DDP averages gradients over ranks, so each rank's
+        share is multiplied by the world size. A batch that does not count (`counts` False: a placeholder row on a
+        rank the epoch's tail left idle) is weighted 0. finch's CPU dropout is swapped in for this forward and
+        backward only (`run.dropout`). Returns the summed (not averaged) loss of the micro-batch, detached and left
+        on the device: reading it is a host sync, done only at logging steps.
+        """
+        items = (
+            batching.count_items(batch, self.label_names) if counts else 0
+        )  # before compute_loss, which may pop labels
+        batch = to_device(batch, self.device)  # a new dict: an override's `inputs.pop("labels")` leaves ours intact
+        with run.dropout:
+            with self.precision.autocast(self.device):
+                loss = self.compute_loss(run.model, batch)
+            # sum over the step's examples / their number: the same update for any accumulation or world size
+            scaled = loss * (items * self.runtime.world_size / step_items)
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        return loss.detach().float() * items
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
+                     num_items_in_batch: int | None = None) -> Any:
+        """Mean loss over the batch's items (override for custom losses, as with HF's Trainer).
+
+        finch calls it without `num_items_in_batch` (an override gets its default, None): the loop itself scales
+        each micro-batch's mean loss by its share of the step's items, so an override returns the batch's mean.
+        Overrides may `inputs.pop("labels")`: the trainer reads the labels before it calls this."""
+        labels = inputs.get(self.label_names[0]) if self.label_names else None
+        class_weights = self._class_weights()
+        weighted = class_weights is not None or self.args.label_smoothing_factor > 0
+        custom = self.compute_loss_func is not None or weighted
+        model_inputs = {k: v for k, v in inputs.items() if k not in self.label_names} if custom else inputs
+        outputs = model(**model_inputs)
+        if self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch or
+                                          batching.count_items(inputs, self.label_names))
+        elif weighted:  # class weights and/or label smoothing: cross-entropy computed here
+            logits = split_outputs(outputs, has_labels=False)[1]
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                     weight=class_weights, ignore_index=-100,
+                                                     label_smoothing=self.args.label_smoothing_factor)
+        else:
+            loss = _model_loss(outputs, model, self.label_names, labels_given=labels is not None)
+        return (loss, outputs) if return_outputs else loss
+
+    def _class_weights(self) -> torch.Tensor | None:
+        """`args.class_weights` as cross-entropy weights ("balanced": from `train_dataset`'s label counts). A function
+        of the arguments and the training set alone, so `compute_loss` gives the same loss before, during and after
+        `train()`; computed once for a given training set."""
+        spec = self.args.class_weights
+        if spec is None:
+            return None
+        cached = self._weights_of
+        if cached is None or cached[0] is not self.train_dataset or cached[1] != spec or cached[2] != self.device:
+            dataset = self.train_dataset
+            if dataset is not None:
+                dataset = batching.prepare_dataset(dataset, self.model, self.args.remove_unused_columns,
+                                                   self.label_names)[0]
+            weights = batching.class_weights(spec, dataset, self.label_names, self.device)
+            self._weights_of = cached = (self.train_dataset, spec, self.device, weights)
+        return cached[3]
+
+    def _optimizer_step(self, run: TrainingRun, step_loss: torch.Tensor,
+                        batches: list[list[int]]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Unscale, clip, step the optimizer and the schedule, clear gradients; a step whose loss or gradient norm
+        is NaN/Inf on any rank is skipped on all (see `finch.training.nonfinite`). Returns the gradient norm and the
+        device flag `finite`."""
+        scaler = run.scaler
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if self.args.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor of the norm over every rank's shards
+                grad_norm = grad_norm.full_tensor()
+        finite = self.runtime.all_true(NonFiniteGuard.finite(step_loss, grad_norm))
+        indices = [index for batch in batches for index in batch]
+        if not run.nonfinite.allow_step(finite, self.optimizer, self.state.global_step + 1, indices,
+                                        run.last_checkpoint):
+            if scaler is not None:
+                scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm, finite
+        self._fire(Event.ON_PRE_OPTIMIZER_STEP)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self._fire(Event.ON_OPTIMIZER_STEP)
+        run.learning_rate = self.lr_scheduler.get_last_lr()[0]  # the rate this step used, before the schedule moves
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, finite
+
+    def _log_training(self, run: TrainingRun, window: LogWindow, grad_norm: torch.Tensor | None) -> None:
+        """Log mean loss (`window.loss` already summed over ranks), lr, grad norm and throughput since the last log."""
+        elapsed = max(time.perf_counter() - window.start, 1e-9)
+        logs = {"loss": window.loss.item() / max(window.items, 1)}  # host sync: only at logging steps
+        if grad_norm is not None:
+            logs["grad_norm"] = float(grad_norm)
+        logs["learning_rate"] = run.learning_rate if run.learning_rate is not None else \
+            self.lr_scheduler.get_last_lr()[0]
+        run.nonfinite.flush(run.last_checkpoint)
+        if run.nonfinite.skipped:
+            logs["nonfinite_steps"] = run.nonfinite.skipped
+        samples, tokens = self.runtime.sum_ints(window.samples, window.tokens)  # throughput of all ranks together
+        logs["samples_per_second"] = round(samples / elapsed, 2)
+        logs["tokens_per_second"] = round(tokens / elapsed, 1)
+        self.log(logs)
+
+    def _evaluate_during_training(self, baseline: bool = False) -> None:
+        if self.eval_dataset is None:
+            raise ConfigError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset; pass eval_dataset= "
+                             f"to the Trainer or set eval_strategy='no'")
+        metrics = self.evaluate()
+        name = self.args.metric_for_best_model
+        if name is None or baseline:
+            return
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if key not in metrics:
+            raise ConfigError(f"metric_for_best_model={name!r} is not among the evaluation metrics {sorted(metrics)}; "
+                           f"return it from compute_metrics or choose one of those")
+        best, value = self.state.best_metric, metrics[key]
+        if best is None or (value > best if self.args.greater_is_better else value < best):
+            self.state.best_metric, self.state.best_global_step = value, self.state.global_step
+
+    def _save_checkpoint(self, run: TrainingRun) -> Path:
+        """Every rank's RNG state is gathered; rank 0 (each machine's first process with `save_on_each_node`) writes
+        the checkpoint (atomically) and rotates, and the others wait for it: when this returns on any rank, the
+        checkpoint is whole on disk (or every rank raises)."""
+        state, args = self.state, self.args
+        path = Path(args.output_dir) / f"{run_folders.PREFIX}{state.global_step}"
+        if state.best_global_step == state.global_step:
+            state.best_model_checkpoint = str(path)
+        state.stateful_callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
+                                    if hasattr(cb, "state_dict")}
+        whole = self._run_state(run, rng_states=self.runtime.all_gather(rng_state()))
+        shards_in = None
+        if self.runtime.sharded_checkpoints:  # FSDP2, sharded: every rank writes its part; rank 0 completes it
+            shards_in = checkpoint.save_shards(args.output_dir, state, self.model,
+                                               None if args.save_only_model else self.optimizer,
+                                               self.runtime.on_main, self.runtime.is_main_process)
+        else:  # FSDP2: gathered to rank 0 (one process: the state dicts as they are)
+            whole.weights, whole.optimizer_state = self.runtime.full_state(self.model, self.optimizer)
+
+        def write() -> None:
+            checkpoint.save_checkpoint(args.output_dir, whole, shards_in)
+            run_folders.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
+                                           state.run_id, keep=path)
+        self.runtime.on_writers(write, args.save_on_each_node)
+        run.last_checkpoint = str(path)
+        self._fire(Event.ON_SAVE)
+        return path
+
+    def _run_state(self, run: TrainingRun, rng_states: list[dict] | None = None) -> checkpoint.RunState:
+        """This run's state as one object, what a checkpoint holds (see `checkpoint.RunState`)."""
+        return checkpoint.RunState(self.model, self.state, self.args, self.optimizer, self.lr_scheduler, run.scaler,
+                                   self.processing_class, rng_states, self.runtime.launch.id)
+
+    def _resume(self, run: TrainingRun, folder: Path, fresh: TrainerState) -> TrainerState:
+        """Load `folder` into the model, optimizer, scheduler and scaler, and this rank's RNG state; its progress
+        with this run's plan."""
+        runtime = self.runtime
+        saved = checkpoint.load_checkpoint(folder, self._run_state(run), rank=runtime.rank, sharded=runtime.sharded)
+        state = continue_state(saved, fresh, folder)
+        state.is_local_process_zero, state.is_world_process_zero = fresh.is_local_process_zero, \
+            fresh.is_world_process_zero
+        if not (folder / checkpoint.rng_file(runtime.rank)).exists():  # saved by fewer ranks (allowed, not exact)
+            runtime.seed_rank(self.args.seed, state.global_step)
+        for callback in self.callback_handler.callbacks:
+            callback_state = state.stateful_callbacks.get(type(callback).__name__)
+            if callback_state is not None and hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(callback_state)
+        logger.info("Resuming from %s at step %d (epoch %.2f)", folder, state.global_step, state.epoch)
+        run.last_checkpoint = str(folder)
+        return state
+    # ---- hyperparameter search -----------------------------------------------------------------------------------
+    def hyperparameter_search(self, hp_space: Callable | None = None, compute_objective: Callable | None = None,
+                              n_trials: int | None = 20, direction: str | list[str] = "minimize",
+                              backend: Any = "optuna", hp_name: Callable | None = None, **kwargs: Any) -> Any:
+        """HuggingFace's `hyperparameter_search` on Optuna: `n_trials` trials, each a fresh model from `model_init`
+        trained in `output_dir/run-<trial number>`. Returns the best trial as a `BestRun` (a list for several
+        directions). See `finch.search.study.hyperparameter_search` for the options, pruning and storage."""
+        from finch.search.study import hyperparameter_search
+
+        return hyperparameter_search(self, hp_space, compute_objective, n_trials, direction, backend, hp_name,
+                                     **kwargs)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processing_class
+
+    def _build_model(self) -> torch.nn.Module:
+        set_seed(self.args.seed)
+        # HF's model_init takes no argument or the trial (None outside a search): tutorials write `model_init(trial)`
+        takes_trial = len(inspect.signature(self.model_init).parameters) == 1
+        return self.model_init(None) if takes_trial else self.model_init()
+
+
+def _model_loss(outputs: Any, model: torch.nn.Module, label_names: list[str], labels_given: bool) -> torch.Tensor:
+    """The loss a model returned (output object, dict or tuple), or an error that names the model and the fix.
+
+    A tuple's first element counts as the loss only when it is a scalar: a tuple of logits has none."""
+    if isinstance(outputs, Mapping):
+        loss = outputs.get("loss")
+    elif isinstance(outputs, (tuple, list)) and outputs:
+        loss = outputs[0] if isinstance(outputs[0], torch.Tensor) and outputs[0].ndim == 0 else None
+    else:
+        loss = None
+    if loss is not None:
+        return loss
+    unwrapped = getattr(model, "_orig_mod", model)  # torch.compile's wrapper hides the class, and DDP's
+    if isinstance(unwrapped, torch.nn.parallel.DistributedDataParallel):
+        unwrapped = unwrapped.module
+    model_class = type(unwrapped).__name__
+    if not labels_given:
+        raise DataError(f"{model_class} returned no loss: the batches have no labels it recognises. Name the label "
+                        f"column 'label' or 'labels', or set label_names=[...] in TrainingArguments.")
+    raise ModelError(f"{model_class} returned no loss although the batch has labels ({', '.join(label_names)}): its "
+                     f"forward returned {describe(outputs)}. Use a model with a task head that computes its loss from "
+                     f"`labels` (e.g. AutoModelForSequenceClassification, not AutoModel), pass compute_loss_func="
+                     f"(outputs, labels, num_items_in_batch) -> loss to the Trainer, or override Trainer.compute_loss.")
+
+
+def _token_count(batch: dict) -> int:
+    """Non-padding tokens in a CPU batch (0 when it has no token ids)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    ids = batch.get("input_ids")
+    return ids.numel() if isinstance(ids, torch.Tensor) else 0
+
+
+def _name_labels(model: torch.nn.Module, names: list[str] | None) -> None:
+    """Give the model's config the dataset's label names, so saved models and pipelines report names."""
+    config = getattr(model, "config", None)
+    if names is None or config is None or getattr(config, "num_labels", None) != len(names):
+        return
+    if all(label == f"LABEL_{i}" for i, label in config.id2label.items()):
+        config.id2label = dict(enumerate(names))
+        config.label2id = {name: i for i, name in enumerate(names)}
+
+
+def _show_finch_logs() -> None:
+    """finch's INFO messages (run header, dropped columns) reach stderr unless the application set up logging."""
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[finch] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
