@@ -37,7 +37,8 @@ import torch
 from conftest import sentiment_dataset, tiny_bert
 from transformers import AutoTokenizer
 
-from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, checkpoint
+from finch import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from finch.runs import checkpoint
 from finch.runs.folders import latest_checkpoint
 
 RANK = int(os.environ.get("RANK", "0"))

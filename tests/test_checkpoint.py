@@ -48,6 +48,7 @@ def test_checkpoint_folder_holds_no_pickles(tmp_path, toy, tokenizer):
     assert not list(tmp_path.glob(".tmp-*")), "temporary checkpoint folders must be renamed away"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16, strategy", [(False, "group_by_length"), (True, "group_by_length"), (False, "random")])
 def test_resume_mid_epoch_gives_identical_weights(tmp_path, tokenizer, bf16, strategy):
     data = sentiment_dataset(tokenizer, rows=40)  # 10 micro-batches = 5 steps per epoch; checkpoint 4 is mid-epoch

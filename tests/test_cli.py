@@ -99,6 +99,7 @@ def test_mistakes_exit_2_with_a_message(tmp_path, tiny_model_dir, capsys, make_a
     assert code == 2 and message in error and "Traceback" not in error
 
 
+@pytest.mark.slow
 def test_console_script_reports_errors_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "finch.cli.main", "train", "--train", str(tmp_path / "none.csv")],
                             capture_output=True, text=True, timeout=120, check=False)
@@ -124,6 +125,7 @@ def test_verify_resume_detects_a_resume_that_is_not_exact(tmp_path, tiny_model_d
     assert code == 1 and "Resume is NOT exact" in printed
 
 
+@pytest.mark.slow
 def test_the_demo_learns_bbc_news_with_the_packaged_model(tmp_path, monkeypatch, capsys):
     """`finch train` with no data: the packaged MiniLM on the packaged BBC News (real data that installs with the
     test extra, so this runs on a fresh clone too), cut short."""

@@ -54,6 +54,7 @@ def test_a_run_folder_given_as_the_model_points_to_its_model(tmp_path, capsys, t
     assert f"--model {run}: this is a run's output folder; its model is in {run / 'model'}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_hub_name_offline_is_refused_at_once(tmp_path):
     train = write_csv(tmp_path / "t.csv", reviews(20))
     result = run_cli("train", "--model", "some-org/not-cached-model", "--train", train, *FAST)
@@ -83,6 +84,7 @@ class _Payload:
         return (print, ("UNPICKLED-CODE-RAN",))
 
 
+@pytest.mark.slow
 def test_pickled_weights_that_hold_code_are_refused(tmp_path, tokenizer):
     folder = tmp_path / "evil"
     tiny_bert().save_pretrained(folder)

@@ -36,6 +36,7 @@ def trained_model(tmp_path_factory, tiny_model_dir):
     return folder / "run" / "model", rows
 
 
+@pytest.mark.slow
 def test_eval_uses_the_label_column_recorded_at_training(tmp_path, trained_model, capsys):
     model, rows = trained_model
     assert json.loads((model / "finch.json").read_text())["label_column"] == "rating"
@@ -44,6 +45,7 @@ def test_eval_uses_the_label_column_recorded_at_training(tmp_path, trained_model
     assert "(text review, label rating)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_out_into_a_new_folder_is_created_and_a_bad_one_refused_before_work(tmp_path, trained_model, capsys):
     model, rows = trained_model
     data = write_csv(tmp_path / "dev.csv", rows[:12], header=("review", "rating", "label"))
@@ -55,6 +57,7 @@ def test_eval_out_into_a_new_folder_is_created_and_a_bad_one_refused_before_work
     assert "blocker is a file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_never_destroys_files(tmp_path, trained_model, capsys):
     model, rows = trained_model
     data = write_csv(tmp_path / "new.csv", rows[:5], header=("review", "rating", "label"))
@@ -70,6 +73,7 @@ def test_predict_never_destroys_files(tmp_path, trained_model, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
+@pytest.mark.slow
 def test_predict_keeps_input_columns_and_refuses_an_empty_file(tmp_path, trained_model, capsys):
     import csv
 
@@ -86,6 +90,7 @@ def test_predict_keeps_input_columns_and_refuses_an_empty_file(tmp_path, trained
     assert "no data rows" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_refused_resume_leaves_the_run_folder_byte_identical(tmp_path, tiny_model_dir, capsys, no_weights_loaded):
     """A second `finch train` in the same folder, and a resume with other data: exit 2, found before the weights
     load, and not one byte of the first run's folder (finch_config.yaml included) changes."""
@@ -106,6 +111,7 @@ def test_a_refused_resume_leaves_the_run_folder_byte_identical(tmp_path, tiny_mo
         assert {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_folder_with_outputs_but_no_checkpoints_is_refused(tmp_path, tiny_model_dir, capsys,
                                                                              no_weights_loaded):
     """Checkpoints are not the only thing a run leaves: its model, metrics, log and report (or the user's own files
@@ -145,6 +151,7 @@ def test_overwrite_output_dir_leaves_a_folder_that_is_not_a_checkpoint_alone(tmp
     assert notes.read_text() == "user stuff"
 
 
+@pytest.mark.slow
 def test_out_never_replaces_a_file_of_the_model_or_the_run(tmp_path, trained_model, capsys):
     """eval/predict/report --out: a typo that names the model's config, weights or the run's log is refused, and
     every byte of the model and run folders stays; report --out must be .html, eval --out .json."""
@@ -167,6 +174,7 @@ def test_out_never_replaces_a_file_of_the_model_or_the_run(tmp_path, trained_mod
     assert main(["eval", "--model", str(model), "--data", data]) == 0
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_writes_beside_it_and_never_into_it(tmp_path, trained_model, capsys):
     """A checkpoint's files are checked against its manifest on resume: `finch eval --model RUN/checkpoint-N` saves
     its metrics in the run folder, named after the checkpoint, and says where; an --out inside it is refused."""
@@ -187,6 +195,7 @@ def test_eval_of_a_checkpoint_writes_beside_it_and_never_into_it(tmp_path, train
     assert verify(checkpoint) is None
 
 
+@pytest.mark.slow
 def test_eval_names_the_models_labels_when_the_data_has_others(tmp_path, trained_model, capsys):
     model, rows = trained_model
     data = write_csv(tmp_path / "dev.csv", [(rows[0][0], "maybe", "0")], header=("review", "rating", "label"))
@@ -196,6 +205,7 @@ def test_eval_names_the_models_labels_when_the_data_has_others(tmp_path, trained
     assert "training file" not in error
 
 
+@pytest.mark.slow
 def test_report_of_a_run_with_damaged_files_shows_the_rest(tmp_path, trained_model, caplog):
     """A crash or a disk error can leave metrics.json half-written and log.jsonl with stray bytes: `finch report`
     warns, leaves those out and writes the page (it is no mistake of the user's, nor a bug to show a traceback for)."""

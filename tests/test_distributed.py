@@ -20,7 +20,8 @@ import pytest
 import torch
 from conftest import sentiment_dataset, tiny_bert
 
-from finch import Trainer, TrainingArguments, data
+from finch import Trainer, TrainingArguments
+from finch.data import batching
 from finch.distributed.runtime import Launch
 from finch.errors import ResumeError
 from finch.runs.checkpoint import rng_file
@@ -70,18 +71,18 @@ def run_in_process(out: Path, **options) -> dict:
 # ---- planning (in process) ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rows", [1, 5, 8, 41])
 def test_rank_shares_cover_each_global_batch_once(rows):
-    for global_batch in data.epoch_batches(rows, 8, seed=3, epoch=0, strategy="random"):
-        shares = [data.rank_share(global_batch, rank, 2) for rank in range(2)]
+    for global_batch in batching.epoch_batches(rows, 8, seed=3, epoch=0, strategy="random"):
+        shares = [batching.rank_share(global_batch, rank, 2) for rank in range(2)]
         counted = [index for rows_, counts in shares if counts for index in rows_]
         assert sorted(counted) == sorted(global_batch), "every example once, none twice"
         assert all(rows_ for rows_, _ in shares), "an idle rank still gets a (zero-weight) row for DDP's backward"
 
 
 def test_drop_last_drops_the_incomplete_global_batch():
-    steps = data.epoch_steps(41, 8, 1, seed=0, epoch=0, strategy="random", drop_last=True)
-    assert len(steps) == data.steps_per_epoch(41, 8, 1, drop_last=True) == 5
+    steps = batching.epoch_steps(41, 8, 1, seed=0, epoch=0, strategy="random", drop_last=True)
+    assert len(steps) == batching.steps_per_epoch(41, 8, 1, drop_last=True) == 5
     assert all(len(batch) == 8 for step in steps for batch in step)
-    assert data.steps_per_epoch(41, 8, 1) == 6
+    assert batching.steps_per_epoch(41, 8, 1) == 6
 
 
 def test_one_process_makes_no_torch_distributed_call(tmp_path, tokenizer, monkeypatch):
@@ -116,6 +117,7 @@ def test_a_restart_resumes_only_checkpoints_of_its_own_launch(tmp_path, tokenize
 
 
 # ---- two ranks (torchrun) -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_ranks_of_four_equal_one_process_of_eight_and_of_four_with_accumulation(tmp_path):
     """41 examples: the last global batch has one row, so rank 1 runs a zero-weight row there."""
     torchrun("train", str(tmp_path / "ddp"), "--per-device", "4")
@@ -142,6 +144,7 @@ def uninterrupted(tmp_path_factory) -> str:
     return first["digest"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_one_whole_checkpoint_every_rank_exits_75_and_the_resume_is_exact(tmp_path, uninterrupted):
     """The run of `uninterrupted` stopped by SIGTERM to torchrun, then resumed."""
 
@@ -173,6 +176,7 @@ def test_sigterm_saves_one_whole_checkpoint_every_rank_exits_75_and_the_resume_i
         "2-rank runs are bit-identical: an uninterrupted one and one stopped and resumed"
 
 
+@pytest.mark.slow
 def test_max_restarts_resumes_the_launchs_newest_checkpoint_by_itself(tmp_path, uninterrupted):
     """Rank 1 dies after step 7 on the first attempt; `torchrun --max-restarts 1` restarts both ranks, which resume
     checkpoint-6 although the script never asks to resume, and end with the uninterrupted run's weights."""
@@ -185,6 +189,7 @@ def test_max_restarts_resumes_the_launchs_newest_checkpoint_by_itself(tmp_path, 
     assert first["step"] == 12 and first["digest"] == second["digest"] == uninterrupted
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_rank_in_a_checkpoint_write_and_at_a_random_moment_then_the_resume_is_exact(tmp_path,
                                                                                               uninterrupted):
     """The `uninterrupted` run, saving every 2 steps, under `torchrun --max-restarts 2`: rank 0 SIGKILLed half-way
@@ -217,6 +222,7 @@ def test_sigkill_of_a_rank_in_a_checkpoint_write_and_at_a_random_moment_then_the
     assert not list(out.glob(".tmp-*")) and all(verify(folder) is None for folder in checkpoints(out)), why
 
 
+@pytest.mark.slow
 def test_evaluation_on_two_ranks_counts_every_example_once_in_order(tmp_path):
     torchrun("evaluate", str(tmp_path / "two"))
     two = ranks(tmp_path / "two")
@@ -234,6 +240,7 @@ def test_evaluation_on_two_ranks_counts_every_example_once_in_order(tmp_path):
         assert two[0][rows]["metrics"] == pytest.approx(one[rows]["metrics"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_every_rank_agrees_on_nan_steps_callback_stops_and_early_stopping(tmp_path):
     torchrun("control", str(tmp_path))
     first, second = ranks(tmp_path)

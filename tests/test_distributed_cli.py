@@ -78,6 +78,7 @@ def one_node(tmp_path_factory, tiny_model_dir, data_files) -> tuple[Path, str]:
     return out, result.stdout
 
 
+@pytest.mark.slow
 def test_finch_train_with_two_processes(one_node):
     out, stdout = one_node
     assert stdout.count("final metrics on the validation set") == 1, "rank 0 alone reports"
@@ -131,6 +132,7 @@ def assert_same_weights(found: dict, expected: dict) -> None:
     assert all(found[name].equal(expected[name]) for name in expected), "not the 1-machine run's weights, bit for bit"
 
 
+@pytest.mark.slow
 def test_two_machines_write_through_rank_0_alone_and_equal_the_one_machine_run(tmp_path, tiny_model_dir, data_files,
                                                                              one_node):
     out = tmp_path / "run"
@@ -146,6 +148,7 @@ def test_two_machines_write_through_rank_0_alone_and_equal_the_one_machine_run(t
     assert_same_weights(model_weights(out), model_weights(one_node[0]))
 
 
+@pytest.mark.slow
 def test_save_on_each_node_gives_each_machine_its_checkpoints_and_model_and_rank_0_the_logs(tmp_path, tiny_model_dir,
                                                                                           data_files, one_node):
     """Each simulated machine has its own folder (its own disk): both get the checkpoints and the model, bit for

@@ -190,6 +190,7 @@ class SeesTheModel(TrainerCallback):
         self._record("on_save", model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ENCODERS)
 def test_other_encoders_train_with_it_and_saving_and_callbacks_see_the_model_as_built(
         tmp_path, toy, tokenizer, name, caplog, monkeypatch):

@@ -29,6 +29,7 @@ def sane(result: dict) -> None:
     assert 0.5 <= result["accuracy"] <= 1 and 0 <= result["f1"] <= 1
 
 
+@pytest.mark.slow
 def test_manual_loop_equals_trainer_bit_for_bit(tmp_path, mrpc_dir):
     trainer = run_example("trainer_mrpc", tmp_path, "--fp32", "--data", str(mrpc_dir))
     manual = run_example("manual_loop", tmp_path, "--fp32", "--data", str(mrpc_dir))
@@ -40,6 +41,7 @@ def test_manual_loop_equals_trainer_bit_for_bit(tmp_path, mrpc_dir):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_early_stopping_example_stops_early_and_keeps_the_best(tmp_path, mrpc_dir):
     result = run_example("early_stopping", tmp_path, "--data", str(mrpc_dir))
     sane(result)
@@ -47,6 +49,7 @@ def test_early_stopping_example_stops_early_and_keeps_the_best(tmp_path, mrpc_di
     assert result["final_f1"] == pytest.approx(result["best_f1"])  # the best checkpoint was loaded at the end
 
 
+@pytest.mark.slow
 def test_class_imbalance_example_weights_the_minority_class(tmp_path, mrpc_dir):
     result = run_example("class_imbalance", tmp_path, "--data", str(mrpc_dir))
     sane(result)
@@ -54,18 +57,21 @@ def test_class_imbalance_example_weights_the_minority_class(tmp_path, mrpc_dir):
     assert minority > 1 > majority
 
 
+@pytest.mark.slow
 def test_freeze_base_example_trains_only_the_head(tmp_path, mrpc_dir):
     result = run_example("freeze_base", tmp_path, "--data", str(mrpc_dir))
     sane(result)
     assert result["encoder_unchanged"] and result["trainable"] == 384 * 2 + 2
 
 
+@pytest.mark.slow
 def test_pipeline_example_returns_label_names(tmp_path, mrpc_dir):
     result = run_example("pipeline_inference", tmp_path, "--data", str(mrpc_dir))
     assert set(result["labels"]) <= {"equivalent", "not_equivalent"} and len(result["labels"]) == 2
     assert all(0.5 <= score <= 1 for score in result["scores"])
 
 
+@pytest.mark.slow
 def test_custom_module_example_learns(tmp_path, mrpc_dir):
     result = run_example("custom_model", tmp_path, "--data", str(mrpc_dir))
     sane(result)

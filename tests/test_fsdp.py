@@ -65,6 +65,7 @@ def fsdp_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_fsdp_on_two_ranks_equals_ddp_and_saves_what_hf_loads(tmp_path, fsdp_run):
     torchrun("train", str(tmp_path / "ddp"))
     sharded, replicated = torch.load(fsdp_run / "weights.pt"), torch.load(tmp_path / "ddp" / "weights.pt")
@@ -87,6 +88,7 @@ def test_fsdp_on_two_ranks_equals_ddp_and_saves_what_hf_loads(tmp_path, fsdp_run
     assert classify("good great nice")[0]["label"] in {"negative", "positive"}
 
 
+@pytest.mark.slow
 def test_fsdp_restart_resumes_the_sharded_weights_and_optimizer_exactly(tmp_path, fsdp_run):
     """Rank 1 dies after step 7; the restart loads checkpoint-6 into the shards and ends bit-identical."""
     out = tmp_path / "restarted"
@@ -96,6 +98,7 @@ def test_fsdp_restart_resumes_the_sharded_weights_and_optimizer_exactly(tmp_path
     assert first["digest"] == second["digest"] == ranks(fsdp_run)[0]["digest"]
 
 
+@pytest.mark.slow
 def test_sharded_checkpoints_hold_each_ranks_part_and_give_the_best_model(tmp_path):
     """The FSDP2 run with state_dict_type SHARDED_STATE_DICT and an early best model loaded at the end: checkpoints
     hold a torch.distributed.checkpoint folder of both ranks' shards (no gathered weights or optimizer.pt), are verified
@@ -126,6 +129,7 @@ def test_sharded_checkpoints_hold_each_ranks_part_and_give_the_best_model(tmp_pa
     assert pipeline("text-classification", model=str(out / "model"))("good")[0]["label"] in {"negative", "positive"}
 
 
+@pytest.mark.slow
 def test_a_restart_resumes_from_sharded_checkpoints_exactly(tmp_path, fsdp_run):
     """Rank 1 dies after step 7; the restart loads checkpoint-6's shards (weights and AdamW moments, each rank its
     part) and ends bit-identical to the uninterrupted run that gathered full checkpoints."""

@@ -219,6 +219,7 @@ def test_offline_or_no_token_is_a_config_error_when_the_trainer_is_built(online,
         TrainingArguments(hub_strategy="sometimes")
 
 
+@pytest.mark.slow
 def test_finch_train_push_to_hub_never_writes_the_token(online, monkeypatch, tmp_path, tiny_model_dir, capsys,
                                                          caplog):
     """The token on the command line: uploaded where it should be, and in no file of the run (arguments, logs,
@@ -260,6 +261,7 @@ def test_finch_train_offline_push_is_refused_before_the_data_is_read(monkeypatch
     assert "HF_HUB_OFFLINE=1" in err and "missing.csv" not in err  # the hub is checked before the data
 
 
+@pytest.mark.slow
 def test_only_rank_zero_uploads(tmp_path):
     out = tmp_path / "ranks"
     root = str(Path(__file__).resolve().parents[1])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_cli import FAST, reviews, write_csv
 
-import finch
+import finch.cli.job
 from finch import TrainerCallback
 from finch.cli.main import main
 from finch.runs.folders import checkpoints, verify
@@ -42,6 +42,7 @@ def finish(process: subprocess.Popen) -> str:
 KILLS = 6  # each restart costs an interpreter's imports (~8 s on 2 cores); the points are random
 
 
+@pytest.mark.slow
 def test_sigkill_at_six_random_points_then_resume_matches_uninterrupted_run(tmp_path):
     expected = finish(start(tmp_path / "straight", "--steps", "100"))
     killed_dir, rng, kills = tmp_path / "killed", random.Random(0), 0
@@ -62,6 +63,7 @@ def test_sigkill_at_six_random_points_then_resume_matches_uninterrupted_run(tmp_
     assert not list(killed_dir.glob(".tmp-*")), "leftover temporary folders are cleaned on the next start"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_75_and_resumes_exactly(tmp_path):
     expected = finish(start(tmp_path / "straight", "--save-steps", "1000"))
     run_dir = tmp_path / "preempted"
@@ -77,6 +79,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_resumes_exactly(tmp_path):
     assert finish(start(run_dir, "--save-steps", "1000")) == expected
 
 
+@pytest.mark.slow
 def test_resume_exact_with_dataloader_workers(tmp_path):
     expected = finish(start(tmp_path / "straight", "--workers", "2", "--steps", "12"))
     run_dir = tmp_path / "stopped"
@@ -104,7 +107,7 @@ class SignalAt(TrainerCallback):
 def test_finch_train_stopped_by_a_signal_says_to_rerun_it_with_resume_auto(tmp_path, tiny_model_dir, monkeypatch,
                                                                           caplog, number):
     """The stop message names the command line's way to go on, not only the Python API's, and that way works."""
-    real_trainer = finch.Trainer
+    real_trainer = finch.cli.job.Trainer
 
     def stopped_at_step_2(*args, **kwargs):
         trainer = real_trainer(*args, **kwargs)
@@ -113,7 +116,7 @@ def test_finch_train_stopped_by_a_signal_says_to_rerun_it_with_resume_auto(tmp_p
 
     command = ["train", "--model", tiny_model_dir, "--train", write_csv(tmp_path / "t.csv", reviews(24)),
                "--output-dir", str(tmp_path / "run"), "--per-device-train-batch-size", "4", *FAST]
-    monkeypatch.setattr(finch, "Trainer", stopped_at_step_2)  # the CLI builds its Trainer through finch.Trainer
+    monkeypatch.setattr(finch.cli.job, "Trainer", stopped_at_step_2)  # where the CLI builds its Trainer
     with pytest.raises(SystemExit) as stop:
         main(command)
     assert stop.value.code == EXIT_PREEMPTED
@@ -121,7 +124,7 @@ def test_finch_train_stopped_by_a_signal_says_to_rerun_it_with_resume_auto(tmp_p
     assert f"training stopped by {signal.Signals(number).name}" in message
     assert "checkpoint-2" in message and "the same command with --resume auto" in message
     assert "finch train ... --resume auto" in message
-    monkeypatch.setattr(finch, "Trainer", real_trainer)
+    monkeypatch.setattr(finch.cli.job, "Trainer", real_trainer)
     caplog.set_level(logging.INFO, logger="finch")
     assert main([*command, "--resume", "auto"]) == 0  # the advice, followed
     assert f"Resuming from {tmp_path / 'run' / 'checkpoint-2'} at step 2" in caplog.text

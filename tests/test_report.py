@@ -120,6 +120,7 @@ def section(page: str, title: str) -> str:
     return page[start:page.find("<section>", start) if "<section>" in page[start:] else len(page)]
 
 
+@pytest.mark.slow
 def test_classification_report_has_per_class_scores_and_the_highest_loss_examples(cli_runs):
     from sklearn.metrics import precision_recall_fscore_support
 
@@ -218,6 +219,7 @@ def test_the_console_check_sees_errors(tmp_path):
     assert any("boom" in line for line in console) and any("Uncaught ReferenceError" in line for line in console)
 
 
+@pytest.mark.slow
 @needs_chromium
 @pytest.mark.parametrize("kind", ["python", "classification", "regression"])
 def test_report_renders_in_headless_chromium_without_console_errors(run, cli_runs, kind, tmp_path):

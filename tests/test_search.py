@@ -76,6 +76,7 @@ def test_default_space_and_objective(tmp_path, data, tokenizer):
     assert best.objective == [e["eval_accuracy"] for e in evaluation if "eval_accuracy" in e][-1]
 
 
+@pytest.mark.slow
 def test_pruning_stops_a_bad_trial_and_removes_its_checkpoints(tmp_path, data, tokenizer):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="p", storage=url)

@@ -29,6 +29,7 @@ def files(tmp_path):
             str(space))
 
 
+@pytest.mark.slow
 def test_search_on_a_csv_continues_shows_and_keeps_the_best_model(tmp_path, tiny_model_dir, files, capsys):
     train, dev, space = files
     out = tmp_path / "out"
@@ -66,6 +67,7 @@ def test_the_default_space_searches_hf_parameters(tmp_path, tiny_model_dir, file
     assert set(trial.params) == {"learning_rate", "num_train_epochs", "seed", "per_device_train_batch_size"}
 
 
+@pytest.mark.slow
 def test_a_study_continues_only_with_its_fixed_settings(tmp_path, tiny_model_dir, files, capsys):
     """Trials trained with other fixed settings are refused before training (they would be ranked with the study's);
     settings that cannot change the objective, and what the space searches, do not count."""
@@ -97,6 +99,7 @@ def test_a_study_continues_only_with_its_fixed_settings(tmp_path, tiny_model_dir
     assert "finch_settings" not in optuna.load_study(study_name="out", storage=storage).user_attrs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space, extra, message", [
     ("learning_rat: {low: 1e-5, high: 1e-3}", [], "unknown option(s) 'learning_rat' (did you mean 'learning_rate'"),
     ("per_device_train_batch_size: {low: 0.5, high: 8.5}", [], "per_device_train_batch_size: low: must be an integer"),
@@ -118,6 +121,7 @@ def test_mistakes_exit_2_before_training(tmp_path, tiny_model_dir, files, capsys
     assert not list(tmp_path.glob("out/run-*"))  # nothing trained
 
 
+@pytest.mark.slow
 def test_search_on_two_processes_trains_each_trial_on_both_and_reports_once(tmp_path, tiny_model_dir, files):
     """`finch search --nproc-per-node 2` relaunches through torchrun: rank 0 owns the study, each trial trains on
     both processes (DDP), and the table, the best model and the study's files are written once."""

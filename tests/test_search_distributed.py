@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from test_distributed import RUN_TIMEOUT, environment
 
 WORKER = Path(__file__).with_name("search_worker.py")
@@ -31,6 +32,7 @@ def untimed(rank: dict) -> dict:
     return {name: {k: v for k, v in search.items() if k != "seconds"} for name, search in rank.items()}
 
 
+@pytest.mark.slow
 def test_two_ranks_train_the_same_trials_prune_together_and_stop_at_the_timeout(tmp_path):
     result = torchrun("prune", tmp_path)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -53,6 +55,7 @@ def test_two_ranks_train_the_same_trials_prune_together_and_stop_at_the_timeout(
     assert len({t["learning_rate"] for t in timed["trials"]}) == len(timed["trials"])  # sampled, not repeated
 
 
+@pytest.mark.slow
 def test_a_failure_on_rank_zero_ends_the_search_on_every_rank(tmp_path):
     result = torchrun("fail", tmp_path)
     assert result.returncode != 0
@@ -66,6 +69,7 @@ def test_a_failure_on_rank_zero_ends_the_search_on_every_rank(tmp_path):
     assert "failed on every rank" in result.stderr  # rank 1 said why it waited for rank 0's next trial
 
 
+@pytest.mark.slow
 def test_a_crash_on_rank_zero_mid_trial_never_leaves_rank_one_waiting(tmp_path):
     result = torchrun("crash", tmp_path)
     assert result.returncode != 0 and "a callback on rank 0 broke" in result.stderr

@@ -26,6 +26,7 @@ def search(tmp_path, tiny_model_dir, files, capsys):  # noqa: F811
     return out
 
 
+@pytest.mark.slow
 def test_finch_search_writes_the_report_of_its_study(search):
     page = (search / "report.html").read_text()
     study = optuna.load_study(study_name="out", storage=f"sqlite:///{search / 'search.db'}")
@@ -64,6 +65,7 @@ def test_a_small_study_with_a_pruned_trial(tmp_path, capsys):
     assert page.count("<svg") == 2  # objective by trial (the pruned one at 7.5), at each evaluation
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_search_report_renders_in_headless_chromium(search, tmp_path):
     image, dom, console = chromium(write_report(search, out=tmp_path / "search.html"), tmp_path)

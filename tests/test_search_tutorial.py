@@ -98,6 +98,7 @@ def test_the_docs_search_runs_with_the_import_changed(tmp_path, tiny_model_dir, 
     assert saved["learning_rate"] == best_trial.hyperparameters["learning_rate"]  # the trial trained with its values
 
 
+@pytest.mark.slow
 def test_the_notebook_search_then_training_with_the_best_values(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

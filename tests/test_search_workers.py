@@ -45,6 +45,7 @@ def shared_storage_url(tmp_path: Path) -> str:
     return url or f"sqlite:///{tmp_path / 'search.db'}"
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(tmp_path):
     import optuna
 
@@ -61,6 +62,7 @@ def test_two_workers_share_one_study(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("run-*")) == ["run-0", "run-1", "run-2", "run-3"]
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_resumes_from_its_checkpoint(tmp_path, tokenizer):
     import optuna
 

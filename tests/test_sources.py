@@ -96,6 +96,7 @@ except DataError as error:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "setuid"), reason="needs os.setuid")
 def test_a_file_without_read_permission():
     script = UNREADABLE if os.geteuid() == 0 else UNREADABLE.replace("os.setuid(65534)", "")

@@ -46,6 +46,7 @@ def train(tmp_path, tiny_model_dir, data, *extra):
     return out
 
 
+@pytest.mark.slow
 def test_string_labelled_multiclass_trains_and_predicts_names(tmp_path, tiny_model_dir, capsys):
     out = train(tmp_path, tiny_model_dir, write_csv(tmp_path / "news.csv", topic_rows(360)), "--num-train-epochs", "4")
     printed = capsys.readouterr().out
@@ -125,6 +126,7 @@ def test_class_weights_and_freeze_flags(tmp_path, tiny_model_dir, capsys):
     assert "freeze base:" in printed and "trainable parameters" in printed
 
 
+@pytest.mark.slow
 def test_mrpc_by_path_with_the_packaged_model(tmp_path, model_dir, mrpc_dir, capsys):
     """GLUE's TSVs as they are (bare quotes, a pair of texts): every row read, the pair and the task inferred, the
     whole validation set evaluated. A few steps only: that MiniLM learns MRPC is test_tutorial's to show."""
@@ -175,6 +177,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+@pytest.mark.slow
 def test_predict_streams_in_constant_memory(tmp_path, tiny_model_dir):
     """200,000 rows peak no higher than 20,000 rows (plus 10%): the input is never held whole."""
     model_dir = tmp_path / "model"

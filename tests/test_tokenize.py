@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datasets
+import pytest
 
 from finch.data.tokenize import cache_key, tokenize_splits
 
@@ -59,6 +60,7 @@ def test_key_changes_with_texts_labels_settings_and_tokenizer(tokenizer):
                 cache_key(pairs(), columns, Other(), 32)}) == 6
 
 
+@pytest.mark.slow
 def test_cache_can_be_turned_off(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("FINCH_CACHE", "off")
     counting = CountingTokenizer(tokenizer)

@@ -93,6 +93,7 @@ def test_parameters_are_flattened_and_keys_grouped():
 
 
 # ---- MLflow ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resumed_run_has_every_step_once_in_mlflow_tensorboard_and_log_jsonl(mlflow_uri, monkeypatch, tmp_path, data,
                                                                                 tokenizer):
     pytest.importorskip("tensorboard")

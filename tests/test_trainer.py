@@ -249,6 +249,7 @@ def test_padding_multiple_rounds_batch_lengths(tmp_path, toy, tokenizer):
     assert exact.data_collator([odd])["input_ids"].shape[1] == len(odd["input_ids"])
 
 
+@pytest.mark.slow
 def test_torch_compile_trains_like_eager_and_saves_plain_names(tmp_path, toy, tokenizer):
     """The CUDA speed path's torch.compile, on the CPU: same parameters trained, checkpoint keys unprefixed."""
     results = {}

@@ -4,6 +4,7 @@ import csv
 
 import datasets
 import numpy as np
+import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, pipeline
 
 from finch import EarlyStoppingCallback, Trainer, TrainingArguments, load_metric
@@ -31,6 +32,7 @@ def compute_metrics(eval_preds):  # the tutorial's, with finch's offline load_me
     return metric.compute(predictions=predictions, references=labels)
 
 
+@pytest.mark.slow
 def test_tutorial_workflow_on_mrpc(tmp_path, mrpc_dir, model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw_datasets = datasets.DatasetDict({"train": load_mrpc_split(mrpc_dir / "train.tsv").select(range(TRAIN_ROWS)),

