@@ -44,7 +44,7 @@ def cumulative(stats: pstats.Stats, file: str, name: str) -> float:
 
 
 def main() -> None:
-    from finch.cli.main import main as finch_main
+    from finch.cli.commands import main as finch_main
 
     imported = time.perf_counter() - STARTED
     profile = cProfile.Profile()

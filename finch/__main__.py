@@ -2,6 +2,6 @@
 
 import sys
 
-from finch.cli.main import main
+from finch.cli import main
 
 sys.exit(main())

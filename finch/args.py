@@ -262,6 +262,11 @@ class TrainingArguments(HFArgumentsProperties):
     def eval_batch_size(self) -> int:
         return self.per_device_eval_batch_size
 
+    def place(self, launch: Launch) -> None:
+        """Where the launcher placed this process (`Launch.from_environment()`, read once when the arguments are
+        made): `finch.distributed.connect.runtime_for` gives it again when a run starts."""
+        self._launch = launch
+
     @property
     def world_size(self) -> int:
         """Processes in the run: torchrun's `WORLD_SIZE` (1 without torchrun)."""

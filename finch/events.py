@@ -38,6 +38,7 @@ class Event(str, enum.Enum):
 
 
 EVENT_NAMES = frozenset(event.value for event in Event)
+LIBRARIES = ("transformers", "finch", "builtins")  # whose callback classes `unknown_overrides` trusts
 
 
 class TrainerCallback:
@@ -56,9 +57,12 @@ class TrainerCallback:
 def unknown_overrides(callback: Any) -> list[str]:
     """One line for each `on_*` method of `callback` (an instance) that names no event: it would never be called.
 
-    The line names the method, the closest event, and the events there are."""
+    The line names the method, the closest event, and the events there are. Only the user's own classes are read:
+    the callbacks of transformers and finch name their events themselves (an event a later transformers adds is not
+    a mistake of the user's)."""
+    own = [vars(klass) for klass in type(callback).__mro__ if klass.__module__.split(".")[0] not in LIBRARIES]
     lines = []
-    for name in sorted(dir(type(callback))):
+    for name in sorted({name for methods in own for name in methods}):
         if not name.startswith("on_") or name in EVENT_NAMES or not callable(getattr(type(callback), name, None)):
             continue
         close = difflib.get_close_matches(name, sorted(EVENT_NAMES), n=1, cutoff=0.6)

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from finch import TrainingArguments
-from finch.cli.main import main
+from finch.cli.commands import main
 
 # GLUE MRPC is not redistributable, so it is not in the repository: its tests run where FINCH_MRPC names the folder
 # (or ../shared/data/mrpc sits beside the checkout, as on the project's machines). .ci/run sets FINCH_REQUIRE_MRPC=1,
@@ -114,7 +114,7 @@ def quiet_args(tmp_path, **overrides) -> TrainingArguments:
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "finch.cli.main", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "finch.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 

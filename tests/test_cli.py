@@ -9,7 +9,7 @@ import pytest
 from conftest import POSITIVE
 from transformers import pipeline
 
-from finch.cli.main import main
+from finch.cli.commands import main
 
 
 def write_csv(path, rows, header=("review", "sentiment")):
@@ -101,7 +101,7 @@ def test_mistakes_exit_2_with_a_message(tmp_path, tiny_model_dir, capsys, make_a
 
 @pytest.mark.slow
 def test_console_script_reports_errors_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "finch.cli.main", "train", "--train", str(tmp_path / "none.csv")],
+    result = subprocess.run([sys.executable, "-m", "finch.cli", "train", "--train", str(tmp_path / "none.csv")],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert "none.csv: no such file" in result.stderr and "Traceback" not in result.stderr

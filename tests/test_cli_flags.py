@@ -9,7 +9,7 @@ import torch
 from conftest import exit_code, run_cli
 from test_cli import FAST, reviews, write_csv
 
-from finch.cli.main import main
+from finch.cli.commands import main
 
 
 def test_a_bug_inside_finch_shows_its_traceback_and_exits_1(tmp_path, tiny_model_dir, monkeypatch, capsys):

@@ -10,7 +10,7 @@ import torch
 from conftest import digest, run_cli, tiny_bert
 from test_cli import FAST, reviews, write_csv
 
-from finch.cli.main import main
+from finch.cli.commands import main
 
 
 def test_a_missing_model_folder_is_named(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 from conftest import digest, run_cli
 from test_cli import FAST, reviews, write_csv
 
-from finch.cli.main import main
+from finch.cli.commands import main
 from finch.runs.folders import checkpoints, verify
 
 

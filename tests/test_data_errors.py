@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from finch.cli.main import main
+from finch.cli.commands import main
 
 
 def csv_file(path, text):

@@ -48,7 +48,7 @@ def test_launch_command_passes_the_training_flags_through():
     assert kept == ["train", "--train", "t.csv", "--learning-rate", "1e-3"]
     command = launch_command(kept, {"nproc_per_node": 2, "max_restarts": 3})
     assert command[1:6] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "--max-restarts=3"]
-    assert command[-7:] == ["-m", "finch.cli.main", *kept]
+    assert command[-7:] == ["-m", "finch.cli", *kept]
     nodes = launch_command(kept, {"nproc_per_node": 8, "nnodes": 2, "node_rank": 1, "rdzv_endpoint": "n0:29500",
                                   "rdzv_id": "job-7"})
     assert "--nnodes=2" in nodes and "--node-rank=1" in nodes and "--rdzv-endpoint=n0:29500" in nodes
@@ -71,7 +71,7 @@ def train_options(model: str, data: list[str], out: Path) -> list[str]:
 def one_node(tmp_path_factory, tiny_model_dir, data_files) -> tuple[Path, str]:
     """`finch train --nproc-per-node 2` on 37 rows: the run folder and the launcher's stdout."""
     out = tmp_path_factory.mktemp("one-node") / "run"
-    result = subprocess.run([sys.executable, "-m", "finch.cli.main", "train", "--nproc-per-node", "2",
+    result = subprocess.run([sys.executable, "-m", "finch.cli", "train", "--nproc-per-node", "2",
                              *train_options(tiny_model_dir, data_files, out)], check=False, env=environment(),
                             capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
@@ -103,7 +103,7 @@ def run_two_nodes(tmp_path: Path, model: str, data: list[str], outs: list[Path],
     env = environment()
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "audit"), env["PYTHONPATH"]]),
                FINCH_AUDIT_WATCH=str(watch), FINCH_AUDIT_LOG=str(tmp_path / "writes"))
-    agents = [subprocess.Popen([sys.executable, "-m", "finch.cli.main", "train", "--nnodes", "2",
+    agents = [subprocess.Popen([sys.executable, "-m", "finch.cli", "train", "--nnodes", "2",
                                 "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-endpoint",
                                 f"127.0.0.1:{port}", "--rdzv-id", "nodes",
                                 *train_options(model, data, outs[node]), *extra],

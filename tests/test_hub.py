@@ -16,7 +16,7 @@ from conftest import sentiment_dataset, tiny_bert
 from hub_standin import Recorder
 
 from finch import Trainer, TrainerCallback, TrainingArguments
-from finch.cli.main import main
+from finch.cli.commands import main
 from finch.errors import ConfigError
 
 SECRET = "hf_SeCrEtToKeN0123456789abcdefXYZ"

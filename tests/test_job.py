@@ -5,7 +5,7 @@ import json
 from test_cli import FAST, write_csv
 from transformers import BertConfig, BertForSequenceClassification
 
-from finch.cli.main import main
+from finch.cli.commands import main
 
 
 def rows_with_a_few_long_ones():

@@ -73,3 +73,21 @@ def test_no_import_cycles_between_modules():
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
     cycle = find_cycle(imports())
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_public_api_imports_from_finch_as_before_the_wings():
+    """Everything `finch` exported when it was one flat folder still imports from `finch` (the wings moved modules,
+    not names), and `python -m finch` still finds the command."""
+    import importlib
+
+    public = ["EarlyStoppingCallback", "EvalPrediction", "MLflowCallback", "ProgressCallback", "TensorBoardCallback",
+              "Trainer", "TrainerCallback", "TrainerControl", "TrainerState", "TrainingArguments", "WandbCallback",
+              "__version__", "load_metric"]
+    assert sorted(finch.__all__) == sorted(public)
+    for name in public:
+        assert getattr(importlib.import_module("finch"), name) is not None
+    from finch.events import TrainerCallback
+    from finch.training.trainer import Trainer
+
+    assert finch.TrainerCallback is TrainerCallback and finch.Trainer is Trainer
+    assert "from finch.cli import main" in (ROOT / "__main__.py").read_text()

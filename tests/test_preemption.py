@@ -16,7 +16,7 @@ from test_cli import FAST, reviews, write_csv
 
 import finch.cli.job
 from finch import TrainerCallback
-from finch.cli.main import main
+from finch.cli.commands import main
 from finch.runs.folders import checkpoints, verify
 from finch.training.preemption import EXIT_PREEMPTED
 

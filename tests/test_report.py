@@ -11,7 +11,7 @@ import pytest
 from conftest import sentiment_dataset, tiny_bert
 
 from finch import Trainer, TrainingArguments
-from finch.cli.main import main
+from finch.cli.commands import main
 from finch.errors import ConfigError
 from finch.report.write import try_write_report, write_report
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_bert
 
 from finch import Trainer, TrainingArguments
-from finch.cli.main import main
+from finch.cli.commands import main
 from finch.errors import OutputError
 from finch.runs.files import run_lock
 

@@ -12,7 +12,7 @@ from test_cli import reviews, write_csv
 from test_distributed import RUN_TIMEOUT, environment
 from transformers import pipeline
 
-from finch.cli.main import main
+from finch.cli.commands import main
 
 FAST = ["--max-steps", "4", "--eval-strategy", "steps", "--eval-steps", "2", "--save-strategy", "steps",
         "--save-steps", "2", "--no-bf16", "--disable-tqdm", "--per-device-train-batch-size", "8"]
@@ -127,7 +127,7 @@ def test_search_on_two_processes_trains_each_trial_on_both_and_reports_once(tmp_
     both processes (DDP), and the table, the best model and the study's files are written once."""
     train, dev, space = files
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "finch.cli.main", "search", "--nproc-per-node", "2", "--model",
+    result = subprocess.run([sys.executable, "-m", "finch.cli", "search", "--nproc-per-node", "2", "--model",
                              tiny_model_dir, "--train", train, "--validation", dev, "--output-dir", str(out),
                              "--space", space, "--metric", "loss", "--trials", "2", "--ddp-timeout", "90", *FAST],
                             env=environment(), capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)

@@ -8,7 +8,7 @@ import pytest
 from test_report import chromium, needs_chromium
 from test_search_cli import FAST, files  # noqa: F401 (files is a fixture)
 
-from finch.cli.main import main
+from finch.cli.commands import main
 from finch.report.search_page import MIN_TRIALS_FOR_IMPORTANCE
 from finch.report.write import write_report
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from finch.cli.main import main
+from finch.cli.commands import main
 from finch.data.tasks import DataError, Task, compute_metrics_for, detect_task, encode
 
 FAST = ["--num-train-epochs", "2", "--no-bf16", "--disable-tqdm", "--learning-rate", "3e-3",

@@ -355,3 +355,45 @@ def test_compute_loss_is_the_same_before_and_after_train_with_class_weights(tmp_
     trainer.train()  # learning_rate 0: the weights stay, so the loss must too
     trainer.model.eval()
     assert losses()[0] == pytest.approx(before, rel=1e-6)
+
+
+class StopEpochAt(TrainerCallback):
+    """Ends the epoch after optimizer step `step` (HF's `should_epoch_stop`)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_epoch_stop = True
+
+
+def test_an_epoch_cut_short_by_a_callback_is_followed_by_a_whole_epoch(tmp_path, toy, tokenizer):
+    """`should_epoch_stop` ends the epoch; the next epoch trains from its own first step (it used to start at a
+    negative offset into its plan)."""
+    args = quiet_args(tmp_path, num_train_epochs=2, per_device_train_batch_size=8)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer,
+                      callbacks=[StopEpochAt(2)])
+    per_epoch = trainer.state.steps_per_epoch or -(-len(toy) // 8)
+    trainer.train()
+    assert trainer.state.global_step == 2 + per_epoch
+
+
+def test_arguments_made_before_the_launcher_placed_the_process_take_the_runtimes_placement(tmp_path, toy, tokenizer,
+                                                                                         monkeypatch):
+    """One world size: what the runtime finds when the Trainer starts, also for arguments made earlier under
+    other RANK / WORLD_SIZE values (a fork-based launcher sets them after the parent made its arguments)."""
+    for name, value in (("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    args = quiet_args(tmp_path, max_steps=1)
+    assert (args.world_size, args.process_index, args.should_save) == (2, 1, False)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer)
+    assert trainer.args.world_size == trainer.runtime.world_size == 1 and trainer.args.should_save
+
+
+def test_balanced_class_weights_without_a_training_set_leave_evaluation_unweighted(tmp_path, toy, tokenizer):
+    args = quiet_args(tmp_path, class_weights="balanced")
+    trainer = Trainer(model=tiny_bert(), args=args, processing_class=tokenizer)
+    assert trainer._class_weights() is None and "eval_loss" in trainer.evaluate(toy)

@@ -210,7 +210,7 @@ def launched_by_torchrun() -> bool:
 
 
 def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
-    """The `torch.distributed.run` command that runs `python -m finch.cli.main <command_args>` once per process.
+    """The `torch.distributed.run` command that runs `python -m finch.cli <command_args>` once per process.
 
     `command_args` are the CLI's own arguments with the launch flags removed (`without_launch_flags`). One node
     without `--rdzv-endpoint` uses torchrun's `--standalone` (a free local port); several nodes meet at the
@@ -230,7 +230,7 @@ def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
             command.append(f"--rdzv-id={flags['rdzv_id']}")
     if flags.get("max_restarts"):
         command.append(f"--max-restarts={flags['max_restarts']}")
-    return [*command, "-m", "finch.cli.main", *command_args]
+    return [*command, "-m", "finch.cli", *command_args]
 
 
 def without_launch_flags(argv: list[str]) -> list[str]:

@@ -93,7 +93,7 @@ def turn_lock(path: str | Path) -> Iterator[None]:
     by the kernel, when the process ends."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # NFS's flock is an fcntl lock: it needs write
     try:
         _flock(descriptor, wait=True)
         yield

@@ -239,7 +239,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         state, runtime = self.state, self.runtime
         # ---- the plan: global micro-batches from (seed, epoch), alike on every rank; each rank loads its share
         steps = self._epoch_steps(len(run.dataset), run.lengths, epoch)
-        first_step = state.global_step - epoch * run.steps_per_epoch  # > 0 only when resuming mid-epoch
+        # > 0 only when resuming mid-epoch; < 0 after an epoch that should_epoch_stop cut short: this one starts at 0
+        first_step = max(0, state.global_step - epoch * run.steps_per_epoch)
         shares = [[batching.rank_share(b, runtime.rank, runtime.world_size) for b in step] for step in steps]
         micro_batches = iter(self._loader(run.dataset, [rows for step in shares[first_step:] for rows, _ in step]))
         self.control._new_epoch()
@@ -503,10 +504,11 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         of the arguments and the training set alone, so `compute_loss` gives the same loss before, during and after
         `train()`; computed once for a given training set."""
         spec = self.args.class_weights
-        if spec is None:
+        if spec is None or (spec == "balanced" and self.train_dataset is None):  # nothing to count the labels of
             return None
         cached = self._weights_of
         if cached is None or cached[0] is not self.train_dataset or cached[1] != spec or cached[2] != self.device:
+            batching.check_cross_entropy_options(self.args, self.model)  # a regression model: said, not a crash
             dataset = self.train_dataset
             if dataset is not None:
                 dataset = batching.prepare_dataset(dataset, self.model, self.args.remove_unused_columns,
