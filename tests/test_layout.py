@@ -3,6 +3,10 @@ inside a function, goes down the layers or stays in its own wing, and no modules
 
 import ast
 import pathlib
+import runpy
+import sys
+
+import pytest
 
 import finch
 
@@ -90,4 +94,12 @@ def test_the_public_api_imports_from_finch_as_before_the_wings():
     from finch.training.trainer import Trainer
 
     assert finch.TrainerCallback is TrainerCallback and finch.Trainer is Trainer
-    assert "from finch.cli import main" in (ROOT / "__main__.py").read_text()
+
+
+@pytest.mark.parametrize("module", ["finch", "finch.cli"])
+def test_python_dash_m_runs_the_command(module, monkeypatch, capsys):
+    """`python -m finch` (the README's) and `python -m finch.cli` (torchrun's relaunch) are the `finch` command."""
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_module(module, run_name="__main__")
+    assert stopped.value.code == 0 and "usage: finch" in capsys.readouterr().out
