@@ -50,7 +50,8 @@ class ModelCard:
         except (ValueError, TypeError, AttributeError) as error:
             raise ModelError(f"{path}: not a valid finch model card ({error}); delete it to read columns afresh, "
                              f"or pass --text-columns / --label-column") from error
-        if not all(isinstance(c, str) for c in card.text_columns) or not isinstance(card.label_column, (str, type(None))) \
+        optional = (str, type(None))
+        if not all(isinstance(c, str) for c in card.text_columns) or not isinstance(card.label_column, optional) \
                 or not isinstance(card.max_length, (int, type(None))):
             raise ModelError(f"{path}: a value has the wrong type; delete the file or pass --text-columns / "
                              f"--label-column")

@@ -1,11 +1,11 @@
 """The checkpoints in an output folder: which are whole, which run saved each, the newest, and their removal.
 
-Each `checkpoint-<step>/` ends with `manifest.json` (written last by `finch.runs.checkpoint.save_checkpoint`): every file
-with its size and SHA-256, the run's id, the torchrun launch, the number of processes and the time of the save. This
-module reads it. `verify` says whether a checkpoint is whole; `latest_checkpoint` and its siblings find the newest
+Each `checkpoint-<step>/` ends with `manifest.json` (written last by `finch.runs.checkpoint.save_checkpoint`): every
+file with its size and SHA-256, the run's id, the torchrun launch, the number of processes and the time of the save.
+This module reads it. `verify` says whether a checkpoint is whole; `latest_checkpoint` and its siblings find the newest
 whole one of a run (skipping, with a warning, any that is incomplete or corrupted); `rotate_checkpoints`,
-`delete_checkpoint` and `remove_leftovers` remove only the run's own checkpoints and what killed saves left, so a
-folder that holds several runs' checkpoints loses none of another run's.
+`delete_checkpoint` and `remove_leftovers` remove only the run's own checkpoints and what killed saves left, so a folder
+that holds several runs' checkpoints loses none of another run's.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from finch.args import TrainingArguments, total_training_steps
+from finch.distributed.runtime import Launch
 from finch.errors import ResumeError
 from finch.runs.fingerprint import Fingerprint
 from finch.runs.folders import (
@@ -32,7 +33,6 @@ from finch.runs.folders import (
     world_size_of,
     written_by_transformers,
 )
-from finch.distributed.runtime import Launch
 from finch.state import TrainerState
 
 logger = logging.getLogger("finch")
