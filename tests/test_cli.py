@@ -2,11 +2,9 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import POSITIVE
+from conftest import POSITIVE, run_cli
 from transformers import pipeline
 
 from finch.cli.commands import main
@@ -101,8 +99,7 @@ def test_mistakes_exit_2_with_a_message(tmp_path, tiny_model_dir, capsys, make_a
 
 @pytest.mark.slow
 def test_console_script_reports_errors_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "finch.cli", "train", "--train", str(tmp_path / "none.csv")],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_cli("train", "--train", tmp_path / "none.csv", timeout=120)
     assert result.returncode == 2
     assert "none.csv: no such file" in result.stderr and "Traceback" not in result.stderr
 

@@ -83,7 +83,6 @@ class TrainingRun:
         scaler: fp16's gradient scaler, else None.
         nonfinite: counts NaN/Inf steps and decides whether the optimizer may step.
         dropout: finch's CPU dropout, swapped in around each micro-batch.
-        resumed_from: the checkpoint this run resumed, or None.
         last_checkpoint: the newest checkpoint this run saved or resumed from (named in error messages).
         learning_rate: the rate the last optimizer step used, which is what is logged (as HF logs it).
         window: what was seen since the last log; total_loss, total_items: everything logged so far.
@@ -99,7 +98,6 @@ class TrainingRun:
     scaler: torch.amp.GradScaler | None
     nonfinite: NonFiniteGuard
     dropout: DropoutSwap
-    resumed_from: Path | None = None
     last_checkpoint: str | None = None
     learning_rate: float | None = None
     window: LogWindow | None = None
@@ -283,7 +281,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         lengths = batching.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
         batching.check_dataset(self.train_dataset, model, "train_dataset", lengths)  # as given: its columns all named
         batching.check_cross_entropy_options(args, model)
-        self._class_weights()  # "balanced" on data without labels, a list of the wrong length: said now
+        self._class_weights(dataset)  # "balanced" on data without labels, a list of the wrong length: said now
         steps_per_epoch = self._steps_per_epoch(len(dataset))
         max_steps = total_training_steps(args, steps_per_epoch)
         runtime.shard(model, args)  # FSDP2, in place: before the optimizer takes the parameters
@@ -296,7 +294,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             scaler=torch.amp.GradScaler(device.type) if self.precision.needs_scaler else None,
             nonfinite=NonFiniteGuard(args.max_nonfinite_steps,
                                      NonFiniteGuard.supports_on_device(self.optimizer, device)),
-            dropout=DropoutSwap(model, self._uses_fast_dropout), resumed_from=resume)
+            dropout=DropoutSwap(model, self._uses_fast_dropout))
         self.state = TrainerState(
             max_steps=max_steps, steps_per_epoch=steps_per_epoch, num_train_epochs=max_steps / steps_per_epoch,
             logging_steps=args.resolve_steps(args.logging_steps, max_steps),
@@ -499,18 +497,19 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             loss = _model_loss(outputs, model, self.label_names, labels_given=labels is not None)
         return (loss, outputs) if return_outputs else loss
 
-    def _class_weights(self) -> torch.Tensor | None:
+    def _class_weights(self, prepared: Any = None) -> torch.Tensor | None:
         """`args.class_weights` as cross-entropy weights ("balanced": from `train_dataset`'s label counts). A function
         of the arguments and the training set alone, so `compute_loss` gives the same loss before, during and after
-        `train()`; computed once for a given training set."""
+        `train()`; computed once for a given training set (`prepared`: that set with its unused columns already
+        dropped, as `train()` has it)."""
         spec = self.args.class_weights
         if spec is None or (spec == "balanced" and self.train_dataset is None):  # nothing to count the labels of
             return None
         cached = self._weights_of
         if cached is None or cached[0] is not self.train_dataset or cached[1] != spec or cached[2] != self.device:
             batching.check_cross_entropy_options(self.args, self.model)  # a regression model: said, not a crash
-            dataset = self.train_dataset
-            if dataset is not None:
+            dataset = prepared if prepared is not None else self.train_dataset
+            if prepared is None and dataset is not None:
                 dataset = batching.prepare_dataset(dataset, self.model, self.args.remove_unused_columns,
                                                    self.label_names)[0]
             weights = batching.class_weights(spec, dataset, self.label_names, self.device)
