@@ -73,15 +73,21 @@ def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequ
                         f"first, e.g. dataset.map(lambda batch: tokenizer(batch['text'], truncation=True), "
                         f"batched=True)")
     limit = getattr(config, "max_position_embeddings", None)
+    if lengths and _nested(dataset, main):  # multiple choice: the limit is per sequence, not per example
+        lengths = [max(map(len, row), default=0) for row in dataset[main]]
     if lengths and isinstance(limit, int) and max(lengths) > limit:
         row = int(np.argmax(lengths))
         raise DataError(f"{what}: row {row} has {lengths[row]} tokens, but {type(model).__name__} takes at most "
                         f"{limit}; tokenize with truncation=True (max_length={limit} or less)")
     vocab = getattr(config, "vocab_size", None)
     if main == "input_ids" and main in columns and isinstance(vocab, int) and hasattr(dataset, "with_format"):
+        import pyarrow
         import pyarrow.compute
 
-        highest = pyarrow.compute.max(pyarrow.compute.list_flatten(dataset.with_format("arrow")[main])).as_py()
+        ids = dataset.with_format("arrow")[main]
+        while hasattr(ids, "type") and pyarrow.types.is_list(ids.type):  # nested: one list per choice
+            ids = pyarrow.compute.list_flatten(ids)
+        highest = pyarrow.compute.max(ids).as_py()
         if highest is not None and highest >= vocab:  # torch: "IndexError: index out of range in self"
             raise DataError(f"{what}: token id {highest} is beyond the model's vocabulary ({vocab} tokens): the "
                             f"data was tokenized with another model's tokenizer. Tokenize it with the model's own "
@@ -95,6 +101,7 @@ def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequ
                         f"e.g. dataset.class_encode_column({label!r}), and give the model id2label/label2id")
     num_labels = getattr(config, "num_labels", None)
     single_label = getattr(config, "problem_type", None) in (None, "single_label_classification")
+    single_label = single_label and not _nested(dataset, main)  # multiple choice: a label picks a choice, no class
     if isinstance(num_labels, int) and num_labels > 1 and single_label and all(type(v) is int for v in values):
         outside = [row for row, value in enumerate(values) if value != -100 and not 0 <= value < num_labels]
         if outside:
@@ -105,15 +112,58 @@ def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequ
                             f"id2label), or fix the labels")
 
 
+def _nested(dataset: Any, column: str) -> bool:
+    """Whether a dataset's `column` holds several sequences per example (a list of lists: multiple choice)."""
+    feature = (getattr(dataset, "features", None) or {}).get(column)
+    inner = getattr(feature, "feature", None)
+    return inner is not None and hasattr(inner, "feature") or isinstance(inner, (list, tuple))
+
+
 def example_lengths(dataset: Any) -> list[int] | None:
-    """Token count of each example, from the `input_ids` column; None when there is no such column."""
+    """Token count of each example as it will be padded, from the `input_ids` column; None when there is no such
+    column. An example of more than one sequence (multiple choice: one per choice) counts its choices times its
+    longest, the size of its part of a padded batch."""
     columns = getattr(dataset, "column_names", None)
     if columns is not None:
-        return [len(ids) for ids in dataset["input_ids"]] if "input_ids" in columns else None
+        if "input_ids" not in columns:
+            return None
+        if hasattr(dataset, "with_format"):
+            return _arrow_lengths(dataset.with_format("arrow")["input_ids"])
+        return [_padded_size(ids) for ids in dataset["input_ids"]]
     try:
-        return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+        return [_padded_size(dataset[i]["input_ids"]) for i in range(len(dataset))]
     except (KeyError, TypeError, IndexError):
         return None
+
+
+def _padded_size(ids: Any) -> int:
+    """Tokens of one example's ids padded to a rectangle: its length, or choices x longest for nested lists."""
+    if isinstance(ids, (torch.Tensor, np.ndarray)):
+        return int(np.prod(ids.shape)) if ids.ndim > 1 else len(ids)
+    if len(ids) and isinstance(ids[0], (list, tuple, np.ndarray, torch.Tensor)):
+        return len(ids) * max(len(choice) for choice in ids)
+    return len(ids)
+
+
+def _arrow_lengths(column: Any) -> list[int]:
+    """`_padded_size` of every row of an Arrow list column, computed columnar."""
+    import pyarrow
+    import pyarrow.compute as pc
+
+    if isinstance(column, pyarrow.ChunkedArray):
+        column = column.combine_chunks()
+    if not pyarrow.types.is_list(column.type) and not pyarrow.types.is_large_list(column.type):
+        return [_padded_size(ids) for ids in column.to_pylist()]
+    outer = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if not (pyarrow.types.is_list(column.type.value_type) or pyarrow.types.is_large_list(column.type.value_type)):
+        return outer.astype(np.int64).tolist()
+    inner = pc.list_value_length(column.flatten()).to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.cumsum(outer)[:-1]]).astype(np.int64)
+    longest = np.zeros(len(outer), np.int64)
+    nonempty = outer > 0
+    if inner.size:
+        longest[nonempty] = np.maximum.reduceat(inner, starts[nonempty])
+    return (outer * longest).astype(np.int64).tolist()
 
 
 def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, strategy: str,
@@ -236,13 +286,19 @@ def make_loader(dataset: Any, batches: list[list[int]], collator: Callable, num_
                       pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
 
 
-def count_items(batch: dict, label_names: Sequence[str]) -> int:
-    """How many loss terms a batch holds: labels that are not -100 (tokens or examples), else its rows."""
+def count_items(batch: dict, label_names: Sequence[str], shift: bool = False) -> int:
+    """How many loss terms a batch holds: labels that are not -100 (tokens or examples), else its rows.
+
+    `shift`: the model's loss shifts labels (a causal LM predicts token t+1 at t), so each row's first label is no
+    target and is not counted (HF's rule; a collator's `shift_labels` are counted as they are)."""
     for name in label_names:
         labels = batch.get(name)
         if isinstance(labels, torch.Tensor):
             if labels.dtype in (torch.long, torch.int32) and labels.ndim > 1:
-                return int((labels != -100).sum())
+                shifted = batch.get("shift_labels")
+                if isinstance(shifted, torch.Tensor):
+                    return int((shifted != -100).sum())
+                return int((labels[..., 1:] != -100).sum() if shift else (labels != -100).sum())
             return labels.shape[0]
     return batch_rows(batch)
 

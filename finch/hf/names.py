@@ -33,7 +33,8 @@ HF_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "skip_memory_metrics": (_ANY, "finch reports no memory metrics"),
     "include_num_input_tokens_seen": (lambda value: not value or value == "no",  # "no": HF's default
                                       "finch logs tokens per second, not a running token count"),
-    "prediction_loss_only": (_FALSY, "leave compute_metrics=None for the loss alone"),
+    "prediction_loss_only": (_ANY, "evaluate() and predict() gather the loss alone when it is True, as in HF"),
+    "use_cache": (_ANY, "the Trainer sets the model config's use_cache to this value (False by default), as HF"),
     "log_on_each_node": (_ANY, "only rank 0 logs in finch"),
     "dataloader_persistent_workers": (_ANY, "a data-loading detail with no effect on what is trained"),
     "dataloader_prefetch_factor": (_ANY, "a data-loading detail with no effect on what is trained"),
@@ -93,6 +94,7 @@ class HFArgumentsProperties:
     eval_do_concat_batches = True
     prediction_loss_only = False
     gradient_checkpointing = False
+    use_cache = False
 
     @property
     def device(self) -> Any:

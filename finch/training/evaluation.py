@@ -20,6 +20,7 @@ from transformers.trainer_utils import PredictionOutput
 from finch.data import batching
 from finch.errors import ConfigError
 from finch.events import Event
+from finch.training import shapes
 
 logger = logging.getLogger("finch")
 
@@ -105,7 +106,10 @@ class EvaluationMixin:
             logger.info("The weights are those of the last evaluation (step %d): its metrics are reused, not "
                         "computed again", self.state.global_step)
         else:
-            metrics = self._prediction_loop(dataset, ignore_keys, metric_key_prefix).metrics
+            # HF's rule: without compute_metrics, evaluate() gathers no predictions (a causal LM's vocabulary-sized
+            # logits would fill memory for nothing)
+            metrics = self._prediction_loop(dataset, ignore_keys, metric_key_prefix,
+                                            loss_only=self.compute_metrics is None).metrics
         self._last_evaluation = (key, dict(metrics))
         metrics["epoch"] = self._logged_epoch()  # as HF's evaluate() returns it: tutorials read metrics["epoch"]
         self.log(metrics)
@@ -130,6 +134,12 @@ class EvaluationMixin:
         self._fire(Event.ON_PREDICT, metrics=output.metrics)
         return output
 
+    def _batch_predictions(self, model: torch.nn.Module, batch: dict, outputs: Any, has_labels: bool,
+                           ignore: tuple[str, ...]) -> Any:
+        """What a batch contributes to `predictions`: the model's outputs without the loss and `ignore` (HF's
+        logits: one tensor, or a tuple). `Seq2SeqTrainer` generates instead, with `predict_with_generate`."""
+        return split_outputs(outputs, has_labels, ignore)[1]
+
     def _prediction_loader(self, dataset: Any, prefix: str) -> tuple[Any, list[list[int]], Any]:
         """The dataset checked and prepared, the global plan of evaluation batches (longest first), and the
         DataLoader of this rank's share of them (batches rank, rank + world, ...)."""
@@ -150,16 +160,18 @@ class EvaluationMixin:
                                 args.dataloader_pin_memory and self.device.type == "cuda")
 
     def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str,
-                         tell_callbacks: bool = True) -> PredictionOutput:
+                         tell_callbacks: bool = True, loss_only: bool = False) -> PredictionOutput:
         """Batches in decreasing length under `inference_mode`; outputs to the CPU batch by batch; dataset order.
 
         With several processes, rank r runs batches r, r + world, ... of the one global plan, and every rank gets
         every rank's outputs: each example is evaluated once, predictions come back in dataset order, and the loss
         and `compute_metrics` see exactly what one process would (the same batches, summed in the same order), so
         the metrics are identical on every rank. `tell_callbacks=False` fires no `on_prediction_step` (finch's own
-        check before training)."""
+        check before training). `loss_only` (or `prediction_loss_only`): the loss alone, no predictions gathered."""
         model, args, runtime = self.model, self.args, self.runtime
         dataset, batches, loader = self._prediction_loader(dataset, prefix)
+        ignore = shapes.ignore_keys(model, ignore_keys)
+        loss_only = loss_only or bool(getattr(args, "prediction_loss_only", False))
         was_training = model.training
         model.eval()
         started = time.perf_counter()
@@ -170,7 +182,7 @@ class EvaluationMixin:
         with runtime.gathered(model), torch.inference_mode():
             for batch in loader:
                 has_labels = all(batch.get(name) is not None for name in self.label_names)
-                batch_items = batching.count_items(batch, self.label_names)
+                batch_items = self._count_items(batch)
                 batch = to_device(batch, self.device)
                 # read before compute_loss: an override may `inputs.pop("labels")` (HF's class-imbalance recipe)
                 labels = batch[self.label_names[0]] if has_labels else None
@@ -181,16 +193,16 @@ class EvaluationMixin:
                         loss_sum = (loss.float() * batch_items).cpu()
                     else:
                         outputs = model(**batch)
-                logits = split_outputs(outputs, has_labels, ignore_keys or ())[1]
-                if self.preprocess_logits_for_metrics is not None:
+                logits = None if loss_only else self._batch_predictions(model, batch, outputs, has_labels, ignore)
+                if logits is not None and self.preprocess_logits_for_metrics is not None:
                     logits = self.preprocess_logits_for_metrics(logits, labels)
                 # include_for_metrics, as HF gives them: the input ids, and each example's batch mean loss
                 inputs = batch.get(getattr(model, "main_input_name", "input_ids")) if "inputs" in include else None
-                rows = len(logits[0] if isinstance(logits, tuple) else logits)
+                rows = batching.batch_rows(batch)
                 extras = {"inputs": to_numpy(inputs) if inputs is not None else None,
                           "losses": np.full(rows, loss_sum.item() / batch_items, np.float32)
                           if "loss" in include and loss_sum is not None else None}
-                outputs_of_batches.append((to_numpy(logits),
+                outputs_of_batches.append((to_numpy(logits) if logits is not None else None,
                                            to_numpy(labels) if labels is not None else None,
                                            loss_sum, batch_items, extras))
                 if tell_callbacks:
@@ -205,13 +217,14 @@ class EvaluationMixin:
                 loss_sum += batch_loss
                 items += batch_items
         order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else np.zeros(0, int)
-        predictions = reorder(concatenate([logits for logits, *_ in in_order]), order)
+        prediction_chunks = [logits for logits, *_ in in_order if logits is not None]
+        predictions = reorder(concatenate(prediction_chunks), order) if prediction_chunks else None
         label_chunks = [labels for _, labels, *_ in in_order if labels is not None]
         label_ids = reorder(concatenate(label_chunks), order) if label_chunks else None
         metrics: dict[str, float] = {}
         if items:
             metrics["loss"] = loss_sum.item() / items
-        if self.compute_metrics is not None and label_ids is not None:
+        if self.compute_metrics is not None and label_ids is not None and predictions is not None:
             extras = {name: reorder(concatenate([batch[-1][name] for batch in in_order]), order)
                       for name in ("inputs", "losses") if all(batch[-1][name] is not None for batch in in_order)}
             metrics.update(self._call_compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids,
@@ -253,6 +266,7 @@ def split_outputs(outputs: Any, has_labels: bool, ignore_keys: Sequence[str] = (
         outputs = tuple(outputs)
         loss = outputs[0] if has_labels else None
         rest = list(outputs[1:] if has_labels else outputs)
+    rest = [v for v in rest if not shapes.is_cache(v)]  # a generation cache is state, not a prediction
     return loss, (rest[0] if len(rest) == 1 else tuple(rest))
 
 
@@ -271,9 +285,14 @@ def plain(value: Any) -> Any:
 
 
 def to_numpy(value: Any) -> Any:
-    """Tensors (possibly nested in tuples) as float32/int NumPy arrays on the CPU."""
+    """Tensors (possibly nested in tuples, lists and dicts) as float32/int NumPy arrays on the CPU, the nesting kept
+    (lists become tuples)."""
     if isinstance(value, (tuple, list)):
         return tuple(to_numpy(v) for v in value)
+    if isinstance(value, Mapping):
+        return {key: to_numpy(v) for key, v in value.items()}
+    if not isinstance(value, torch.Tensor):
+        return np.asarray(value)
     value = value.detach()
     if value.is_floating_point() and value.dtype != torch.float64:
         value = value.float()
@@ -286,6 +305,8 @@ def concatenate(chunks: list[Any]) -> Any:
         return None
     if isinstance(chunks[0], tuple):
         return tuple(concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0])))
+    if isinstance(chunks[0], dict):
+        return {key: concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
     if chunks[0].ndim <= 1 or all(c.shape[1:] == chunks[0].shape[1:] for c in chunks):
         return np.concatenate(chunks, axis=0)
     shape = [sum(c.shape[0] for c in chunks)] + [max(c.shape[d] for c in chunks) for d in range(1, chunks[0].ndim)]
@@ -303,6 +324,8 @@ def reorder(value: Any, order: np.ndarray) -> Any:
         return None
     if isinstance(value, tuple):
         return tuple(reorder(v, order) for v in value)
+    if isinstance(value, dict):
+        return {key: reorder(v, order) for key, v in value.items()}
     restored = np.empty_like(value)
     restored[order] = value
     return restored

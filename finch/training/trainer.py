@@ -39,6 +39,7 @@ from finch.runs.files import run_lock
 from finch.runs.fingerprint import Fingerprint, model_fingerprint
 from finch.runs.resume import continue_state, plan_resume
 from finch.state import TrainerControl, TrainerState
+from finch.training import shapes
 from finch.training.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.training.dropout import DropoutSwap
 from finch.training.evaluation import EvaluationMixin, describe, split_outputs, to_device
@@ -165,6 +166,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             logger.setLevel(logging.WARNING)  # one run header, not one per rank; warnings still show
         self.model_init = model_init
         self.model = (model if model is not None else self._build_model()).to(self.device)
+        _set_use_cache(self.model, getattr(self.args, "use_cache", False))
         self.processing_class = processing_class
         multiple = batching.padding_multiple(self.args.pad_to_multiple_of, self.device.type, self.args.torch_compile,
                                          bf16=self.precision.name == "bf16")
@@ -273,6 +275,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         set_seed(args.seed)
         if self.model_init is not None and resume is None:
             self.model = self._build_model().to(self.device)
+            _set_use_cache(self.model, getattr(self.args, "use_cache", False))
             self.optimizer = self.lr_scheduler = None
             fingerprint = dataclasses.replace(fingerprint, model=model_fingerprint(self.model))
         model, device = self.model, self.device
@@ -351,7 +354,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         All micro-batches are loaded before the first backward: the loss is divided by the whole step's item count
         (all micro-batches, all ranks: one small reduction)."""
         state, window = self.state, run.window
-        (step_items,) = self.runtime.sum_ints(sum(batching.count_items(batch, self.label_names)
+        (step_items,) = self.runtime.sum_ints(sum(self._count_items(batch)
                                                   for batch, (_, counts) in zip(batches, shares) if counts))
         self.control._new_step()
         self._fire(Event.ON_STEP_BEGIN)
@@ -460,7 +463,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         on the device: reading it is a host sync, done only at logging steps.
         """
         items = (
-            batching.count_items(batch, self.label_names) if counts else 0
+            self._count_items(batch) if counts else 0
         )  # before compute_loss, which may pop labels
         batch = to_device(batch, self.device)  # a new dict: an override's `inputs.pop("labels")` leaves ours intact
         with run.dropout:
@@ -483,10 +486,15 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         weighted = class_weights is not None or self.args.label_smoothing_factor > 0
         custom = self.compute_loss_func is not None or weighted
         model_inputs = {k: v for k, v in inputs.items() if k not in self.label_names} if custom else inputs
+        if not custom and labels is not None and self._model_shape()[1]:
+            # the model sums its loss terms and divides by this count (HF 4.46+): the batch's mean over the terms
+            # that finch counts (a causal LM's shifted targets), which the loop weighs by their share of the step
+            model_inputs = {**model_inputs, "num_items_in_batch": num_items_in_batch or max(self._count_items(inputs),
+                                                                                            1)}
         outputs = model(**model_inputs)
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch or
-                                          batching.count_items(inputs, self.label_names))
+                                          self._count_items(inputs))
         elif weighted:  # class weights and/or label smoothing: cross-entropy computed here
             logits = split_outputs(outputs, has_labels=False)[1]
             logits = logits[0] if isinstance(logits, tuple) else logits
@@ -496,6 +504,17 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         else:
             loss = _model_loss(outputs, model, self.label_names, labels_given=labels is not None)
         return (loss, outputs) if return_outputs else loss
+
+    def _model_shape(self) -> tuple[bool, bool]:
+        """(whether the model's loss shifts labels, whether its forward takes `num_items_in_batch`): see
+        `finch.training.shapes`; read once per model."""
+        if getattr(self, "_shape_of", (None,))[0] is not self.model:
+            self._shape_of = (self.model, shapes.loss_shifts_labels(self.model), shapes.accepts_loss_kwargs(self.model))
+        return self._shape_of[1:]
+
+    def _count_items(self, batch: dict) -> int:
+        """The loss terms in a batch, counted as the model's loss counts them (see `batching.count_items`)."""
+        return batching.count_items(batch, self.label_names, shift=self._model_shape()[0])
 
     def _class_weights(self, prepared: Any = None) -> torch.Tensor | None:
         """`args.class_weights` as cross-entropy weights ("balanced": from `train_dataset`'s label counts). A function
@@ -685,6 +704,13 @@ def _token_count(batch: dict) -> int:
         return int(batch["attention_mask"].sum())
     ids = batch.get("input_ids")
     return ids.numel() if isinstance(ids, torch.Tensor) else 0
+
+
+def _set_use_cache(model: torch.nn.Module, use_cache: bool) -> None:
+    """The model config's `use_cache` set to `TrainingArguments.use_cache` (False unless asked), as HF's Trainer sets
+    it: training and evaluation forwards build no generation cache (memory, and state that is no prediction)."""
+    if shapes.takes_use_cache(model):
+        shapes.unwrap(model).config.use_cache = use_cache
 
 
 def _name_labels(model: torch.nn.Module, names: list[str] | None) -> None:
