@@ -83,7 +83,7 @@ def _with_legacy_names(cls: type) -> type:
 
     @functools.wraps(dataclass_init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        dataclass_init(self, *args, **translate_legacy(kwargs))
+        dataclass_init(self, *args, **translate_legacy(kwargs, type(self)))
         for name in HF_ONLY.keys() & kwargs.keys():  # readable as in HF scripts; not saved
             object.__setattr__(self, name, kwargs[name])
 
@@ -567,9 +567,10 @@ LEGACY: dict[str, tuple[str, Any]] = {
 }
 
 
-def translate_legacy(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Map removed HF argument names onto current fields, one FutureWarning each; reject unknown names."""
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+def translate_legacy(kwargs: dict[str, Any], arguments_class: type | None = None) -> dict[str, Any]:
+    """Map removed HF argument names onto current fields of `arguments_class` (default `TrainingArguments`), one
+    FutureWarning each; reject unknown names."""
+    known = {f.name for f in dataclasses.fields(arguments_class or TrainingArguments)}
     translated = {name: value for name, value in kwargs.items() if name in known}
     for name, value in kwargs.items():
         if name in known or accept_hf_only(name, value):
@@ -605,3 +606,27 @@ def check_keys(values: dict[str, Any], known: set[str], where: str) -> None:
         hints = [f"{k!r} (did you mean {', '.join(map(repr, difflib.get_close_matches(k, known, n=2)))}?)"
                  if difflib.get_close_matches(k, known, n=1) else repr(k) for k in unknown]
         raise ConfigError(f"{where}: unknown option(s) {', '.join(hints)}")
+
+
+@_with_legacy_names
+@dataclass
+class Seq2SeqTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus HF's generation settings for `Seq2SeqTrainer`: with `predict_with_generate`,
+    evaluation and prediction generate sequences (`generation_max_length`, `generation_num_beams`, or a whole
+    `generation_config`: a `GenerationConfig`, or a folder or hub name holding one) and `compute_metrics` gets the
+    generated token ids."""
+
+    sortish_sampler: bool = _arg(False, "generation", "accepted for HF's scripts; finch groups batches by length "
+                                 "(train_sampling_strategy) instead")
+    predict_with_generate: bool = _arg(False, "generation", "evaluate and predict by generating sequences")
+    generation_max_length: int | None = _arg(None, "generation", "max_length of generation in evaluation")
+    generation_num_beams: int | None = _arg(None, "generation", "num_beams of generation in evaluation")
+    generation_config: Any = _arg(None, "generation",  # noqa: RUF009 (None, immutable)
+                                  "a GenerationConfig, or a folder or hub name holding one")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        config = values.get("generation_config")
+        if config is not None and hasattr(config, "to_dict"):
+            values["generation_config"] = config.to_dict()
+        return values

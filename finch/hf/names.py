@@ -255,8 +255,10 @@ def as_finch_arguments(args: Any, finch_class: type) -> Any:
     """`args` as finch's `TrainingArguments` (`finch_class`): HF's (the course builds them in another cell than the
     `Trainer`) are converted from the settings that differ from HF's defaults, with a warning; None gives the
     defaults; anything else is refused."""
-    if args is None or isinstance(args, finch_class):
-        return args if args is not None else finch_class()
+    if args is None:
+        return finch_class()
+    if any(cls.__module__ == "finch.args" for cls in type(args).__mro__):  # finch's own (a subclass's too)
+        return args
     import transformers
 
     if not isinstance(args, transformers.TrainingArguments):

@@ -140,6 +140,10 @@ class EvaluationMixin:
         logits: one tensor, or a tuple). `Seq2SeqTrainer` generates instead, with `predict_with_generate`."""
         return split_outputs(outputs, has_labels, ignore)[1]
 
+    def _batch_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """What a batch contributes to `label_ids` (the labels as they are; `Seq2SeqTrainer` pads them)."""
+        return labels
+
     def _prediction_loader(self, dataset: Any, prefix: str) -> tuple[Any, list[list[int]], Any]:
         """The dataset checked and prepared, the global plan of evaluation batches (longest first), and the
         DataLoader of this rank's share of them (batches rank, rank + world, ...)."""
@@ -202,6 +206,7 @@ class EvaluationMixin:
                 extras = {"inputs": to_numpy(inputs) if inputs is not None else None,
                           "losses": np.full(rows, loss_sum.item() / batch_items, np.float32)
                           if "loss" in include and loss_sum is not None else None}
+                labels = self._batch_labels(labels) if not loss_only else labels
                 outputs_of_batches.append((to_numpy(logits) if logits is not None else None,
                                            to_numpy(labels) if labels is not None else None,
                                            loss_sum, batch_items, extras))

@@ -142,6 +142,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         compute_loss_func: `(outputs, labels, num_items_in_batch) -> loss` replacing the model's loss.
     """
 
+    arguments_class = TrainingArguments  # what HF's arguments are converted to (and the default)
+
     def __init__(self, model: torch.nn.Module | None = None, args: TrainingArguments | None = None,
                  data_collator: Callable | None = None, train_dataset: Any = None, eval_dataset: Any = None,
                  processing_class: Any = None, model_init: Callable[[], torch.nn.Module] | None = None,
@@ -156,7 +158,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
         check_overrides(type(self), Trainer)  # an HF override point finch never calls: refused, not ignored
-        self.args = as_finch_arguments(args, TrainingArguments)
+        self.args = as_finch_arguments(args, self.arguments_class)
         self.runtime = runtime_for(self.args)  # joins torchrun's process group when there is one
         self.runtime.precision.apply()  # TF32 switches, when the precision decides them
         self.device, self.precision = self.runtime.device, self.runtime.precision
