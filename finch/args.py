@@ -138,6 +138,9 @@ class TrainingArguments(HFArgumentsProperties):
                                         "checkpoints kept (the best is always kept too); unset: all")
     save_only_model: bool = _arg(False, "evaluation, saving, logging",
                                  "checkpoints without optimizer/scheduler/RNG state (cannot be resumed exactly)")
+    merge_adapters: bool = _arg(False, "evaluation, saving, logging",
+                                "PEFT (LoRA) models: save_model writes the base model with the adapters merged in "
+                                "(for from_pretrained and pipeline) instead of the adapter folder")
     logging_strategy: str = _arg("steps", "evaluation, saving, logging", "when to log: no, steps, epoch")
     logging_steps: float = _arg(500, "evaluation, saving, logging", "log every N steps (a fraction: of all steps)")
     logging_first_step: bool = _arg(False, "evaluation, saving, logging", "log the first step too")
@@ -171,6 +174,11 @@ class TrainingArguments(HFArgumentsProperties):
                                      "finch's cheaper CPU dropout; unset: on when training on the CPU")
     max_nonfinite_steps: int = _arg(5, "reproducibility, precision, hardware",
                                     "NaN/Inf steps in a row (each skipped) before training stops")
+    activation_checkpointing: bool = _arg(False, "reproducibility, precision, hardware", "recompute activations in "
+                                          "the backward pass (gradient checkpointing): less memory, more time")
+    activation_checkpointing_kwargs: dict | None = _arg(  # noqa: RUF009 (None, immutable)
+        None, "reproducibility, precision, hardware", "activation_checkpointing_enable's arguments as a JSON object "
+        "(every_n_layers, offload, use_reentrant...)")
     # data
     train_sampling_strategy: str = _arg("group_by_length", "data", "batch order: " + ", ".join(SAMPLING))
     remove_unused_columns: bool = _arg(True, "data", "drop dataset columns the model's forward does not take")
@@ -562,6 +570,10 @@ LEGACY: dict[str, tuple[str, Any]] = {
     "warmup_ratio": ("use warmup_steps=<fraction>, which takes a ratio when below 1", lambda v: {"warmup_steps": v}),
     "logging_dir": ("use tensorboard_dir", lambda v: {"tensorboard_dir": v}),
     "no_cuda": ("use use_cpu", lambda v: {"use_cpu": v}),
+    "gradient_checkpointing": ("use activation_checkpointing (transformers 5's name)",
+                               lambda v: {"activation_checkpointing": v}),
+    "gradient_checkpointing_kwargs": ("use activation_checkpointing_kwargs (transformers 5's name)",
+                                      lambda v: {"activation_checkpointing_kwargs": v}),
     "include_inputs_for_metrics": ("use include_for_metrics=['inputs']",
                                    lambda v: {"include_for_metrics": ["inputs"] if v else []}),
 }
@@ -580,7 +592,7 @@ def translate_legacy(kwargs: dict[str, Any], arguments_class: type | None = None
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise UnknownArgumentError(f"TrainingArguments got an unknown argument {name!r}{hint}")
         advice, convert = LEGACY[name]
-        warnings.warn(f"TrainingArguments: '{name}' was removed from transformers; {advice}.",
+        warnings.warn(f"TrainingArguments: '{name}' is an old transformers name; {advice}.",
                       FutureWarning, stacklevel=3)
         for new_name, new_value in convert(value).items():
             if new_name in translated and translated[new_name] != new_value:

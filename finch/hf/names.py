@@ -42,12 +42,6 @@ HF_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "use_mps_device": (_FALSY, "finch trains on CUDA or the CPU"),
     "disable_tqdm_on_each_node": (_ANY, "only rank 0 shows progress in finch"),
     # what finch does not do: accepted only when off
-    "gradient_checkpointing": (_FALSY, ("finch does not recompute activations; lower per_device_train_batch_size "
-                                        "and raise gradient_accumulation_steps to save memory")),
-    "gradient_checkpointing_kwargs": (_FALSY, "finch does not recompute activations"),
-    "activation_checkpointing": (_FALSY, ("finch does not recompute activations; lower per_device_train_batch_size "
-                                          "and raise gradient_accumulation_steps to save memory")),
-    "activation_checkpointing_kwargs": (_FALSY, "finch does not recompute activations"),
     "auto_find_batch_size": (_FALSY, "set per_device_train_batch_size yourself"),
     "deepspeed": (_FALSY, "finch scales out with torchrun and DDP (see docs/distributed.md)"),
     "neftune_noise_alpha": (_FALSY, "finch does not add NEFTune noise"),
@@ -93,7 +87,6 @@ class HFArgumentsProperties:
     # HF_ONLY names that HF code reads, as finch always behaves when they are not passed (a passed value is kept)
     eval_do_concat_batches = True
     prediction_loss_only = False
-    gradient_checkpointing = False
     use_cache = False
 
     @property

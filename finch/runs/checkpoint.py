@@ -42,6 +42,7 @@ from finch.args import TrainingArguments
 from finch.distributed.fsdp import SHARDS
 from finch.distributed.runtime import rng_state, set_rng_state
 from finch.errors import ResumeError
+from finch.runs import adapters
 from finch.runs.folders import (
     MANIFEST,
     PREFIX,
@@ -102,7 +103,10 @@ def _this_process_writes(model: torch.nn.Module) -> Iterator[None]:
 
 def load_model_weights(model: torch.nn.Module, folder: str | Path, sharded: bool = False) -> None:
     """Load `model.safetensors` (or a sharded checkpoint's `shards/`) from `folder` into `model` (in place);
-    `sharded`: into FSDP2's shards."""
+    `sharded`: into FSDP2's shards. A PeftModel takes the folder's adapter (`finch.runs.adapters`)."""
+    if adapters.is_peft(model):
+        adapters.load_adapter(model, folder)
+        return
     if (Path(folder) / SHARDS).is_dir():
         from finch.distributed.fsdp import load_shards
 

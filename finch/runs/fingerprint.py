@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from finch.runs import adapters
+
 # The columns the model learns from; a dataset with neither is hashed whole. `label`/`label_ids` count as `labels`
 # (`prepare_dataset` renames them), so the fingerprint is the same before and after that renaming.
 TOKEN_COLUMN = "input_ids"
@@ -109,6 +111,10 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """Digest of a model's architecture: `config_fingerprint` for transformers models, else the class and the
     names and shapes of its parameters and buffers."""
     config = getattr(model, "config", None)
+    if adapters.is_peft(model):  # the base's architecture and the adapters' (rank, targets, modules_to_save)
+        peft = {name: _plain(adapter.to_dict()) for name, adapter in model.peft_config.items()}
+        return _digest({"base": model_fingerprint(model.get_base_model()), "class": type(model).__name__,
+                        "adapters": peft})
     if config is not None and hasattr(config, "to_dict"):
         return config_fingerprint(config, type(model))
     shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
@@ -139,3 +145,14 @@ def _stable(values: dict[str, Any]) -> dict[str, Any]:
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """A config dict as JSON-ready values (sets sorted, enums and other objects as strings), for digests."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()
+                if key not in ("base_model_name_or_path", "revision", "inference_mode")}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain(item) for item in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)

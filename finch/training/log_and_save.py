@@ -10,7 +10,7 @@ from typing import Any
 
 from finch.events import Event
 from finch.observers.hub import Hub
-from finch.runs import checkpoint
+from finch.runs import adapters, checkpoint
 from finch.runs.files import write_text
 
 logger = logging.getLogger("finch")
@@ -56,14 +56,19 @@ class OutputsMixin:
         return round(self.state.epoch, 4)
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`.
+        """Save an inference-ready folder (weights, config with label names, tokenizer) for `pipeline(...)`; for a
+        PeftModel, the adapter folder `PeftModel.from_pretrained` loads (`merge_adapters=True`: the base model with the
+        adapters merged in, which `from_pretrained` and `pipeline` load).
         Rank 0 writes (each machine's first process with `save_on_each_node`); every rank returns once the folder is
         complete."""
         folder = Path(output_dir or self.args.output_dir)
         weights, _ = self.runtime.full_state(self.model, None)  # FSDP2: the whole model, gathered to rank 0
+        model = self.model
+        if self.args.merge_adapters and adapters.is_peft(model):  # a plain model, adapters merged into a copy
+            model = adapters.merged_copy(model)
 
         def write() -> None:
-            checkpoint.save_model_folder(self.model, folder, self.processing_class, weights)
+            checkpoint.save_model_folder(model, folder, self.processing_class, weights)
             self.args.save(folder / "training_args.json")
         self.runtime.on_writers(write, self.args.save_on_each_node)
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from finch.runs.adapters import is_peft
+
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module that DDP, `torch.compile` and a PEFT adapter wrap (the transformers model)."""
@@ -23,11 +25,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model.get_base_model()
         else:
             return model
-
-
-def is_peft(model: Any) -> bool:
-    """Whether `model` is a `peft.PeftModel` (checked without importing peft, an optional dependency)."""
-    return any(cls.__name__ == "PeftModel" and cls.__module__.startswith("peft") for cls in type(model).__mro__)
 
 
 def loss_shifts_labels(model: torch.nn.Module) -> bool:

@@ -33,7 +33,7 @@ from finch.errors import ConfigError, DataError, ModelError
 from finch.events import Event
 from finch.hf.names import as_finch_arguments, check_overrides
 from finch.observers.hub import Hub, HubCallback
-from finch.runs import checkpoint
+from finch.runs import adapters, checkpoint
 from finch.runs import folders as run_folders
 from finch.runs.files import run_lock
 from finch.runs.fingerprint import Fingerprint, model_fingerprint
@@ -175,8 +175,9 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self.data_collator = (batching.with_padding_multiple(data_collator, multiple) if data_collator is not None
                               else batching.default_collator(processing_class, multiple))
         self.padding_multiple = getattr(self.data_collator, "pad_to_multiple_of", None)  # None: not ours to round
+        # not under activation checkpointing: the backward's recomputation must draw the forward's dropout masks
         self._uses_fast_dropout = (self.args.fast_dropout is not False and self.device.type == "cpu"
-                                   and not self.args.torch_compile)
+                                   and not self.args.torch_compile and not self.args.activation_checkpointing)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
@@ -289,6 +290,16 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self._class_weights(dataset)  # "balanced" on data without labels, a list of the wrong length: said now
         steps_per_epoch = self._steps_per_epoch(len(dataset))
         max_steps = total_training_steps(args, steps_per_epoch)
+        if shapes.is_peft(model):
+            if runtime.sharded:
+                raise ConfigError("fsdp with a PeftModel: finch's FSDP2 shards every transformer layer, and peft's "
+                                  "adapters (small, trainable) inside frozen layers make shards of mixed "
+                                  "requires_grad that FSDP2 cannot flatten; train the adapter with DDP (fsdp='', "
+                                  "torchrun as before: the frozen base is replicated, only the adapter's gradients "
+                                  "cross ranks)")
+            adapters.check_trainable_parameters_saved(model)
+        if args.activation_checkpointing:
+            _enable_activation_checkpointing(model, args.activation_checkpointing_kwargs)
         runtime.shard(model, args)  # FSDP2, in place: before the optimizer takes the parameters
         if self.optimizer is None:
             self.optimizer = create_optimizer(model, args)
@@ -706,6 +717,24 @@ def _token_count(batch: dict) -> int:
         return int(batch["attention_mask"].sum())
     ids = batch.get("input_ids")
     return ids.numel() if isinstance(ids, torch.Tensor) else 0
+
+
+def _enable_activation_checkpointing(model: torch.nn.Module, kwargs: dict | None) -> None:
+    """`activation_checkpointing=True`, as HF's Trainer turns it on: the model's `activation_checkpointing_enable`
+    (`every_n_layers` and `offload` taken out of the kwargs, the rest for `torch.utils.checkpoint`; transformers'
+    default is the non-reentrant form, which also works when the embeddings are frozen, as under LoRA)."""
+    kwargs = dict(kwargs or {})
+    every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload)
+        return
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if enable is None:
+        raise ConfigError(f"activation_checkpointing=True: {type(model).__name__} has no "
+                          f"activation_checkpointing_enable() (a transformers model has); wrap its layers in "
+                          f"torch.utils.checkpoint yourself, or set activation_checkpointing=False")
+    enable(gradient_checkpointing_kwargs=kwargs or None)
 
 
 def _set_use_cache(model: torch.nn.Module, use_cache: bool) -> None:
