@@ -63,7 +63,7 @@ def test_causal_lm_evaluates_as_hf_does_and_preprocess_gets_the_logits(tmp_path,
     results = {}
     for name, trainer_class, args_class in (("finch", Trainer, None),
                                             ("hf", transformers.Trainer, transformers.TrainingArguments)):
-        args = dict(output_dir=str(tmp_path / name), per_device_eval_batch_size=5, report_to=[], use_cpu=True)
+        args = {"output_dir": str(tmp_path / name), "per_device_eval_batch_size": 5, "report_to": [], "use_cpu": True}
         trainer = trainer_class(model=gpt2(), args=args_class(**args) if args_class else quiet_args(tmp_path, **args),
                                 data_collator=collator, eval_dataset=data, compute_metrics=accuracy,
                                 preprocess_logits_for_metrics=argmax)
@@ -87,7 +87,7 @@ def test_causal_lm_evaluates_as_hf_does_and_preprocess_gets_the_logits(tmp_path,
 def test_evaluate_without_compute_metrics_gathers_no_logits(tmp_path, tokenizer, monkeypatch):
     """HF's rule: without compute_metrics evaluate() keeps the loss only (a causal LM's logits are vocabulary-sized);
     predict() and prediction_loss_only say otherwise."""
-    import finch.training.evaluation as evaluation
+    from finch.training import evaluation
 
     gathered = []
     real = evaluation.to_numpy
