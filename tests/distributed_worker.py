@@ -160,8 +160,21 @@ def train(options, out: Path) -> dict:
     callbacks += [FailOnRankOne(options.fail_at_step)] if options.fail_at_step else []
     if options.kill_in_save:
         kill_during_save(options.kill_in_save, out)
-    trainer = Trainer(model=tiny_bert(dropout=options.dropout), args=args, processing_class=tokenizer(),
-                      train_dataset=sentiment_dataset(tokenizer(), rows=TRAIN_ROWS), callbacks=callbacks,
+    model, collator, data = tiny_bert(dropout=options.dropout), None, sentiment_dataset(tokenizer(), rows=TRAIN_ROWS)
+    if options.model == "lora":  # LoRA on the tiny BERT: the frozen base replicated, the adapter's gradients reduced
+        import peft
+
+        torch.manual_seed(5)
+        model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    elif options.model == "causal":  # a tiny GPT-2 on the same token ids: the loss over the step's target tokens
+        from transformers import DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(5)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer().vocab_size, n_embd=32, n_layer=2, n_head=2,
+                                           n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        collator, data = DataCollatorForLanguageModeling(tokenizer(), mlm=False), data.remove_columns("label")
+    trainer = Trainer(model=model, args=args, processing_class=tokenizer(), data_collator=collator,
+                      train_dataset=data, callbacks=callbacks,
                       eval_dataset=sentiment_dataset(tokenizer(), rows=9, seed=3) if options.fsdp else None,
                       compute_metrics=accuracy_and_count if options.fsdp else None)
     trainer.train(resume_from_checkpoint=latest_checkpoint(out) is not None if options.resume == "auto" else None)
@@ -231,6 +244,7 @@ def main() -> None:
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--sharded", action="store_true")
     parser.add_argument("--load-best", action="store_true")
+    parser.add_argument("--model", choices=("bert", "lora", "causal"), default="bert")
     options = parser.parse_args()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)

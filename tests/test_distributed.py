@@ -63,7 +63,7 @@ def run_in_process(out: Path, **options) -> dict:
 
     values = {"per_device": 4, "accumulation": 1, "dropout": 0.0, "step_seconds": 0.0, "save_steps": 1000,
               "resume": "auto", "fail_at_step": 0, "kill_in_save": 0, "fsdp": False, "sharded": False,
-              "load_best": False, **options}
+              "load_best": False, "model": "bert", **options}
     out.mkdir(parents=True, exist_ok=True)
     return distributed_worker.train(argparse.Namespace(**values), out)
 
@@ -131,6 +131,24 @@ def test_two_ranks_of_four_equal_one_process_of_eight_and_of_four_with_accumulat
         for key, expected in weights["eight"].items():
             assert torch.allclose(weights[name][key], expected, atol=1e-5, rtol=0), f"{name}: {key} differs"
     assert not torch.allclose(weights["ddp"]["classifier.weight"], start["classifier.weight"], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["lora", "causal"])
+def test_two_ranks_of_four_equal_one_process_of_eight_for_lora_and_a_causal_lm(tmp_path, model):
+    """A LoRA adapter (DDP over a frozen base) and a causal LM (the loss over the step's target tokens of both
+    ranks, each row's first token no target) train as one process of eight does."""
+    pytest.importorskip("peft")
+    torchrun("train", str(tmp_path / "ddp"), "--per-device", "4", "--model", model)
+    two = ranks(tmp_path / "ddp")
+    assert two[0]["digest"] == two[1]["digest"], "the ranks' weights drifted apart"
+    assert two[0]["losses"] == two[1]["losses"]
+    one = run_in_process(tmp_path / "eight", per_device=8, model=model)
+    assert two[0]["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    ddp, eight = (torch.load(tmp_path / name / "weights.pt") for name in ("ddp", "eight"))
+    assert ddp.keys() == eight.keys()
+    for key, expected in eight.items():
+        assert torch.allclose(ddp[key], expected, atol=1e-5, rtol=0), f"{key} differs"
 
 
 @pytest.fixture(scope="module")

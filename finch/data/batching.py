@@ -20,7 +20,10 @@ LABEL_COLUMNS = ("label", "labels", "label_ids")
 
 
 def model_input_names(model: torch.nn.Module) -> set[str]:
-    """Argument names of `model.forward` (what a batch may contain)."""
+    """Argument names of `model.forward` (what a batch may contain); a PEFT adapter's, the model it wraps (as HF
+    reads them: peft's forward names few of the arguments it passes on)."""
+    if any(cls.__module__.startswith("peft") for cls in type(model).__mro__) and hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     return set(inspect.signature(model.forward).parameters) - {"self", "kwargs"}
 
 
