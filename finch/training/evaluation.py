@@ -194,7 +194,8 @@ class EvaluationMixin:
                 with self.precision.autocast(self.device):
                     if has_labels:
                         loss, outputs = self.compute_loss(model, batch, return_outputs=True)
-                        loss_sum = (loss.float() * batch_items).cpu()
+                        loss_sum = loss.float().item() * batch_items  # a Python float: nothing kept on the heap
+                        del loss
                     else:
                         outputs = model(**batch)
                 logits = None if loss_only else self._batch_predictions(model, batch, outputs, has_labels, ignore)
@@ -204,19 +205,23 @@ class EvaluationMixin:
                 inputs = batch.get(getattr(model, "main_input_name", "input_ids")) if "inputs" in include else None
                 rows = batching.batch_rows(batch)
                 extras = {"inputs": to_numpy(inputs) if inputs is not None else None,
-                          "losses": np.full(rows, loss_sum.item() / batch_items, np.float32)
+                          "losses": np.full(rows, loss_sum / batch_items, np.float32)
                           if "loss" in include and loss_sum is not None else None}
                 labels = self._batch_labels(labels) if not loss_only else labels
-                outputs_of_batches.append((to_numpy(logits) if logits is not None else None,
-                                           to_numpy(labels) if labels is not None else None,
-                                           loss_sum, batch_items, extras))
+                kept = (to_numpy(logits) if logits is not None else None,
+                        to_numpy(labels) if labels is not None else None)
+                # what is kept is copied only once the model's outputs are freed: small arrays kept from every batch
+                # then fill the space the outputs left, instead of pinning the top of the heap above it (a causal
+                # LM's vocabulary-sized logits otherwise left the heap growing by megabytes per batch)
+                del outputs, logits, batch, labels
+                outputs_of_batches.append((*own(kept), loss_sum, batch_items, extras))
                 if tell_callbacks:
                     self._fire(Event.ON_PREDICTION_STEP)
         model.train(was_training)
         gathered = runtime.all_gather((outputs_of_batches, time.perf_counter() - started))
         # global batch b was run by rank b % world as its (b // world)-th batch: back to the plan's order
         in_order = [gathered[b % runtime.world_size][0][b // runtime.world_size] for b in range(len(batches))]
-        loss_sum, items = torch.zeros(()), 0
+        loss_sum, items = 0.0, 0
         for _, _, batch_loss, batch_items, _ in in_order:
             if batch_loss is not None:
                 loss_sum += batch_loss
@@ -228,7 +233,7 @@ class EvaluationMixin:
         label_ids = reorder(concatenate(label_chunks), order) if label_chunks else None
         metrics: dict[str, float] = {}
         if items:
-            metrics["loss"] = loss_sum.item() / items
+            metrics["loss"] = loss_sum / items
         if self.compute_metrics is not None and label_ids is not None and predictions is not None:
             extras = {name: reorder(concatenate([batch[-1][name] for batch in in_order]), order)
                       for name in ("inputs", "losses") if all(batch[-1][name] is not None for batch in in_order)}
@@ -302,6 +307,15 @@ def to_numpy(value: Any) -> Any:
     if value.is_floating_point() and value.dtype != torch.float64:
         value = value.float()
     return value.cpu().numpy()
+
+
+def own(value: Any) -> Any:
+    """NumPy arrays (nested in tuples and dicts) copied into memory of their own (not views of torch tensors)."""
+    if isinstance(value, tuple):
+        return tuple(own(v) for v in value)
+    if isinstance(value, dict):
+        return {key: own(v) for key, v in value.items()}
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
 
 
 def concatenate(chunks: list[Any]) -> Any:
