@@ -227,5 +227,6 @@ def test_main_process_first_in_one_process():
 def test_hfs_own_defaults_and_new_names_as_keyword_arguments():
     args = TrainingArguments(output_dir="o", include_num_input_tokens_seen="no", activation_checkpointing=False)
     assert args.include_num_input_tokens_seen == "no"
-    with pytest.raises(ConfigError, match=r"activation_checkpointing=True\): finch does not support .* remove it"):
-        TrainingArguments(output_dir="o", activation_checkpointing=True)
+    with pytest.raises(ConfigError, match=r"neftune_noise_alpha=5\): finch does not support .* remove it"):
+        TrainingArguments(output_dir="o", neftune_noise_alpha=5)
+    assert TrainingArguments(output_dir="o", activation_checkpointing=True).activation_checkpointing is True

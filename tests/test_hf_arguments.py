@@ -44,8 +44,10 @@ def test_hf_only_argument_names_are_accepted_or_refused_with_the_reason():
     args = TrainingArguments(output_dir="o", do_train=True, do_eval=True, eval_accumulation_steps=4,
                              save_safetensors=True, logging_nan_inf_filter=False, average_tokens_across_devices=True)
     assert args.do_train is True and args.eval_accumulation_steps == 4  # readable, as scripts read them
-    with pytest.raises(ConfigError, match=r"gradient_checkpointing=True\): finch does not support .* remove it"):
-        TrainingArguments(output_dir="o", gradient_checkpointing=True)
+    with pytest.raises(ConfigError, match=r"auto_find_batch_size=True\): finch does not support .* remove it"):
+        TrainingArguments(output_dir="o", auto_find_batch_size=True)
+    with pytest.warns(FutureWarning, match="use activation_checkpointing"):  # HF's old name, done as HF does it
+        assert TrainingArguments(output_dir="o", gradient_checkpointing=True).activation_checkpointing is True
     with pytest.raises(ConfigError, match="save_safetensors=False"):
         TrainingArguments(output_dir="o", save_safetensors=False)
     with pytest.raises(TypeError, match="did you mean 'do_train'"):

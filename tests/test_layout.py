@@ -87,7 +87,7 @@ def test_the_public_api_imports_from_finch_as_before_the_wings():
     public = ["EarlyStoppingCallback", "EvalPrediction", "MLflowCallback", "ProgressCallback", "TensorBoardCallback",
               "Trainer", "TrainerCallback", "TrainerControl", "TrainerState", "TrainingArguments", "WandbCallback",
               "__version__", "load_metric"]
-    assert sorted(finch.__all__) == sorted(public)
+    assert set(public) <= set(finch.__all__)  # later additions: Seq2SeqTrainer, Seq2SeqTrainingArguments
     for name in public:
         assert getattr(importlib.import_module("finch"), name) is not None
     from finch.events import TrainerCallback
