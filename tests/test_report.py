@@ -284,6 +284,7 @@ def test_eval_examples_losses_scores_and_file_round_trip(kind, tmp_path):
 def test_the_readmes_first_command_installs_what_the_report_draws_its_curves_with():
     """`pip install -e ".[demo]" && finch train` promises a page of curves: the demo extra holds the report's."""
     import tomllib
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     assert extras["report"] and set(extras["report"]) <= set(extras["demo"])
     assert 'pip install -e ".[demo]" && finch train' in (Path(__file__).parents[1] / "README.md").read_text()

@@ -138,12 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "checkpoint, beside it: <run>/eval_<data name>_checkpoint-<step>.json)")
         else:
             command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
+        command.add_argument("--overwrite", action="store_true",
+                             help="replace an existing --out that finch did not write as this command's output "
+                                  "(never a file of a run or model folder)")
     report = commands.add_parser("report", help="a self-contained HTML page of a run (curves, metrics, arguments) "
                                  "or of a search (trials, objective by trial, parameter importance)",
                                  allow_abbrev=False)
     report.set_defaults(run=run_report)
     report.add_argument("output_dir", help="the run's output folder (finch train's or finch search's --output-dir)")
     report.add_argument("--out", help="the HTML file (default: OUTPUT_DIR/report.html)")
+    report.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that is not a finch report (never a file of a run or model "
+                             "folder)")
     return parser
 
 
@@ -364,7 +370,8 @@ def run_eval(flags: dict[str, Any]) -> int:
 
     metrics, description, out = evaluate_file(flags["model"], flags["data"], flags.get("out"),
                                               flags.get("text_columns"), flags.get("label_column"),
-                                              flags["batch_size"], flags.get("encoding") or "utf-8")
+                                              flags["batch_size"], flags.get("encoding") or "utf-8",
+                                              overwrite=flags.get("overwrite", False))
     print(description)
     _print_metrics(metrics)
     print(f"saved:  {out}")
@@ -375,7 +382,7 @@ def run_predict(flags: dict[str, Any]) -> int:
     from finch.cli.predict import predict_file
 
     rows = predict_file(flags["model"], flags["data"], flags["out"], flags.get("text_columns"), flags["batch_size"],
-                        encoding=flags.get("encoding") or "utf-8")
+                        encoding=flags.get("encoding") or "utf-8", overwrite=flags.get("overwrite", False))
     print(f"{rows:,} predictions written to {flags['out']}")
     return 0
 
@@ -386,7 +393,8 @@ def run_report(flags: dict[str, Any]) -> int:
     from finch.runs.files import check_output_file
 
     if flags.get("out"):
-        check_output_file(flags["out"], suffixes=(".html", ".htm"))
+        check_output_file(flags["out"], suffixes=(".html", ".htm"), command="report",
+                          overwrite=flags.get("overwrite", False))
     print(f"report: {write_report(flags['output_dir'], flags.get('out'))}")
     return 0
 
