@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments
-from finch.errors import UserError
+from finch.errors import UserError, mask_secrets
 
 EXIT_USAGE = 2  # bad flags, config or data: nothing was trained
 EXIT_FAILED = 1  # training stopped (NaN/Inf losses) or a checkpoint could not be written
@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return options.run({**vars(options), "argv": list(sys.argv[1:] if argv is None else argv)})
     except UserError as error:  # finch's own checks found a mistake: the message says the fix
-        print(f"finch {options.command}: error: {error}", file=sys.stderr)
+        print(f"finch {options.command}: error: {mask_secrets(error)}", file=sys.stderr)
         return EXIT_USAGE
     except (NonFiniteLossError, CheckpointError) as error:  # training stopped on NaNs, or a save failed
-        print(f"finch {options.command}: {error}", file=sys.stderr)
+        print(f"finch {options.command}: {mask_secrets(error)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception:  # noqa: BLE001 (anything else is a bug: show everything, blame no one but finch)
-        traceback.print_exc()
+        print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr)  # a URL in it keeps its password hidden
         print(f"finch {options.command}: this is a bug in finch or a library under it, not a mistake in your flags "
               f"or data; please report it with the traceback above", file=sys.stderr)
         return EXIT_FAILED

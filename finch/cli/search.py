@@ -230,7 +230,7 @@ def _open_study(job: Any, options: dict[str, Any], settings: dict[str, Any], sto
     name = study_name or output.resolve().name
     pruner = optuna.pruners.MedianPruner() if periodic else optuna.pruners.NopPruner()
     with quiet_optuna():
-        study = create_study(storage, name, [direction], load_if_exists=True, pruner=pruner)
+        study = create_study(storage, name, [direction], load_if_exists=True, pruner=pruner, objective=key)
     created = "finch" not in study.user_attrs  # read before _claim_study records it
     _claim_study(study, {"objective": key, "direction": direction, "model": str(options.get("model") or "demo"),
                          "data": _data_digest(job.splits.train), "validation": _data_digest(job.splits.validation)})
@@ -259,9 +259,11 @@ def _claim_study(study: Any, identity: dict[str, str]) -> None:
         return
     changed = [name for name in identity if recorded.get(name) != identity[name]]
     if changed:
+        details = [f"the {name} set is not the one its trials used" if name in ("data", "validation")
+                   else f"{name}: {recorded.get(name)} then, {identity[name]} now" for name in changed]
         raise ConfigError(f"study {study.study_name!r} was started with another {', '.join(changed)} "
-                          f"({'; '.join(f'{k}: {recorded.get(k)} then' for k in changed if k != 'data')}); "
-                          f"its trials cannot be compared with these. Use --study-name NAME for a new study")
+                          f"({'; '.join(details)}); its trials cannot be compared with these. Continue it with "
+                          f"the same data, model and --metric, or use --study-name NAME for a new study")
 
 
 # ---- the settings a study is continued with ---------------------------------------------------------------------
@@ -393,7 +395,7 @@ def show_study(output_dir: str | Path, storage_url: str | None = None, study_nam
     if storage_url is None and not (output / STORAGE_FILE).exists():
         raise ConfigError(f"no search in {output}: {output / STORAGE_FILE} does not exist. Pass the --output-dir of "
                           f"the search, or --storage URL and --study-name NAME")
-    storage = open_storage(storage_url or default_storage(output))
+    storage = open_storage(storage_url or default_storage(output), create=False)
     name = study_name or output.resolve().name
     try:
         study = optuna.load_study(study_name=name, storage=storage)

@@ -43,7 +43,7 @@ from typing import Any
 from huggingface_hub import HfApi, get_token
 
 from finch.distributed.fsdp import SHARDS
-from finch.errors import ConfigError, UnknownArgumentError
+from finch.errors import ConfigError, UnknownArgumentError, mask_secrets
 from finch.events import TrainerCallback
 from finch.runs.files import write_text
 
@@ -238,7 +238,7 @@ class Hub:
             if warn:
                 logger.warning("hub: upload of %s to %s failed (%s: %s); training goes on, and it is retried at the "
                                "end", upload.path_in_repo or "the model", self.repo_id, type(error).__name__,
-                               str(error).splitlines()[0] if str(error) else "")
+                               mask_secrets(str(error).splitlines()[0]) if str(error) else "")
             raise
         _remove_staged(upload)
         return upload.result
@@ -281,7 +281,8 @@ def warn_on_failure(what: str) -> Iterator[None]:
         yield
     except Exception as error:  # noqa: BLE001 (observers never stop training: DESIGN invariant 14)
         logger.warning("hub: %s failed (%s: %s); the model is saved locally: upload it with trainer.push_to_hub() "
-                       "or `hf upload`", what, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                       "or `hf upload`", what, type(error).__name__,
+                       mask_secrets(str(error).splitlines()[0]) if str(error) else "")
 
 
 def _stage(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path:

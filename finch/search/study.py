@@ -346,7 +346,8 @@ def hyperparameter_search(trainer: Any, hp_space: Callable[[Any], dict] | None =
     space = hp_space or default_hp_space
     check_space(space, trainer.args, free_names=takes_trial)
     channel = RankChannel(trainer.runtime)  # under torchrun rank 0 owns the study; the others train with it
-    study = channel.on_leader(lambda: _open_study(trainer.args, directions, kwargs))
+    study = channel.on_leader(lambda: _open_study(trainer.args, directions, kwargs,
+                                                  _objective_name(compute_objective)))
     base_args, model_init = trainer.args, trainer.model_init
 
     def trainer_for(args: TrainingArguments, trial: Any, resume: bool) -> Any:
@@ -371,14 +372,22 @@ def hyperparameter_search(trainer: Any, hp_space: Callable[[Any], dict] | None =
         trainer.args, trainer.model_init = base_args, model_init
 
 
-def _open_study(args: TrainingArguments, directions: list[str], kwargs: dict[str, Any]) -> Any:
+def _objective_name(compute_objective: Callable | None) -> str:
+    """What a study optimises, as recorded in it: the `compute_objective` function's full name."""
+    if compute_objective is None:
+        return "HuggingFace's default objective (the evaluation loss, or the sum of the metrics)"
+    name = getattr(compute_objective, "__qualname__", type(compute_objective).__qualname__)
+    return f"compute_objective={getattr(compute_objective, '__module__', '?')}.{name}"
+
+
+def _open_study(args: TrainingArguments, directions: list[str], kwargs: dict[str, Any], objective: str) -> Any:
     """The study `kwargs` describe (its storage opened), after checking `args.output_dir` holds no other search."""
     storage = kwargs.get("storage")
     if isinstance(storage, (str, os.PathLike)):
         storage = open_storage(str(storage), kwargs.get("heartbeat_interval") or HEARTBEAT_INTERVAL,
                                kwargs.get("grace_period"))
     study = create_study(storage, kwargs.get("study_name"), directions, bool(kwargs.get("load_if_exists")),
-                         kwargs.get("sampler"), kwargs.get("pruner"))
+                         kwargs.get("sampler"), kwargs.get("pruner"), objective=objective)
     check_run_folders(args.output_dir, study.study_name, args.overwrite_output_dir)
     return study
 
