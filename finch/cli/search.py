@@ -43,6 +43,7 @@ from finch.search.study import (
     Trials,
     better,
     check_run_folders,
+    check_searchable,
     check_space,
     default_hp_space,
     quiet_optuna,
@@ -100,6 +101,7 @@ def load_space(path: str | Path, args: TrainingArguments) -> SearchSpace:
                           f"{{low: 1e-5, high: 1e-3, log: true}}")
     hints = typing.get_type_hints(TrainingArguments)
     searchable = set(hints) - set(NOT_SEARCHABLE)
+    check_searchable(list(raw), f"{path} (the space)")
     check_keys(raw, searchable, f"{path} (the space)")
     space = SearchSpace(tuple(_param(name, spec, hints[name], path) for name, spec in raw.items()))
     for param in space.params:  # every end of every range through TrainingArguments' own checks
