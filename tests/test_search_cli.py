@@ -205,3 +205,15 @@ def test_search_refuses_a_study_of_the_opposite_direction_before_training(tmp_pa
     error = capsys.readouterr().err
     assert code == 2 and "was created to minimize and is now asked to maximize" in error, error
     assert not list(out.glob("run-*"))
+
+
+def test_a_search_into_a_training_runs_folder_is_refused_without_suggesting_resume(tmp_path, files, capsys):
+    train, dev, space = files
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    code = main(["search", "--train", train, "--validation", dev, "--output-dir", str(out), "--space", space, *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and f"output_dir {out} is a finch train run's folder (it holds model, log.jsonl)" in error
+    assert "Choose another --output-dir for the search" in error and "--resume" not in error
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "model"]

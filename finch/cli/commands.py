@@ -332,7 +332,7 @@ def run_verify_resume(flags: dict[str, Any]) -> int:
 def run_search(flags: dict[str, Any]) -> int:
     """Search hyperparameters on the job's data (see `finch.cli.search`); print the best trial and the model."""
     from finch.cli.job import prepare, resolve_options, training_arguments
-    from finch.cli.search import search_job, show_study
+    from finch.cli.search import check_not_a_training_run, search_job, show_study
     from finch.distributed.torchrun import launched_by_torchrun, relaunch
     from finch.errors import ConfigError
     from finch.report.search_page import try_write_search_report
@@ -344,6 +344,7 @@ def run_search(flags: dict[str, Any]) -> int:
     if options.get("resume"):
         raise ConfigError("finch search resumes by itself: re-run the same command (a killed worker's trial is "
                           "retried from its last checkpoint); drop --resume")
+    check_not_a_training_run(options["output_dir"])
     if flags.get("nproc_per_node") and not launched_by_torchrun():  # each trial trains on N processes
         training_arguments(options)  # a mistake in the flags shows once, here, not once per process
         relaunch(flags["argv"], flags)

@@ -33,7 +33,7 @@ from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments, check_keys
 from finch.errors import ConfigError, NonFiniteLossError
 from finch.runs import checkpoint
 from finch.runs import folders as run_folders
-from finch.runs.files import turn_lock
+from finch.runs.files import RUN_OUTPUTS, turn_lock
 from finch.search.ranks import RankChannel, follow, lead
 from finch.search.storage import HEARTBEAT_INTERVAL, create_study, import_optuna, open_storage
 from finch.search.study import (
@@ -159,6 +159,18 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 BEST_MODEL = "best-model"
 BEST_TRIAL_FILE = "search_trial.json"
 STORAGE_FILE = "search.db"
+
+
+def check_not_a_training_run(output_dir: str | Path) -> None:
+    """Refuse to search in the output folder of a `finch train` run (its checkpoints, model or log at the top): a
+    search writes its trials in run-<n> folders, and cannot continue, or be mixed with, a training run."""
+    output = Path(output_dir)
+    found = [p.name for p in run_folders.checkpoints(output)][-2:] + \
+        [name for name in RUN_OUTPUTS if name != "report.html" and (output / name).exists()]
+    if found:
+        raise ConfigError(f"output_dir {output} is a finch train run's folder (it holds {', '.join(found)}): a search "
+                          f"writes its trials in run-<n> folders, its study and best model beside them, and cannot "
+                          f"continue a training run. Choose another --output-dir for the search")
 
 
 def default_storage(output_dir: str | Path) -> str:
