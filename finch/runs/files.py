@@ -197,6 +197,7 @@ def is_own_output(path: str | Path, command: str) -> bool:
     """Whether `path` reads as what `finch <command>` writes: `eval` a JSON object of eval_* metrics, `predict` a
     CSV or JSON Lines file whose first row has its predicted_* columns, `report` finch's HTML page. Reads only the
     file's start (and, for a report, its end), so a large file costs nothing."""
+    path = Path(path)
     try:
         with open(path, "rb") as file:
             head = file.read(1 << 16)
