@@ -79,7 +79,7 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
     """
     output_dir = Path(output_dir)
     overwrite = args.overwrite_output_dir
-    _check_no_foreign_checkpoint_names(output_dir)
+    _check_no_foreign_checkpoint_names(output_dir, args)
     if launch.restarted:
         resume = _after_restart(output_dir, resume, launch)
     if resume is None or resume is False:
@@ -253,17 +253,19 @@ def check_fingerprint(folder: str | Path, saved: TrainerState, fingerprint: Fing
             f"another output_dir")
 
 
-def _check_no_foreign_checkpoint_names(output_dir: Path) -> None:
+def _check_no_foreign_checkpoint_names(output_dir: Path, args: TrainingArguments) -> None:
     """Refuse an output folder holding a `checkpoint-<step>` that is not a checkpoint (no manifest, no trainer state:
-    the user's, or a copy): it is never read or deleted, so a save at that step could not be put in its place, and
-    the run would fail at its first save instead of now."""
-    foreign = sorted(p.name for p in output_dir.glob(f"{PREFIX}*")
-                     if re.fullmatch(rf"{PREFIX}\d+", p.name) and not is_checkpoint(p))
+    the user's, or a copy) at a step this run may save (any, when its length is set in epochs): it is never read or
+    deleted, so that save could not be put in its place, and the run would fail there instead of now."""
+    if args.save_strategy == "no":
+        return
+    foreign = sorted((p for p in output_dir.glob(f"{PREFIX}*") if re.fullmatch(rf"{PREFIX}\d+", p.name)
+                      and not is_checkpoint(p) and (args.max_steps <= 0 or step_of(p) <= args.max_steps)), key=step_of)
     if foreign:
-        raise OutputError(f"output_dir {output_dir} holds {', '.join(foreign)}, which is not a finch checkpoint (no "
-                          f"manifest.json or trainer_state.json) but has the name finch saves its checkpoints under: "
-                          f"a save at that step could not replace it. Rename or move it, or choose another "
-                          f"output_dir (--output-dir)")
+        names = ", ".join(p.name for p in foreign)
+        raise OutputError(f"output_dir {output_dir} holds {names}, which is not a finch checkpoint (no manifest.json "
+                          f"or trainer_state.json) but has the name of a checkpoint this run may save: that save "
+                          f"could not replace it. Rename or move it, or choose another output_dir (--output-dir)")
 
 
 def _check_no_collision(output_dir: Path, folder: Path, saved: TrainerState, args: TrainingArguments) -> None:
