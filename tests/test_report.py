@@ -316,3 +316,14 @@ def test_damaged_or_foreign_run_files_are_left_out_with_a_note_naming_them(tmp_p
     page = write_report(tmp_path).read_text()
     assert "log.jsonl holds no training log entries (none of its 3 line(s)" in section(page, "Left out")
     assert "<h2>Curves</h2>" not in page and "<h2>Log</h2>" not in page
+
+
+def test_report_out_replaces_only_a_report_or_with_overwrite(run, tmp_path, capsys):
+    folder, _, _ = run
+    page = tmp_path / "notes.html"
+    page.write_text("<html><body>my own notes</body></html>")
+    assert main(["report", str(folder), "--out", str(page)]) == 2
+    assert "is not an earlier output of `finch report`; pass --overwrite" in capsys.readouterr().err
+    assert page.read_text() == "<html><body>my own notes</body></html>"
+    assert main(["report", str(folder), "--out", str(page), "--overwrite"]) == 0
+    assert main(["report", str(folder), "--out", str(page)]) == 0  # its own report, written again
