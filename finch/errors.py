@@ -13,6 +13,7 @@ Below them, the one way a run ends that is neither the user's mistake nor a bug:
 
 from __future__ import annotations
 
+import logging
 import re
 
 
@@ -61,3 +62,15 @@ def mask_secrets(text: object) -> str:
     any URL, connection string or message that may hold one, whether it parses or not."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", str(text))
     return _KEY_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+class MaskSecretsFilter(logging.Filter):
+    """On finch's logger: every message it logs goes through `mask_secrets` (a URL in a library's error, a DSN in a
+    warning), so no path through the code can print a password."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True

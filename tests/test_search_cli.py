@@ -217,3 +217,11 @@ def test_a_search_into_a_training_runs_folder_is_refused_without_suggesting_resu
     assert code == 2 and f"output_dir {out} is a finch train run's folder (it holds model, log.jsonl)" in error
     assert "Choose another --output-dir for the search" in error and "--resume" not in error
     assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "model"]
+
+
+def test_finchs_logger_masks_any_password_it_is_given(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="finch"):
+        logging.getLogger("finch").warning("tracker failed (%s)", "OperationalError: postgresql://u:hunter2@h/db")
+    assert "hunter2" not in caplog.text and "postgresql://u:***@h/db" in caplog.text
