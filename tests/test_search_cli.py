@@ -225,3 +225,17 @@ def test_finchs_logger_masks_any_password_it_is_given(caplog):
     with caplog.at_level(logging.WARNING, logger="finch"):
         logging.getLogger("finch").warning("tracker failed (%s)", "OperationalError: postgresql://u:hunter2@h/db")
     assert "hunter2" not in caplog.text and "postgresql://u:***@h/db" in caplog.text
+
+
+def test_a_worker_with_other_data_or_metric_is_told_what_differs():
+    from finch.cli.search import _claim_study
+    from finch.errors import ConfigError
+
+    study = optuna.create_study(study_name="s")
+    identity = {"objective": "eval_loss", "direction": "minimize", "model": "m", "data": "d1", "validation": "v1"}
+    _claim_study(study, identity)
+    with pytest.raises(ConfigError) as error:
+        _claim_study(study, {**identity, "data": "d2", "objective": "eval_f1"})
+    said = str(error.value)
+    assert "started with another objective, data (objective: eval_loss then, eval_f1 now; the data set is not the " \
+           "one its trials used)" in said and "()" not in said and "--study-name NAME" in said
