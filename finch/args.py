@@ -584,13 +584,17 @@ def translate_legacy(kwargs: dict[str, Any], arguments_class: type | None = None
     FutureWarning each; reject unknown names."""
     known = {f.name for f in dataclasses.fields(arguments_class or TrainingArguments)}
     translated = {name: value for name, value in kwargs.items() if name in known}
+    unknown = [name for name in kwargs if name not in known and name not in LEGACY and name not in HF_ONLY]
+    if unknown:  # every one at once: a fix per run is a slow way to learn the names
+        said = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known | set(LEGACY) | set(HF_ONLY)), n=3, cutoff=0.6)
+            said.append(f"{name!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+        what = "an unknown argument" if len(unknown) == 1 else f"{len(unknown)} unknown arguments"
+        raise UnknownArgumentError(f"TrainingArguments got {what} {', '.join(said)}")
     for name, value in kwargs.items():
         if name in known or accept_hf_only(name, value):
             continue
-        if name not in LEGACY:
-            close = difflib.get_close_matches(name, sorted(known | set(LEGACY) | set(HF_ONLY)), n=3, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise UnknownArgumentError(f"TrainingArguments got an unknown argument {name!r}{hint}")
         advice, convert = LEGACY[name]
         warnings.warn(f"TrainingArguments: '{name}' is an old transformers name; {advice}.",
                       FutureWarning, stacklevel=3)

@@ -13,6 +13,9 @@ Below them, the one way a run ends that is neither the user's mistake nor a bug:
 
 from __future__ import annotations
 
+import logging
+import re
+
 
 class UserError(Exception):
     """A mistake in the user's flags, config, data, model folder or output folder: the message says the fix."""
@@ -45,3 +48,29 @@ class OutputError(UserError, ValueError):
 class NonFiniteLossError(RuntimeError):
     """Training stopped after too many consecutive steps with a NaN/Inf loss or gradient norm (the CLI: exit 1,
     no traceback; the checkpoints before it are whole)."""
+
+
+# A password in a URL (`scheme://user:PASSWORD@host`, up to the token's last "@", so a malformed URL, a port typo or
+# an unescaped "@" in the password is masked too) or given as a key=value (a libpq DSN, a query string).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*):[^\s'\"]*@")
+_KEY_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd|token|secret|api_key)\s*=\s*)[^\s&;,'\")]+",
+                           re.IGNORECASE)
+
+
+def mask_secrets(text: object) -> str:
+    """`text` with every password in a URL or DSN replaced by `***`: the one function through which finch shows
+    any URL, connection string or message that may hold one, whether it parses or not."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", str(text))
+    return _KEY_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+class MaskSecretsFilter(logging.Filter):
+    """On finch's logger: every message it logs goes through `mask_secrets` (a URL in a library's error, a DSN in a
+    warning), so no path through the code can print a password."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True

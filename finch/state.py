@@ -52,6 +52,17 @@ class TrainerState:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
 
     @classmethod
+    def problem_in(cls, values: Any) -> str | None:
+        """What makes `values` (a parsed trainer_state.json) unusable: not an object, or a field of the wrong type
+        (a run would fail, or go wrong, much later); None if it can be loaded."""
+        if not isinstance(values, dict):
+            return f"it holds a JSON {type(values).__name__}, not an object of the trainer's state"
+        for name, annotation in ((f.name, str(f.type)) for f in dataclasses.fields(cls)):
+            if name in values and not _fits(values[name], annotation):
+                return f"{name} is {values[name]!r}, not a {annotation}"
+        return None
+
+    @classmethod
     def load_from_json(cls, path: str | Path) -> TrainerState:
         values = json.loads(Path(path).read_text())
         known = {f.name for f in dataclasses.fields(cls)}
@@ -73,3 +84,17 @@ class TrainerControl:
 
     def _new_epoch(self) -> None:
         self.should_epoch_stop = False
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,)}
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated `annotation` ("int", "float | None", "list[dict[str, Any]]")."""
+    for option in (part.strip() for part in annotation.split(" | ")):
+        if option == "None" and value is None:
+            return True
+        kinds = _TYPES.get(option.split("[")[0])
+        if kinds is not None and isinstance(value, kinds) and (option == "bool" or not isinstance(value, bool)):
+            return True
+    return False

@@ -85,6 +85,12 @@ def test_unknown_name_suggests_closest():
         TrainingArguments(output_dir="o", learning_rte=1e-4)
 
 
+def test_every_unknown_name_is_reported_at_once():
+    with pytest.raises(UnknownArgumentError, match=r"got 3 unknown arguments 'learning_rte' \(did you mean "
+                                                   r"'learning_rate'\?\), 'num_epochs' .*, 'zzz_qqq'$"):
+        TrainingArguments(output_dir="o", learning_rte=1e-4, num_epochs=3, seed=1, zzz_qqq=1)
+
+
 def test_validation_lists_every_problem_at_once():
     with pytest.raises(ValueError) as raised:
         TrainingArguments(output_dir="o", fp16=True, bf16=True, per_device_train_batch_size=0,

@@ -129,6 +129,26 @@ def test_a_yaml_mistake_names_its_line_and_where_the_bracket_opened(tmp_path):
         load_file(path)
 
 
+def test_a_python_tag_or_a_key_given_twice_in_yaml_is_refused_as_such(tmp_path):
+    """Config and space files: a `!!python/...` tag is refused as what it is (no hint about brackets or tabs) and
+    nothing is built; a key given twice is refused (YAML would keep the last one silently)."""
+    from finch.cli.config import load_file
+    from finch.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\nlearning_rate: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match=r"c.yaml, line 2: the tag !!python/object/apply:os.system is refused: "
+                                          r"finch reads YAML as plain data") as error:
+        load_file(path)
+    assert "bracket" not in str(error.value) and not (tmp_path / "pwned").exists()
+    path.write_text("learning_rate: {low: 1e-5, high: 1e-3}\nseed: [1, 2]\nlearning_rate: [1e-4]\n")
+    with pytest.raises(ConfigError, match=r"c.yaml, line 3: 'learning_rate' is given twice \(lines 1 and 3\)"):
+        load_file(path)
+    path.write_text("learning-rate: 1e-5\nlearning_rate: 1e-3\n")
+    with pytest.raises(ConfigError, match="learning_rate is given twice"):
+        load_file(path)
+
+
 def scores(count):
     """Rows with a number to predict: a regression task."""
     return [(text, f"{len(text) / 10:.2f}") for text, _ in reviews(count)]

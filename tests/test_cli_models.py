@@ -111,3 +111,21 @@ def test_a_model_folder_whose_config_is_not_a_model_config_is_named(tmp_path, ti
     code = main(["train", "--model", str(model), "--train", train, "--output-dir", str(tmp_path / "o"), *FAST])
     error = capsys.readouterr().err
     assert code == 2 and "its config.json is not a model configuration" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("config", ['{"architectures": ["BertForSequenceClassification"], "num_labels": 2}',
+                                    '{"model_type": "bert", ', '["bert"]'])
+def test_predict_and_eval_name_a_config_without_a_model_type_before_the_weights_load(tmp_path, tiny_model_dir, capsys,
+                                                                                    no_weights_loaded, config):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.json").write_text(config)
+    data = write_csv(tmp_path / "d.csv", [("good", "pos"), ("bad", "neg")], header=("text", "label"))
+    for command in (["predict", "--out", str(tmp_path / "p.csv")], ["eval"]):
+        code = main([command[0], "--model", str(model), "--data", data, *command[1:]])
+        error = capsys.readouterr().err
+        assert code == 2 and f"{model}: its config.json is not a model configuration" in error, error
+        assert "model.save_pretrained(folder)" in error and "Traceback" not in error
+    assert not (tmp_path / "p.csv").exists()

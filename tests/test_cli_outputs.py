@@ -67,7 +67,7 @@ def test_predict_never_destroys_files(tmp_path, trained_model, capsys):
     for args, message in ((["--data", str(tmp_path / "typo.csv"), "--out", str(existing)], "typo.csv"),
                           (["--data", data, "--out", str(existing), "--text-columns", "body"], "no column 'body'"),
                           (["--data", data, "--out", data], "is the input file")):
-        assert main(["predict", "--model", str(model), *args]) == 2
+        assert main(["predict", "--model", str(model), *args, "--overwrite"]) == 2
         assert message in capsys.readouterr().err
         assert (digest(existing), digest(tmp_path / "new.csv")) == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
@@ -218,3 +218,37 @@ def test_report_of_a_run_with_damaged_files_shows_the_rest(tmp_path, trained_mod
     assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
     assert "metrics.json is damaged" in caplog.text
     assert "<svg" in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.slow
+def test_out_never_replaces_a_file_finch_did_not_write_as_that_commands_output(tmp_path, trained_model, capsys):
+    """Any run's or model's folder is protected, not only the --model's: an --out into another run's folder is
+    refused whatever the file; another existing file needs --overwrite; a command's own earlier output is replaced."""
+    import shutil
+
+    model, rows = trained_model
+    other = tmp_path / "other-run"
+    shutil.copytree(model.parent, other)
+    (tmp_path / "bare-model").mkdir()
+    shutil.copy(model / "config.json", tmp_path / "bare-model" / "config.json")
+    (tmp_path / "bare-model" / "notes.csv").write_text("mine\n")
+    data = write_csv(tmp_path / "dev.csv", rows[:6], header=("review", "rating", "label"))
+    before = {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()}
+    refused = [("eval", other / "model" / "config.json"), ("eval", other / "model" / "finch.json"),
+               ("eval", other / "training_args.json"), ("eval", other / "metrics.json"),
+               ("predict", other / "eval_examples.jsonl"), ("predict", other / "log.jsonl"),
+               ("predict", tmp_path / "bare-model" / "notes.csv")]
+    for command, out in refused:
+        for extra in ([], ["--overwrite"]):
+            assert main([command, "--model", str(model), "--data", data, "--out", str(out), *extra]) == 2, out
+            assert f"would replace {out.name}, a file of the" in capsys.readouterr().err
+    mine = tmp_path / "results.csv"
+    mine.write_text("precious,results\n1,2\n")
+    before[mine] = digest(mine)
+    assert main(["predict", "--model", str(model), "--data", data, "--out", str(mine)]) == 2
+    assert "already exists and is not an earlier output of `finch predict`; pass --overwrite" in capsys.readouterr().err
+    assert {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert main(["predict", "--model", str(model), "--data", data, "--out", str(mine), "--overwrite"]) == 0
+    assert main(["predict", "--model", str(model), "--data", data, "--out", str(mine)]) == 0  # its own output
+    assert main(["eval", "--model", str(model), "--data", data, "--out", str(other / "eval_dev.json")]) == 0
+    assert main(["eval", "--model", str(model), "--data", data, "--out", str(other / "eval_dev.json")]) == 0

@@ -77,3 +77,30 @@ def test_save_total_limit_counts_the_best_checkpoint_as_hf_does(tmp_path, toy, t
     trainer.train()
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == kept
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+
+
+def test_a_best_metric_that_is_always_nan_chooses_no_checkpoint_and_says_so(tmp_path, toy, tokenizer, caplog):
+    """NaN compares false with everything: taken as the first best, it would never be beaten, and its checkpoint
+    would be loaded at the end, silently."""
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="steps", eval_steps=2, max_steps=4,
+                                                         save_strategy="steps", save_steps=2,
+                                                         load_best_model_at_end=True, metric_for_best_model="f1"),
+                      train_dataset=toy, eval_dataset=toy.select(range(16)), processing_class=tokenizer,
+                      compute_metrics=lambda p: {"f1": float("nan")})
+    with caplog.at_level("WARNING", logger="finch"):
+        trainer.train()
+    assert trainer.state.best_metric is None and trainer.state.best_model_checkpoint is None
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("metric_for_best_model eval_f1 is nan at step" in m for m in said) == 2
+    assert any("no evaluation gave a finite f1, so no best model was chosen; the last step's weights are kept" in m
+               for m in said)
+
+
+def test_evaluate_on_an_empty_set_is_a_data_error(tmp_path, toy, tokenizer):
+    from finch.errors import DataError
+
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path), train_dataset=toy, processing_class=tokenizer)
+    with pytest.raises(DataError, match=r"the evaluation set has no rows, so there is no loss or metric"):
+        trainer.evaluate(toy.select([]))
+    with pytest.raises(DataError, match=r"the evaluation set \(small\) has no rows"):
+        trainer.evaluate({"small": toy.select([]), "big": toy})

@@ -279,3 +279,29 @@ def test_only_rank_zero_uploads(tmp_path):
                               *[["upload_folder", {"path_in_repo": "", "message": message, "failed": False}]
                                 for message in ("Training in progress, step 2", "Training in progress, step 4",
                                                 "End of training", "again")]]
+
+
+@pytest.mark.parametrize("name", ["me/my model", "../../etc", "me/x/y", "me/x."])
+def test_a_hub_model_id_the_hub_refuses_is_said_before_the_data_is_read(online, tmp_path, capsys, name):
+    code = main(["train", "--train", str(tmp_path / "missing.csv"), "--output-dir", str(tmp_path / "o"),
+                 "--push-to-hub", "--hub-model-id", name, "--hub-token", SECRET])
+    err = capsys.readouterr().err
+    assert code == 2 and f"hub_model_id={name!r} is not a hub repository name" in err, err
+    assert "--hub-model-id namespace/name" in err and "missing.csv" not in err and "Traceback" not in err
+    assert online.calls == []
+
+
+def test_an_unreachable_hub_is_one_clear_error(monkeypatch, tmp_path, tokenizer):
+    """No stand-in: the real client against a port nothing listens on, a token set (the network is the user's)."""
+    import huggingface_hub.constants
+
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read once, at import
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), push_to_hub=True, hub_model_id="someone/x",
+                             hub_token=SECRET)
+    with pytest.raises(ConfigError, match=r"could not be created or reached \(ConnectError.*Check the network") as got:
+        Trainer(model=tiny_bert(), args=args, train_dataset=sentiment_dataset(tokenizer, rows=8),
+                processing_class=tokenizer)
+    assert SECRET not in str(got.value)

@@ -279,3 +279,51 @@ def test_eval_examples_losses_scores_and_file_round_trip(kind, tmp_path):
     for name in ("losses", "labels", "predicted"):  # the file rounds numbers to 6 decimals
         assert np.allclose(getattr(again, name), getattr(examples, name), atol=1e-5), name
 
+
+
+def test_the_readmes_first_command_installs_what_the_report_draws_its_curves_with():
+    """`pip install -e ".[demo]" && finch train` promises a page of curves: the demo extra holds the report's."""
+    import tomllib
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert extras["report"] and set(extras["report"]) <= set(extras["demo"])
+    assert 'pip install -e ".[demo]" && finch train' in (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_damaged_or_foreign_run_files_are_left_out_with_a_note_naming_them(tmp_path, capsys, caplog):
+    """A damaged eval_examples.jsonl or finch_config.yaml is no KeyError or ParserError, and a damaged log.jsonl (or
+    one of predictions) no silent loss of the curves: the page says what it left out, of which file, and why."""
+    log = [{"step": 1, "loss": 0.9, "epoch": 0.5}, {"step": 2, "loss": 0.7, "epoch": 1.0},
+           {"step": 2, "eval_loss": 0.6, "eval_accuracy": 0.75, "epoch": 1.0}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log) + "{\"step\": 3, \"lo\n[1, 2]\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"eval_loss": 0.6, "eval_accuracy": 0.75}))
+    (tmp_path / "finch_config.yaml").write_text("model: tiny\ntrain: [a.csv\nseed: 3\n")
+    (tmp_path / "eval_examples.jsonl").write_text(
+        json.dumps({"kind": "classification", "classes": ["neg", "pos"]}) + "\n"
+        + json.dumps({"row": 0, "label": "pos", "prediction": "pos", "loss": 0.1}) + "\n"
+        + json.dumps({"row": 1, "label": "maybe", "prediction": "pos"}) + "\n")
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    left_out = section(page, "Left out")
+    assert "log.jsonl: 2 of its 5 lines are left out (1 not readable JSON, 1 not log entries)" in left_out
+    assert "finch_config.yaml is not readable YAML" in left_out
+    assert "eval_examples.jsonl: line 3 is not an example finch writes" in left_out
+    assert "the per-example sections are left out" in left_out and "<h2>Curves</h2>" in page
+    assert "Traceback" not in capsys.readouterr().err and "eval_examples.jsonl: line 3" in caplog.text
+
+    predictions = [{"text": "good", "predicted_label": "pos", "predicted_score": 0.9, "step": 1, "epoch": 1}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions * 3))
+    page = write_report(tmp_path).read_text()
+    assert "log.jsonl holds no training log entries (none of its 3 line(s)" in section(page, "Left out")
+    assert "<h2>Curves</h2>" not in page and "<h2>Log</h2>" not in page
+
+
+def test_report_out_replaces_only_a_report_or_with_overwrite(run, tmp_path, capsys):
+    folder, _, _ = run
+    page = tmp_path / "notes.html"
+    page.write_text("<html><body>my own notes</body></html>")
+    assert main(["report", str(folder), "--out", str(page)]) == 2
+    assert "is not an earlier output of `finch report`; pass --overwrite" in capsys.readouterr().err
+    assert page.read_text() == "<html><body>my own notes</body></html>"
+    assert main(["report", str(folder), "--out", str(page), "--overwrite"]) == 0
+    assert main(["report", str(folder), "--out", str(page)]) == 0  # its own report, written again

@@ -388,3 +388,52 @@ def test_a_kill_while_rotation_deletes_a_checkpoint_leaves_no_damaged_checkpoint
     assert len(list(tmp_path.glob(".tmp-checkpoint-2-*"))) == 1
     remove_leftovers(tmp_path, run_id)  # what the next start does
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("trainer_state.json", "{\"global_step\": 2,", "trainer_state.json: not readable JSON"),
+    ("trainer_state.json", "[2]", "trainer_state.json: it holds a JSON list"),
+    ("trainer_state.json", "{\"global_step\": \"two\"}", "trainer_state.json: global_step is 'two', not a int"),
+    ("trainer_state.json", None, "trainer_state.json: missing"),
+    ("rng_state.json", "{\"python\": [3, [1, 2], null], \"numpy\": [], \"torch\": []}", "rng_state.json: not the RNG"),
+    ("rng_state.json", "[]", "rng_state.json: not the RNG states finch saves"),
+    ("rng_state.json", None, "rng_state.json: missing"),
+    ("scheduler.json", "[1, 2]", "scheduler.json: it holds a JSON list, not a state object"),
+    ("scheduler.json", "{'last_epoch': 2}", "scheduler.json: not readable JSON"),
+    ("scheduler.json", None, "scheduler.json: missing"),
+    ("training_args.json", "{\"seed\": ", "training_args.json: not readable JSON"),
+])
+def test_state_files_that_cannot_be_used_are_refused_before_the_weights_load_even_with_a_matching_manifest(
+        tmp_path, toy, tokenizer, monkeypatch, name, content, message):
+    """A checksum says a file is as saved, not that it can be used: each state file is read and checked as resuming
+    uses it, and a bad one is refused naming it, before any weights load (Python and CLI both plan first)."""
+    train(tmp_path / "run", toy, tokenizer)
+    folder = tmp_path / "run" / "checkpoint-2"
+    if content is None:
+        (folder / name).unlink()
+    else:
+        (folder / name).write_text(content)
+    rewrite_manifest(folder)  # the manifest matches: only reading the file finds it
+    import finch.runs.checkpoint
+
+    monkeypatch.setattr(finch.runs.checkpoint, "load_model_weights", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(ResumeError, match=rf"checkpoint-2 is damaged: {message}"):
+        train(tmp_path / "run", toy, tokenizer, resume=str(folder), max_steps=4)
+
+
+def test_this_runs_checkpoint_with_a_lost_manifest_is_named_as_such(tmp_path, toy, tokenizer):
+    train(tmp_path, toy, tokenizer, max_steps=4)
+    (tmp_path / "checkpoint-4" / "manifest.json").unlink()
+    with pytest.raises(ResumeError, match=r"holds checkpoint-4 of this very run, damaged: the manifest.json is lost"):
+        plan_resume(tmp_path, True, run_args(tmp_path, max_steps=6))
+
+
+def test_a_folder_named_like_a_checkpoint_is_refused_before_training_not_at_the_first_save(tmp_path, toy, tokenizer):
+    from finch.errors import OutputError
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "notes.txt").write_text("mine")
+    before = folder_digest(tmp_path)
+    with pytest.raises(OutputError, match="holds checkpoint-2, which is not a finch checkpoint .* Rename or move it"):
+        train(tmp_path, toy, tokenizer)
+    assert folder_digest(tmp_path) == before

@@ -174,3 +174,40 @@ def test_other_mistakes(tmp_path, data, tokenizer):
     trainer.hyperparameter_search(hp_space=lr_space, n_trials=1)  # an in-memory study: run-0 is its folder
     with pytest.raises(ConfigError, match="holds trial folders of another search"):
         trainer.hyperparameter_search(hp_space=lr_space, n_trials=1)
+
+
+def init_with_trial(trial=None):  # HuggingFace's documented form: the trial, or None for the first model
+    return tiny_bert()
+
+
+@pytest.mark.parametrize("kwargs, model_init, message", [
+    ({"n_trials": 0}, None, "n_trials=0: the number of trials this call runs, a whole number of at least 1"),
+    ({"n_trials": -1}, None, "n_trials=-1: the number"),
+    ({"n_trials": 1.5}, None, "n_trials=1.5: the number"),
+    ({"hp_space": {"learning_rate": [1e-4, 1e-3]}}, None, "hp_space is a dict; it is a function of the trial"),
+    ({"hp_space": lambda trial: {"output_dir": trial.suggest_categorical("output_dir", ["a", "b"])}}, None,
+     "hp_space: output_dir cannot be searched: these say where and how the search runs"),
+    ({"hp_space": lambda trial: {"num_train_epochs": trial.suggest_int("num_train_epochs", 1, 3)}}, None,
+     "the space searches num_train_epochs, but max_steps=4 fixes every trial's length"),
+    ({"hp_space": lambda trial: {"learning_rat": trial.suggest_float("learning_rat", 1e-5, 1e-3)}}, init_with_trial,
+     "hp_space searches 'learning_rat' (did you mean 'learning_rate'?): not TrainingArguments fields"),
+])
+def test_poor_inputs_get_messages_that_name_them_before_training(tmp_path, data, tokenizer, kwargs, model_init,
+                                                                 message):
+    trainer = make_trainer(data, tokenizer, tmp_path / "out", **({"model_init": model_init} if model_init else {}))
+    with pytest.raises(ConfigError) as error:
+        trainer.hyperparameter_search(**{"n_trials": 1, "hp_space": lr_space, **kwargs})
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_an_objective_that_is_not_a_number_names_compute_objective(tmp_path, data, tokenizer, caplog):
+    trainer = make_trainer(data, tokenizer, tmp_path / "out", max_steps=2, eval_steps=2)
+    with pytest.raises(ConfigError, match=r"compute_objective \(.*<lambda>\) returned 'high' \(str\), not one number: "
+                                          r"it turns the evaluation metrics \(.*eval_loss.*\) into the objective"):
+        trainer.hyperparameter_search(hp_space=lr_space, n_trials=1, compute_objective=lambda metrics: "high")
+    trainer = make_trainer(data, tokenizer, tmp_path / "nan", max_steps=2, eval_steps=2)
+    with pytest.raises(RuntimeError, match="no trial of study"):
+        trainer.hyperparameter_search(hp_space=lr_space, n_trials=1, compute_objective=lambda m: float("nan"))
+    assert "compute_objective (tests" in caplog.text or "compute_objective (test_search" in caplog.text
+    assert "returned nan for the metrics" in caplog.text

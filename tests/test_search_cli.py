@@ -149,3 +149,93 @@ def test_show_without_a_search_exits_2(tmp_path, capsys):
     assert main(["search", "--show", "--output-dir", str(tmp_path / "none")]) == 2
     assert "no search in" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("url, said", [
+    ("postgresql://finch:secret@127.0.0.1:54x2/db", "is not a database URL"),  # a port typo: the URL does not parse
+    ("postgresql://finch:sec@ret@127.0.0.1:54x2/db", "is not a database URL"),  # an unescaped "@" in the password
+    ("postgres://finch:secret@127.0.0.1/db", "use postgresql://finch:***@127.0.0.1/db"),
+    ("postgresql://finch:secret@127.0.0.1:1/db", "cannot open the database"),  # nothing listens there
+    ("mysql+nodriver://finch:secret@127.0.0.1/db", "cannot open the database"),  # no such driver
+])
+def test_no_storage_url_is_printed_with_its_password(tmp_path, capsys, url, said):
+    """Every path through which a storage URL reaches a message masks its password, parsed or not."""
+    assert main(["search", "--show", "--storage", url, "--study-name", "x"]) == 2
+    error = capsys.readouterr().err
+    assert said in error and "***@127.0.0.1" in error and "secret" not in error and "ret@" not in error, error
+
+
+def test_mask_secrets_hides_passwords_in_urls_and_dsns():
+    from finch.errors import mask_secrets
+
+    assert mask_secrets("at postgresql+psycopg://u:p%40ss@h:5432/d now") == "at postgresql+psycopg://u:***@h:5432/d now"
+    assert mask_secrets("host=h user=u password=hunter2 dbname=d") == "host=h user=u password=*** dbname=d"
+    assert mask_secrets("https://u:tok@example.com/x?token=abc&y=1") == "https://u:***@example.com/x?token=***&y=1"
+    assert mask_secrets("sqlite:///a/search.db and postgresql://u@h/d") == "sqlite:///a/search.db and postgresql://u@h/d"
+
+
+def test_show_of_a_missing_sqlite_file_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "typo.db"
+    assert main(["search", "--show", "--storage", f"sqlite:///{missing}", "--study-name", "x"]) == 2
+    assert f"no database file {missing}" in capsys.readouterr().err and not missing.exists()
+
+
+def test_a_study_continued_with_another_direction_or_objective_is_refused(tmp_path):
+    """Optuna would reuse a study of the opposite direction silently (its best trial then the worst)."""
+    from finch.errors import ConfigError
+    from finch.search.storage import create_study, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    create_study(storage, "s", ["minimize"], objective="eval_loss")
+    with pytest.raises(ConfigError, match="'s' was created to minimize and is now asked to maximize.*another study"):
+        create_study(storage, "s", ["maximize"], load_if_exists=True, objective="eval_loss")
+    with pytest.raises(ConfigError, match="'s' optimises eval_loss, not eval_f1.*choose another study name"):
+        create_study(storage, "s", ["minimize"], load_if_exists=True, objective="eval_f1")
+    assert create_study(storage, "s", ["minimize"], load_if_exists=True, objective="eval_loss").study_name == "s"
+
+
+@pytest.mark.slow
+def test_search_refuses_a_study_of_the_opposite_direction_before_training(tmp_path, tiny_model_dir, files, capsys):
+    train, dev, space = files
+    out = tmp_path / "out"
+    out.mkdir()
+    optuna.create_study(study_name="out", storage=f"sqlite:///{out / 'search.db'}", direction="minimize")
+    code = main(["search", "--model", tiny_model_dir, "--train", train, "--validation", dev, "--output-dir", str(out),
+                 "--space", space, "--metric", "accuracy", "--trials", "1", *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and "was created to minimize and is now asked to maximize" in error, error
+    assert not list(out.glob("run-*"))
+
+
+def test_a_search_into_a_training_runs_folder_is_refused_without_suggesting_resume(tmp_path, files, capsys):
+    train, dev, space = files
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    code = main(["search", "--train", train, "--validation", dev, "--output-dir", str(out), "--space", space, *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and f"output_dir {out} is a finch train run's folder (it holds model, log.jsonl)" in error
+    assert "Choose another --output-dir for the search" in error and "--resume" not in error
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "model"]
+
+
+def test_finchs_logger_masks_any_password_it_is_given(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="finch"):
+        logging.getLogger("finch").warning("tracker failed (%s)", "OperationalError: postgresql://u:hunter2@h/db")
+    assert "hunter2" not in caplog.text and "postgresql://u:***@h/db" in caplog.text
+
+
+def test_a_worker_with_other_data_or_metric_is_told_what_differs():
+    from finch.cli.search import _claim_study
+    from finch.errors import ConfigError
+
+    study = optuna.create_study(study_name="s")
+    identity = {"objective": "eval_loss", "direction": "minimize", "model": "m", "data": "d1", "validation": "v1"}
+    _claim_study(study, identity)
+    with pytest.raises(ConfigError) as error:
+        _claim_study(study, {**identity, "data": "d2", "objective": "eval_f1"})
+    said = str(error.value)
+    assert "started with another objective, data (objective: eval_loss then, eval_f1 now; the data set is not the " \
+           "one its trials used)" in said and "()" not in said and "--study-name NAME" in said

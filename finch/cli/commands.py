@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments
-from finch.errors import UserError
+from finch.errors import UserError, mask_secrets
 
 EXIT_USAGE = 2  # bad flags, config or data: nothing was trained
 EXIT_FAILED = 1  # training stopped (NaN/Inf losses) or a checkpoint could not be written
@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return options.run({**vars(options), "argv": list(sys.argv[1:] if argv is None else argv)})
     except UserError as error:  # finch's own checks found a mistake: the message says the fix
-        print(f"finch {options.command}: error: {error}", file=sys.stderr)
+        print(f"finch {options.command}: error: {mask_secrets(error)}", file=sys.stderr)
         return EXIT_USAGE
     except (NonFiniteLossError, CheckpointError) as error:  # training stopped on NaNs, or a save failed
-        print(f"finch {options.command}: {error}", file=sys.stderr)
+        print(f"finch {options.command}: {mask_secrets(error)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception:  # noqa: BLE001 (anything else is a bug: show everything, blame no one but finch)
-        traceback.print_exc()
+        print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr)  # a URL in it keeps its password hidden
         print(f"finch {options.command}: this is a bug in finch or a library under it, not a mistake in your flags "
               f"or data; please report it with the traceback above", file=sys.stderr)
         return EXIT_FAILED
@@ -138,12 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "checkpoint, beside it: <run>/eval_<data name>_checkpoint-<step>.json)")
         else:
             command.add_argument("--out", required=True, help="predictions: .csv or .jsonl")
+        command.add_argument("--overwrite", action="store_true",
+                             help="replace an existing --out that finch did not write as this command's output "
+                                  "(never a file of a run or model folder)")
     report = commands.add_parser("report", help="a self-contained HTML page of a run (curves, metrics, arguments) "
                                  "or of a search (trials, objective by trial, parameter importance)",
                                  allow_abbrev=False)
     report.set_defaults(run=run_report)
     report.add_argument("output_dir", help="the run's output folder (finch train's or finch search's --output-dir)")
     report.add_argument("--out", help="the HTML file (default: OUTPUT_DIR/report.html)")
+    report.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that is not a finch report (never a file of a run or model "
+                             "folder)")
     return parser
 
 
@@ -326,7 +332,7 @@ def run_verify_resume(flags: dict[str, Any]) -> int:
 def run_search(flags: dict[str, Any]) -> int:
     """Search hyperparameters on the job's data (see `finch.cli.search`); print the best trial and the model."""
     from finch.cli.job import prepare, resolve_options, training_arguments
-    from finch.cli.search import search_job, show_study
+    from finch.cli.search import check_not_a_training_run, search_job, show_study
     from finch.distributed.torchrun import launched_by_torchrun, relaunch
     from finch.errors import ConfigError
     from finch.report.search_page import try_write_search_report
@@ -338,6 +344,7 @@ def run_search(flags: dict[str, Any]) -> int:
     if options.get("resume"):
         raise ConfigError("finch search resumes by itself: re-run the same command (a killed worker's trial is "
                           "retried from its last checkpoint); drop --resume")
+    check_not_a_training_run(options["output_dir"])
     if flags.get("nproc_per_node") and not launched_by_torchrun():  # each trial trains on N processes
         training_arguments(options)  # a mistake in the flags shows once, here, not once per process
         relaunch(flags["argv"], flags)
@@ -364,7 +371,8 @@ def run_eval(flags: dict[str, Any]) -> int:
 
     metrics, description, out = evaluate_file(flags["model"], flags["data"], flags.get("out"),
                                               flags.get("text_columns"), flags.get("label_column"),
-                                              flags["batch_size"], flags.get("encoding") or "utf-8")
+                                              flags["batch_size"], flags.get("encoding") or "utf-8",
+                                              overwrite=flags.get("overwrite", False))
     print(description)
     _print_metrics(metrics)
     print(f"saved:  {out}")
@@ -375,7 +383,7 @@ def run_predict(flags: dict[str, Any]) -> int:
     from finch.cli.predict import predict_file
 
     rows = predict_file(flags["model"], flags["data"], flags["out"], flags.get("text_columns"), flags["batch_size"],
-                        encoding=flags.get("encoding") or "utf-8")
+                        encoding=flags.get("encoding") or "utf-8", overwrite=flags.get("overwrite", False))
     print(f"{rows:,} predictions written to {flags['out']}")
     return 0
 
@@ -386,7 +394,8 @@ def run_report(flags: dict[str, Any]) -> int:
     from finch.runs.files import check_output_file
 
     if flags.get("out"):
-        check_output_file(flags["out"], suffixes=(".html", ".htm"))
+        check_output_file(flags["out"], suffixes=(".html", ".htm"), command="report",
+                          overwrite=flags.get("overwrite", False))
     print(f"report: {write_report(flags['output_dir'], flags.get('out'))}")
     return 0
 

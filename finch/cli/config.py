@@ -18,29 +18,69 @@ import yaml
 from finch.errors import ConfigError
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                                f"YAML would keep the last one silently: keep one", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """`text` parsed as plain YAML data (no Python object is ever built, no key given twice).
+
+    Raises:
+        ConfigError: not valid YAML (where, and the likely fix), a `!!python/...` or other unknown tag, or a key given
+            twice in one mapping.
+    """
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only
+    except yaml.constructor.ConstructorError as error:
+        mark = error.problem_mark
+        at = f"{where}, line {mark.line + 1}" if mark is not None else where
+        problem = error.problem or str(error).splitlines()[0]
+        if "constructor for the tag" in problem:
+            tag = problem.split("tag", 1)[1].strip(" '")
+            raise ConfigError(f"{at}: the tag {tag.replace('tag:yaml.org,2002:', '!!')} is refused: finch reads "
+                              f"YAML as plain data and never builds Python objects from a file. Write the value as "
+                              f"a number, string, list or mapping") from None
+        raise ConfigError(f"{at}: {problem}") from None
+    except yaml.YAMLError as error:
+        mark, start = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+        at = f"{where}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else where
+        what = getattr(error, "problem", None) or str(error).splitlines()[0]
+        if getattr(error, "context", None) and start is not None:  # e.g. "while parsing a flow sequence": its start
+            what += f"; {error.context} that starts on line {start.line + 1}"
+        raise ConfigError(f"{at}: not valid YAML ({what}); a missing closing bracket or quote, or a tab used for "
+                          f"indentation?") from error
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file (keys with dashes become underscores)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read the config file ({error}); pass a UTF-8 YAML file") from error
-    except yaml.YAMLError as error:
-        mark, start = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
-        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
-        what = getattr(error, "problem", None) or str(error).splitlines()[0]
-        if (
-            getattr(error, "context", None) and start is not None
-        ):  # e.g. "while parsing a flow sequence": where it began
-            what += f"; {error.context} that starts on line {start.line + 1}"
-        raise ConfigError(f"{where}: not valid YAML ({what}); a missing closing bracket or quote, or a tab used for "
-                          f"indentation?") from error
+    loaded = load_yaml(text, str(path))
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of option: value, not a {type(loaded).__name__}")
+    keys = [str(k).replace("-", "_") for k in loaded]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:  # learning-rate and learning_rate
+        raise ConfigError(f"{path}: {', '.join(twice)} is given twice (with - and _); keep one")
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
@@ -52,7 +92,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"{item!r}: overrides are written key=value, e.g. learning_rate=3e-5")
         try:
-            parsed[key.strip().lstrip("-").replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
+            parsed[key.strip().lstrip("-").replace("-", "_")] = yaml.load(value, Loader=_StrictLoader) \
+                if value.strip() else None
         except yaml.YAMLError as error:  # `report_to=[none`: the value is YAML, and this one does not parse
             raise ConfigError(f"{item!r}: the value is not valid YAML ({str(error).splitlines()[0]}); quote it or "
                               f"close its brackets, e.g. report_to=[none] or text_columns='[a, b]'") from error

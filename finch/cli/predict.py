@@ -117,18 +117,19 @@ def _flat(result: dict[str, Any]) -> dict[str, Any]:
 
 def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, text_columns: list[str] | None = None,
                  batch_size: int = 64, rows_per_chunk: int = 2048, progress: bool = True,
-                 encoding: str = "utf-8") -> int:
+                 encoding: str = "utf-8", overwrite: bool = False) -> int:
     """Write predictions for every row of `data` to `out` (.csv or .jsonl), in input order; return the row count.
 
     Raises:
-        OutputError: `out` is not .csv/.jsonl, is the input itself, is inside a checkpoint folder, cannot be
+        OutputError: `out` is not .csv/.jsonl, is the input itself, is inside a checkpoint folder, is a file of a
+            run or model folder, exists and is not an earlier prediction file (without `overwrite`), cannot be
             written, or a prediction column would overwrite an input column.
         DataError: the input is missing, unreadable, empty or lacks the text columns (before `out` is touched).
     """
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".jsonl"):
         raise OutputError(f"--out {out}: write predictions to a .csv or .jsonl file")
-    check_output_file(out, inputs=(data,), model_dir=model_dir)
+    check_output_file(out, inputs=(data,), model_dir=model_dir, command="predict", overwrite=overwrite)
     check_not_in_checkpoint(out)
     model_dir = model_source(str(model_dir))
     chunks = iter_chunks(data, rows_per_chunk, encoding=encoding)
@@ -181,7 +182,7 @@ def _check_no_clash(row: dict[str, Any], result: dict[str, Any], where: str) -> 
 
 def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | None = None,
                   text_columns: list[str] | None = None, label_column: str | None = None, batch_size: int = 64,
-                  encoding: str = "utf-8") -> tuple[dict[str, float], str, Path]:
+                  encoding: str = "utf-8", overwrite: bool = False) -> tuple[dict[str, float], str, Path]:
     """Metrics of a saved model on a labelled file, saved as JSON; returns (metrics, what was read, where saved).
 
     Columns default to those recorded at training (the card), else they are inferred; labels are mapped with the
@@ -198,7 +199,8 @@ def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | Non
     model_dir = model_source(str(model_dir))
     card = ModelCard.read(model_dir)
     out = Path(out) if out else default_eval_out(model_dir, data)
-    check_output_file(out, inputs=(data,), suffixes=(".json",), model_dir=model_dir)
+    check_output_file(out, inputs=(data,), suffixes=(".json",), model_dir=model_dir, command="eval",
+                      overwrite=overwrite)
     check_not_in_checkpoint(out)
     found = read_source(data, encoding=encoding)
     split = found.get("data", found.get("validation", found.get("test")))

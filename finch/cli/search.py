@@ -33,7 +33,7 @@ from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments, check_keys
 from finch.errors import ConfigError, NonFiniteLossError
 from finch.runs import checkpoint
 from finch.runs import folders as run_folders
-from finch.runs.files import turn_lock
+from finch.runs.files import RUN_OUTPUTS, turn_lock
 from finch.search.ranks import RankChannel, follow, lead
 from finch.search.storage import HEARTBEAT_INTERVAL, create_study, import_optuna, open_storage
 from finch.search.study import (
@@ -43,6 +43,7 @@ from finch.search.study import (
     Trials,
     better,
     check_run_folders,
+    check_searchable,
     check_space,
     default_hp_space,
     quiet_optuna,
@@ -100,6 +101,7 @@ def load_space(path: str | Path, args: TrainingArguments) -> SearchSpace:
                           f"{{low: 1e-5, high: 1e-3, log: true}}")
     hints = typing.get_type_hints(TrainingArguments)
     searchable = set(hints) - set(NOT_SEARCHABLE)
+    check_searchable(list(raw), f"{path} (the space)")
     check_keys(raw, searchable, f"{path} (the space)")
     space = SearchSpace(tuple(_param(name, spec, hints[name], path) for name, spec in raw.items()))
     for param in space.params:  # every end of every range through TrainingArguments' own checks
@@ -157,6 +159,18 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 BEST_MODEL = "best-model"
 BEST_TRIAL_FILE = "search_trial.json"
 STORAGE_FILE = "search.db"
+
+
+def check_not_a_training_run(output_dir: str | Path) -> None:
+    """Refuse to search in the output folder of a `finch train` run (its checkpoints, model or log at the top): a
+    search writes its trials in run-<n> folders, and cannot continue, or be mixed with, a training run."""
+    output = Path(output_dir)
+    found = [p.name for p in run_folders.checkpoints(output)][-2:] + \
+        [name for name in RUN_OUTPUTS if name != "report.html" and (output / name).exists()]
+    if found:
+        raise ConfigError(f"output_dir {output} is a finch train run's folder (it holds {', '.join(found)}): a search "
+                          f"writes its trials in run-<n> folders, its study and best model beside them, and cannot "
+                          f"continue a training run. Choose another --output-dir for the search")
 
 
 def default_storage(output_dir: str | Path) -> str:
@@ -230,7 +244,7 @@ def _open_study(job: Any, options: dict[str, Any], settings: dict[str, Any], sto
     name = study_name or output.resolve().name
     pruner = optuna.pruners.MedianPruner() if periodic else optuna.pruners.NopPruner()
     with quiet_optuna():
-        study = create_study(storage, name, [direction], load_if_exists=True, pruner=pruner)
+        study = create_study(storage, name, [direction], load_if_exists=True, pruner=pruner, objective=key)
     created = "finch" not in study.user_attrs  # read before _claim_study records it
     _claim_study(study, {"objective": key, "direction": direction, "model": str(options.get("model") or "demo"),
                          "data": _data_digest(job.splits.train), "validation": _data_digest(job.splits.validation)})
@@ -259,9 +273,11 @@ def _claim_study(study: Any, identity: dict[str, str]) -> None:
         return
     changed = [name for name in identity if recorded.get(name) != identity[name]]
     if changed:
+        details = [f"the {name} set is not the one its trials used" if name in ("data", "validation")
+                   else f"{name}: {recorded.get(name)} then, {identity[name]} now" for name in changed]
         raise ConfigError(f"study {study.study_name!r} was started with another {', '.join(changed)} "
-                          f"({'; '.join(f'{k}: {recorded.get(k)} then' for k in changed if k != 'data')}); "
-                          f"its trials cannot be compared with these. Use --study-name NAME for a new study")
+                          f"({'; '.join(details)}); its trials cannot be compared with these. Continue it with "
+                          f"the same data, model and --metric, or use --study-name NAME for a new study")
 
 
 # ---- the settings a study is continued with ---------------------------------------------------------------------
@@ -393,7 +409,7 @@ def show_study(output_dir: str | Path, storage_url: str | None = None, study_nam
     if storage_url is None and not (output / STORAGE_FILE).exists():
         raise ConfigError(f"no search in {output}: {output / STORAGE_FILE} does not exist. Pass the --output-dir of "
                           f"the search, or --storage URL and --study-name NAME")
-    storage = open_storage(storage_url or default_storage(output))
+    storage = open_storage(storage_url or default_storage(output), create=False)
     name = study_name or output.resolve().name
     try:
         study = optuna.load_study(study_name=name, storage=storage)

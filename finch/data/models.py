@@ -9,6 +9,7 @@ are not plain tensors (a pickle with code in it) are refused, never loaded with 
 
 from __future__ import annotations
 
+import json
 import pickle
 import socket
 from pathlib import Path
@@ -65,6 +66,30 @@ def _check_folder(path: Path, need_weights: bool) -> None:
         raise ModelError(f"--model {path}: the folder lacks {', '.join(missing)}. A model folder holds what "
                          f"model.save_pretrained(folder) and tokenizer.save_pretrained(folder) write; save the "
                          f"tokenizer there too (finch train's output 'model' folder has everything)")
+    _check_config_file(path / "config.json")
+
+
+def _check_config_file(path: Path) -> None:
+    """Raise `ModelError` unless `path` is a model configuration transformers can read: a JSON object naming its
+    `model_type` (without one, the folder's name is guessed at, and the error comes from deep inside loading)."""
+    problem = _config_problem(path)
+    if problem is not None:
+        raise ModelError(f"--model {path.parent}: its config.json is not a model configuration ({problem}); it "
+                         f"should be the file model.save_pretrained(folder) writes. Restore it (a folder saved by "
+                         f"transformers names its model_type, e.g. \"model_type\": \"bert\"), or pass another model "
+                         f"folder")
+
+
+def _config_problem(path: Path) -> str | None:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"not readable JSON: {error}"
+    if not isinstance(config, dict):
+        return f"it holds a JSON {type(config).__name__}"
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        return "it has no model_type, so the kind of model (bert, roberta, ...) is unknown"
+    return None
 
 
 def _looks_like_path(name: str) -> bool:

@@ -155,6 +155,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+def check_rng_state(state: Any) -> None:
+    """Raise `ValueError` or `TypeError` unless `set_rng_state(state)` would succeed; sets nothing (each state is
+    tried on a generator of its own)."""
+    if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= state.keys():
+        raise TypeError("not an object with the python, numpy and torch generators' states")
+    py_version, py_internal, py_gauss = state["python"]
+    random.Random().setstate((py_version, tuple(py_internal), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.RandomState().set_state((np_name, np.array(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.Generator().set_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if not isinstance(state.get("cuda", []), list):
+        raise TypeError("its cuda states are not a list")
+
+
 @dataclass(frozen=True)
 class Launch:
     """The torchrun launch this process belongs to, from the environment torchrun gives its workers.

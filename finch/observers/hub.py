@@ -43,7 +43,7 @@ from typing import Any
 from huggingface_hub import HfApi, get_token
 
 from finch.distributed.fsdp import SHARDS
-from finch.errors import ConfigError, UnknownArgumentError
+from finch.errors import ConfigError, UnknownArgumentError, mask_secrets
 from finch.events import TrainerCallback
 from finch.runs.files import write_text
 
@@ -65,8 +65,10 @@ def check_can_push(args: Any, token: str | None = None) -> str:
     """The token to upload with (`token`, else `hub_token`, else HF's: `HF_TOKEN` or `hf auth login`).
 
     Raises:
-        ConfigError: the hub is switched off (`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`), or there is no token.
+        ConfigError: the repository's name is not one the hub accepts, the hub is switched off (`HF_HUB_OFFLINE` /
+            `TRANSFORMERS_OFFLINE`), or there is no token.
     """
+    check_repo_name(args)
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if _true(os.environ.get(variable)):
             raise ConfigError(f"push_to_hub=True but {variable}={os.environ[variable]}: the hub cannot be reached, so "
@@ -77,6 +79,35 @@ def check_can_push(args: Any, token: str | None = None) -> str:
         raise ConfigError("push_to_hub=True needs a HuggingFace token with write access: set hub_token (--hub-token), "
                           "the HF_TOKEN environment variable, or run `hf auth login` once; or set push_to_hub=False.")
     return token
+
+
+def repo_name(args: Any) -> str:
+    """The repository uploads go to: `hub_model_id`, else the output folder's name (as HuggingFace's Trainer)."""
+    return args.hub_model_id or Path(args.output_dir).absolute().name
+
+
+def check_repo_name(args: Any) -> None:
+    """Raise `ConfigError` unless the repository's name is one the hub accepts (huggingface_hub's own rule: `name` or
+    `namespace/name`, letters, digits, '-', '_', '.'): a space or a path such as '../../etc' is said with the other
+    checks, before any data is read or weights load, not as an error from the hub client after training starts."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    name = repo_name(args)
+    try:
+        validate_repo_id(name)
+    except HFValidationError as error:
+        given = f"hub_model_id={name!r}" if args.hub_model_id else f"the output folder's name {name!r} (the " \
+                f"repository's name when hub_model_id is not set)"
+        raise ConfigError(f"push_to_hub: {given} is not a hub repository name ({error}). Give "
+                          f"--hub-model-id namespace/name (hub_model_id=...), e.g. 'me/my-model'") from None
+
+
+def is_network_error(error: BaseException) -> bool:
+    """Whether `error` is the network's (no connection, DNS, a timeout, TLS) or the hub's HTTP answer: the user's
+    network, token or rights to fix, not a bug. huggingface_hub's HTTP clients (httpx, requests) raise their own."""
+    return isinstance(error, OSError) or any(kind.__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+                                             for kind in type(error).__mro__)
 
 
 @dataclass
@@ -119,16 +150,20 @@ class Hub:
         return hub
 
     def create_repo(self) -> str:
-        name = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        name = repo_name(self.args)
         try:
             repo_id = self.api.create_repo(name, private=self.args.hub_private_repo, exist_ok=True).repo_id
             if self.args.hub_revision:
                 self.api.create_branch(repo_id, branch=self.args.hub_revision, exist_ok=True)
-        except OSError as error:  # the hub's answer (HfHubHTTPError is an OSError): a name, token or right wrong
+        except Exception as error:
+            if not is_network_error(error):  # anything else is a bug: its traceback is shown
+                raise
+            said = mask_secrets(str(error).splitlines()[0]) if str(error) else ""
+            where = getattr(self.api, "endpoint", None) or "the hub"
             raise ConfigError(f"push_to_hub: the hub repository {name!r} could not be created or reached "
-                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Check "
-                              f"hub_model_id (namespace/name), that the token may write there, and the network; or "
-                              f"set push_to_hub=False.") from error
+                              f"({type(error).__name__}: {said}). Check the network (can this machine reach "
+                              f"{where}?), hub_model_id (namespace/name) and that the token may write there; or set "
+                              f"push_to_hub=False.") from error
         return repo_id
 
     # ---- uploads during training ---------------------------------------------------------------------------------
@@ -238,7 +273,7 @@ class Hub:
             if warn:
                 logger.warning("hub: upload of %s to %s failed (%s: %s); training goes on, and it is retried at the "
                                "end", upload.path_in_repo or "the model", self.repo_id, type(error).__name__,
-                               str(error).splitlines()[0] if str(error) else "")
+                               mask_secrets(str(error).splitlines()[0]) if str(error) else "")
             raise
         _remove_staged(upload)
         return upload.result
@@ -281,7 +316,8 @@ def warn_on_failure(what: str) -> Iterator[None]:
         yield
     except Exception as error:  # noqa: BLE001 (observers never stop training: DESIGN invariant 14)
         logger.warning("hub: %s failed (%s: %s); the model is saved locally: upload it with trainer.push_to_hub() "
-                       "or `hf upload`", what, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                       "or `hf upload`", what, type(error).__name__,
+                       mask_secrets(str(error).splitlines()[0]) if str(error) else "")
 
 
 def _stage(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from finch.args import TrainingArguments
-from finch.errors import ConfigError
+from finch.errors import ConfigError, mask_secrets
 from finch.events import TrainerCallback
 from finch.state import TrainerControl, TrainerState
 
@@ -144,9 +144,9 @@ class TrackerCallback(TrainerCallback):
             return function(*arguments)
         except Exception as error:  # noqa: BLE001 (observers never stop training: DESIGN invariant 14)
             self.failed = True
+            said = mask_secrets(str(error).splitlines()[0]) if str(error) else ""  # a tracking URI's password
             logger.warning("%s failed while %s (%s: %s); training goes on without %s for this run", self.title,
-                           action, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
-                           self.title)
+                           action, type(error).__name__, said, self.title)
             return None
 
 

@@ -97,13 +97,21 @@ class EvalExamples:
 
     @classmethod
     def read(cls, path: str | Path) -> EvalExamples | None:
-        """The file `write` made, or None when there is none (or it is not one)."""
+        """The file `write` made, or None when there is none.
+
+        Raises:
+            ValueError: the file is damaged or is not one `write` made (the message names the line and what is
+                wrong): a report leaves its sections out with a note, rather than fail with a KeyError.
+        """
         path = Path(path)
         if not path.exists():
             return None
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not lines or "kind" not in lines[0]:
-            return None
+        try:
+            lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except ValueError as error:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+            raise ValueError(f"{path} is not readable JSON Lines ({error})") from None
+        if not lines or not isinstance(lines[0], dict) or lines[0].get("kind") not in KINDS:
+            raise ValueError(f"{path} does not start with the line finch writes ({{\"kind\": ..., \"classes\": ...}})")
         head, rows = lines[0], lines[1:]
         kind, names = head["kind"], list(head.get("classes") or [])
         index = {name: i for i, name in enumerate(names)}
@@ -114,10 +122,17 @@ class EvalExamples:
             if kind == "multilabel":
                 return [int(name in shown) for name in names]
             return index[shown]
-        return cls(kind, np.asarray([value(r["label"]) for r in rows]),
-                   np.asarray([value(r["prediction"]) for r in rows]),
-                   np.asarray([float(r["loss"]) for r in rows]), names,
-                   {int(r["row"]): r["text"] for r in rows if "text" in r})
+        try:
+            return cls(kind, np.asarray([value(r["label"]) for r in rows]),
+                       np.asarray([value(r["prediction"]) for r in rows]),
+                       np.asarray([float(r["loss"]) for r in rows]), names,
+                       {int(r["row"]): r["text"] for r in rows if "text" in r})
+        except (KeyError, TypeError, ValueError) as error:
+            bad = next((number for number, r in enumerate(rows, 2) if not _readable_row(r, kind, index)), None)
+            where = f"line {bad}" if bad else "a line"
+            raise ValueError(f"{path}: {where} is not an example finch writes (a row, label, prediction and loss"
+                             f"{' among the classes ' + ', '.join(names) if kind != 'regression' else ''}; "
+                             f"{type(error).__name__}: {error})") from None
 
     def _shown(self, value: Any) -> Any:
         if self.kind == "regression":
@@ -167,3 +182,20 @@ def _cut(text: Any) -> Any:
         return {str(k): _cut(v) for k, v in text.items()}
     text = str(text)
     return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "..."
+
+
+KINDS = ("classification", "multilabel", "regression")
+
+
+def _readable_row(row: Any, kind: str, index: dict[str, int]) -> bool:
+    if not isinstance(row, dict) or not {"row", "label", "prediction", "loss"} <= row.keys():
+        return False
+    try:
+        float(row["loss"]), int(row["row"])
+    except (TypeError, ValueError):
+        return False
+    if kind == "regression":
+        return all(isinstance(row[key], (int, float)) for key in ("label", "prediction"))
+    if kind == "multilabel":
+        return all(isinstance(row[key], list) for key in ("label", "prediction"))
+    return row["label"] in index and row["prediction"] in index

@@ -115,7 +115,7 @@ class Plots:
 
 
 PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="finch"><title>{title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }}
 h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.2em; margin: 1em 0 0.4em; }} summary h2 {{ display: inline; }}

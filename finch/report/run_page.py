@@ -50,6 +50,7 @@ class RunFiles:
     options: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # files left out (damaged, or not what their name says), and why
 
     @classmethod
     def read(cls, folder: str | Path) -> RunFiles:
@@ -58,13 +59,13 @@ class RunFiles:
         if not folder.is_dir():
             raise ConfigError(f"{folder} is not a folder; give the output folder of a run (finch train's "
                               f"--output-dir, the Trainer's output_dir)")
-        files = cls(folder, log=_last_run(_read_jsonl(folder / "log.jsonl")),
-                    metrics=_read_json(folder / "metrics.json"), arguments=_read_json(folder / "training_args.json"),
-                    state=_newest_state(folder))
-        config_path = folder / "finch_config.yaml"
-        if config_path.exists():
-            files.options = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        model_config = _read_json(folder / "model" / "config.json")
+        notes: list[str] = []
+        files = cls(folder, log=_last_run(_read_jsonl(folder / "log.jsonl", notes)),
+                    metrics=_read_json(folder / "metrics.json", notes),
+                    arguments=_read_json(folder / "training_args.json", notes), state=_newest_state(folder, notes),
+                    notes=notes)
+        files.options = _read_yaml(folder / "finch_config.yaml", notes)
+        model_config = _read_json(folder / "model" / "config.json", notes)
         id2label = model_config.get("id2label") or {}
         if model_config.get("problem_type") != "regression":  # a regression head's one output has no class
             files.class_names = [str(id2label[key]) for key in sorted(id2label, key=int)]
@@ -97,7 +98,12 @@ def write_run_report(output_dir: str | Path, out: str | Path | None = None, pred
         examples = EvalExamples.from_predictions(predictions[0], predictions[1], files.class_names,
                                                  None if texts is None else texts.__getitem__)
     else:
-        examples = EvalExamples.read(files.folder / EVAL_EXAMPLES)
+        try:
+            examples = EvalExamples.read(files.folder / EVAL_EXAMPLES)
+        except ValueError as error:
+            examples = None
+            _note(files.notes, f"{error}: the per-example sections are left out. Delete the file, or run "
+                               f"`finch eval` for the metrics, to be rid of this note")
     write_text(path, render(files, examples))
     return path
 
@@ -110,6 +116,9 @@ def render(files: RunFiles, examples: EvalExamples | None = None) -> str:
     final = files.metrics or (_without_timing(evaluations[-1]) if evaluations else {})
     plots = markup.Plots()
     sections = [_overview(files, summary, final)]
+    if files.notes:
+        sections.append(markup.section("Left out", "".join(f"<p class='note'>{html.escape(note)}</p>"
+                                                           for note in files.notes)))
     if final:
         sections.append(markup.section("Final metrics", markup.table(final.items())))
     curves = []
@@ -147,29 +156,81 @@ def render(files: RunFiles, examples: EvalExamples | None = None) -> str:
 
 
 # ---- reading ---------------------------------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any]:
+def _note(notes: list[str] | None, text: str) -> None:
+    """Say what the report leaves out and why: in the page (a note) and as a warning (None: a file read again)."""
+    if notes is not None:
+        logger.warning("report: %s", text)
+        notes.append(text)
+
+
+def _read_json(path: Path, notes: list[str] | None = None) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError): show the rest
-        logger.warning("%s is damaged (%s); the report leaves it out", path, error)
+        _note(notes, f"{path} is damaged ({error}); the report leaves it out")
         return {}
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        _note(notes, f"{path} holds a JSON {type(value).__name__}, not an object; the report leaves it out")
+        return {}
+    return value
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_yaml(path: Path, notes: list[str]) -> dict[str, Any]:
+    """The run's finch_config.yaml (the options `finch train` ran with), safely: no tag of Python's is built."""
+    if not path.exists():
+        return {}
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: not UTF-8
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _note(notes, f"{path} is not readable YAML ({first}); the report leaves the options it records out")
+        return {}
+    if value is not None and not isinstance(value, dict):
+        _note(notes, f"{path} holds a YAML {type(value).__name__}, not the options `finch train` writes; left out")
+        return {}
+    return value or {}
+
+
+LOG_KEYS = ("loss", "learning_rate", "grad_norm", "epoch", "train_runtime")  # at least one is in every log entry
+
+
+def _read_jsonl(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """The entries of a training log; lines that are damaged or are not log entries are left out, with a note."""
     if not path.exists():
         return []
-    entries = []
+    entries, damaged, foreign, total = [], 0, 0, 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # damaged bytes: lines skipped
+        if not line.strip():
+            continue
+        total += 1
         try:
             entry = json.loads(line)
         except ValueError:  # a line cut by a crash: the rest is still worth showing
+            damaged += 1
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+        if _is_log_entry(entry):
             entries.append(entry)
+        else:
+            foreign += 1
+    if total and not entries:
+        _note(notes, f"{path} holds no training log entries (none of its {total} line(s) has a step with a loss, "
+                     f"learning rate, epoch or evaluation: is it another file, such as predictions?); the curves and "
+                     f"the log are left out. finch train writes the run's log there")
+    elif damaged or foreign:
+        _note(notes, f"{path}: {damaged + foreign} of its {total} lines are left out ({damaged} not readable JSON, "
+                     f"{foreign} not log entries); the curves show the other {len(entries)}")
     return entries
+
+
+def _is_log_entry(entry: Any) -> bool:
+    """A line the Trainer logged: a step, and a loss, learning rate, epoch or evaluation (no prediction's columns)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+        return False
+    if any(key.startswith("predicted_") for key in entry):
+        return False
+    return any(key in LOG_KEYS or key.startswith("eval_") for key in entry)
 
 
 def _last_run(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -181,10 +242,10 @@ def _last_run(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return entries[start:]
 
 
-def _newest_state(folder: Path) -> dict[str, Any]:
+def _newest_state(folder: Path, notes: list[str]) -> dict[str, Any]:
     """The newest checkpoint's `trainer_state.json` (checkpoints in step order, as `finch.runs.folders` names them)."""
     states = [path / "trainer_state.json" for path in folders.checkpoints(folder)]
-    return next((_read_json(path) for path in reversed(states) if path.is_file()), {})
+    return next((_read_json(path, notes) for path in reversed(states) if path.is_file()), {})
 
 
 def _series(entries: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -70,7 +70,7 @@ def load_study(folder: Path, storage_url: str | None, study_name: str | None) ->
     optuna = import_optuna()
     if storage_url is None and not is_search_folder(folder):
         raise ConfigError(f"{folder} holds no search: no {STORAGE_FILE}")
-    storage = open_storage(storage_url or f"sqlite:///{folder.resolve() / STORAGE_FILE}")
+    storage = open_storage(storage_url or f"sqlite:///{folder.resolve() / STORAGE_FILE}", create=False)
     names = optuna.get_all_study_names(storage)
     name = study_name or (names[0] if len(names) == 1 else folder.resolve().name)
     if name not in names:

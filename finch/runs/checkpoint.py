@@ -178,11 +178,15 @@ def save_checkpoint(output_dir: str | Path, run: RunState, shards_in: Path | Non
     """
     state, args, optimizer, rng_states = run.state, run.args, run.optimizer, run.rng_states
     final = Path(output_dir) / f"{PREFIX}{state.global_step}"
+    if final.exists() and run_of(final) != state.run_id:  # plan_resume refuses runs that get here
+        if shards_in is not None:
+            shutil.rmtree(shards_in, ignore_errors=True)
+        raise CheckpointError(f"could not write {final}: a folder of that name is there and is not a checkpoint of "
+                              f"this run, so it is not replaced. Move it away, then resume (earlier checkpoints are "
+                              f"intact)")
     temporary = shards_in
     try:
         temporary = temporary or temporary_folder(output_dir, state.global_step, state.run_id)
-        if final.exists() and run_of(final) != state.run_id:  # plan_resume refuses runs that get here
-            raise OSError(f"{final} belongs to another run and is not replaced")
         if shards_in is None:
             save_model_folder(run.model, temporary, run.processing_class, run.weights)
         else:
@@ -302,7 +306,7 @@ def load_checkpoint(folder: str | Path, run: RunState, rank: int = 0, sharded: b
             that is not plain tensors (refused: nothing in it is executed).
     """
     folder = Path(folder)
-    if not (folder / STATE).exists():
+    if not (folder / STATE).exists() and not (folder / MANIFEST).exists():  # with a manifest: a damaged one
         raise ResumeError(f"{folder} is not a finch checkpoint: no {STATE}; pass a {PREFIX}<step> folder")
     check_whole(folder)  # finch's, and every file as its manifest lists it
     model, optimizer = run.model, run.optimizer

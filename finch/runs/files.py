@@ -8,7 +8,8 @@ only once complete: a failure, a typo in an input or a Ctrl-C leaves the old fil
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import csv
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -128,11 +129,29 @@ def _lock(path: Path) -> int | None:
     return descriptor
 
 
+# Files that make the folder holding them a run's, a model's, a checkpoint's or a search's: no `--out` replaces
+# a file in such a folder, except that command's own earlier output (the eval_*.json `finch eval` writes beside
+# the model, say). The names themselves are never replaced, wherever they are.
+FOLDER_MARKERS = ("finch.json", "config.json", "manifest.json", "trainer_state.json", "training_args.json",
+                  "training_args.bin", "log.jsonl", "finch_config.yaml", "model.safetensors",
+                  "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json",
+                  "adapter_model.safetensors", "search.db", "trial.json", "search_trial.json",
+                  "scheduler.json", "optimizer.pt")
+KEPT_NAMES = (*FOLDER_MARKERS, "metrics.json", "eval_examples.jsonl", "all_results.json", "eval_results.json",
+              "train_results.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
 def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), suffixes: tuple[str, ...] = (),
-                      model_dir: str | Path | None = None) -> None:
+                      model_dir: str | Path | None = None, command: str | None = None,
+                      overwrite: bool = False) -> None:
     """Raise `OutputError` unless `path` can be written as a file without touching any of `inputs`, ends with one
-    of `suffixes` (when given), and replaces no file of `model_dir` (or of the run folder around it) but the
-    `eval_*.json` that `finch eval` writes (a config, weights or log overwritten by metrics would be lost)."""
+    of `suffixes` (when given), and replaces nothing that finch did not write as `finch <command>`'s output:
+
+    - a file of a run, model, checkpoint or search folder (one beside `FOLDER_MARKERS`, or inside `model_dir` or the
+      run folder around it) is never replaced, unless it is this command's own earlier output under a name of its
+      own (a config, weights or log overwritten by metrics would be lost, and the model would no longer load);
+    - any other existing file is replaced only when it is this command's own earlier output, or with `overwrite`.
+    """
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
         raise OutputError(f"--out {path}: the file must end with {' or '.join(suffixes)} (a typo here could replace "
@@ -141,16 +160,74 @@ def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), 
         if Path(given).exists() and path.exists() and os.path.samefile(given, path):
             raise OutputError(f"--out {path} is the input file {given}: writing it would destroy the input; "
                               f"choose another --out")
-    if model_dir is None or not Path(model_dir).is_dir() or not path.is_file():
+    if not path.is_file():
         return _check_can_write(path)
-    model_dir = Path(model_dir).resolve()
-    run = model_dir.parent if (model_dir.parent / "log.jsonl").is_file() else model_dir  # finch train's DIR/model
-    if path.resolve().is_relative_to(run) and not fnmatch.fnmatch(path.name, "eval_*.json"):
-        inside = model_dir if path.resolve().is_relative_to(model_dir) else run
-        where = "the model folder" if inside == model_dir else "the run folder"
-        raise OutputError(f"--out {path} would replace {path.name}, a file of {where} {inside}, and lose it; choose "
-                          f"an --out outside it (or a new eval_*.json name)")
+    ours = command is not None and is_own_output(path, command)
+    owner = _owning_folder(path, model_dir)
+    if owner is not None and (not ours or path.name in KEPT_NAMES):
+        kind = "model" if (owner / "config.json").is_file() else "run"
+        raise OutputError(f"--out {path} would replace {path.name}, a file of the {kind} folder {owner}, and lose it; "
+                          f"choose an --out outside it (or a new file name)")
+    if not ours and not overwrite:
+        said = f"`finch {command}`" if command else "finch"
+        raise OutputError(f"--out {path} already exists and is not an earlier output of {said}; pass --overwrite to "
+                          f"replace it, or choose another --out")
     _check_can_write(path)
+
+
+def _run_around(folder: Path) -> Path:
+    """`folder`, or the run folder around it when it is finch train's DIR/model (the run has its log.jsonl)."""
+    return folder.parent if (folder.parent / "log.jsonl").is_file() else folder
+
+
+def _owning_folder(path: Path, model_dir: str | Path | None) -> Path | None:
+    """The run, model, checkpoint or search folder `path` is a file of, or None."""
+    path = path.resolve()
+    if model_dir is not None and Path(model_dir).is_dir():
+        model = Path(model_dir).resolve()
+        for folder in (model, _run_around(model)):
+            if path.is_relative_to(folder):
+                return folder
+    if path.name in FOLDER_MARKERS or any((path.parent / name).exists() for name in FOLDER_MARKERS):
+        return path.parent
+    return None
+
+
+def is_own_output(path: str | Path, command: str) -> bool:
+    """Whether `path` reads as what `finch <command>` writes: `eval` a JSON object of eval_* metrics, `predict` a
+    CSV or JSON Lines file whose first row has its predicted_* columns, `report` finch's HTML page. Reads only the
+    file's start (and, for a report, its end), so a large file costs nothing."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(1 << 16)
+            if command == "report":
+                file.seek(max(0, os.fstat(file.fileno()).st_size - 4096))
+                tail = file.read()
+    except OSError:
+        return False
+    text = head.decode("utf-8", errors="replace")
+    if command == "report":
+        return b'<meta name="generator" content="finch">' in head or b"generated by finch on" in tail
+    first = text.lstrip("\ufeff").split("\n", 1)[0].strip()
+    if command == "eval":
+        try:
+            metrics = json.loads(head)
+        except ValueError:
+            return False
+        return isinstance(metrics, dict) and bool(metrics) and all(key.startswith("eval_") for key in metrics)
+    if command == "predict" and path.suffix.lower() == ".jsonl":
+        try:
+            row = json.loads(first)
+        except ValueError:
+            return False
+        return isinstance(row, dict) and bool(PREDICTED & set(row))
+    if command == "predict":
+        return bool(PREDICTED & set(next(csv.reader([first]), [])))
+    return False
+
+
+PREDICTED = {"predicted_label", "predicted_labels", "predicted_value"}  # what finch predict adds to each row
 
 
 def _check_can_write(path: Path) -> None:

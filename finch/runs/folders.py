@@ -94,6 +94,53 @@ def verify(folder: str | Path) -> str | None:
     return None
 
 
+def state_problem(folder: str | Path) -> str | None:
+    """What is wrong with the state files checkpoint `folder` is resumed from, read and checked as resuming would use
+    them (a checksum says a file is as saved, not that it can be used): `trainer_state.json` missing, not JSON or of
+    the wrong types; with a training state (`save_only_model` saves none), `scheduler.json`, `scaler.json` and the
+    RNG states missing or malformed. None if all can be used."""
+    from finch.distributed.runtime import check_rng_state
+    from finch.state import TrainerState
+
+    folder = Path(folder)
+    values, problem = _read_json(folder / STATE)
+    if problem is None:
+        problem = TrainerState.problem_in(values)
+    if problem is not None:
+        return f"{STATE}: {problem}"
+    if (folder / "training_args.json").exists():
+        values, problem = _read_json(folder / "training_args.json")
+        if problem is not None or not isinstance(values, dict):
+            return f"training_args.json: {problem or 'not a JSON object of the arguments'}"
+    saved = [name for name in ("optimizer.pt", "scheduler.json", "scaler.json", "rng_state.json")
+             if (folder / name).exists()]
+    if not saved:
+        return None  # saved with save_only_model: the weights and the trainer's state only
+    for name in ("scheduler.json", "scaler.json", "rng_state.json", *sorted(p.name for p in folder.glob(
+            "rng_state_*.json"))):
+        values, problem = _read_json(folder / name)
+        if problem is None and name.startswith("rng_state"):
+            try:
+                check_rng_state(values)
+            except (ValueError, TypeError, RuntimeError, OverflowError) as error:
+                problem = f"not the RNG states finch saves ({error})"
+        elif problem is None and not isinstance(values, (dict, type(None))):
+            problem = f"it holds a JSON {type(values).__name__}, not a state object"
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """The JSON in `path`, or what keeps it from being read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except FileNotFoundError:
+        return None, "missing (the manifest does not list it: removed, or the save did not finish)"
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return None, f"not readable JSON ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+
+
 def written_by_transformers(folder: str | Path) -> bool:
     """Whether checkpoint `folder` was saved by transformers.Trainer: no finch manifest, and HF's pickled arguments,
     scheduler or RNG state (`rng_state_<rank>.pth` on several processes)."""
@@ -199,7 +246,7 @@ class _WholeCheckpoints:
 
     def __call__(self, folder: Path) -> bool:
         if folder not in self.problems:
-            self.problems[folder] = verify(folder)
+            self.problems[folder] = verify(folder) or state_problem(folder)
             if self.problems[folder] is not None and not self.quiet:
                 logger.warning("skipping %s: %s", folder, self.problems[folder])
         return self.problems[folder] is None
@@ -221,7 +268,23 @@ def _who_saved(folder: Path) -> str:
     run_id = run_of(folder)
     if run_id is not None:
         return f"run {run_id[:8]}"
-    return "a transformers.Trainer run" if written_by_transformers(folder) else "an older finch's run (no run id)"
+    if written_by_transformers(folder):
+        return "a transformers.Trainer run"
+    if _manifest(folder) is None:
+        lost = lost_manifest_run(folder)
+        return f"run {lost[:8]}, damaged (its {MANIFEST} is lost)" if lost else f"damaged (no readable {MANIFEST})"
+    return "an older finch's run (no run id)"
+
+
+def lost_manifest_run(folder: str | Path) -> str | None:
+    """The run id a checkpoint without a readable manifest names in its trainer state (a damaged save of that run),
+    or None."""
+    folder = Path(folder)
+    if _manifest(folder) is not None:
+        return None
+    values, problem = _read_json(folder / STATE)
+    run_id = values.get("run_id") if problem is None and isinstance(values, dict) else None
+    return run_id if isinstance(run_id, str) else None
 
 
 def set_aside_name(folder: Path) -> str:

@@ -13,21 +13,26 @@ import dataclasses
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 from finch.args import TrainingArguments, total_training_steps
 from finch.distributed.runtime import Launch
-from finch.errors import ResumeError
+from finch.errors import OutputError, ResumeError
 from finch.runs.fingerprint import Fingerprint
 from finch.runs.folders import (
+    MANIFEST,
     PREFIX,
     STATE,
     checkpoints,
     describe_runs,
+    is_checkpoint,
     latest_checkpoint,
     latest_checkpoint_of_launch,
+    lost_manifest_run,
     run_of,
     set_aside_name,
+    state_problem,
     step_of,
     verify,
     world_size_of,
@@ -74,6 +79,7 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
     """
     output_dir = Path(output_dir)
     overwrite = args.overwrite_output_dir
+    _check_no_foreign_checkpoint_names(output_dir, args)
     if launch.restarted:
         resume = _after_restart(output_dir, resume, launch)
     if resume is None or resume is False:
@@ -162,7 +168,7 @@ def _folder_to_resume(output_dir: Path, resume: str | Path | bool) -> Path:
         present = [f"{place}: {', '.join(f.name for f in checkpoints(place)) or 'none'}" for place in places]
         raise ResumeError(f"no such checkpoint folder: {folder}. Checkpoints present: "
                           f"{'; '.join(present) or 'none'} (resume_from_checkpoint=True picks the newest whole one)")
-    if not (folder / STATE).exists():
+    if not (folder / STATE).exists() and not (folder / MANIFEST).exists():  # with a manifest: a damaged one
         inner = checkpoints(folder)
         hint = (f"; it holds {', '.join(f.name for f in inner)}: pass one of those, or resume_from_checkpoint=True "
                 f"(CLI: --resume auto) with output_dir={folder}") if inner else f"; pass a {PREFIX}<step> folder"
@@ -175,7 +181,7 @@ def check_whole(folder: Path) -> None:
     A transformers.Trainer checkpoint is not called damaged: the message says whose it is and how to go on."""
     if written_by_transformers(folder):
         raise _written_by_transformers(f"checkpoint {folder} was", folder)
-    problem = verify(folder)
+    problem = verify(folder) or state_problem(folder)
     if problem is not None:
         raise ResumeError(f"checkpoint {folder} is damaged: {problem}; resume from an earlier one "
                           f"(resume_from_checkpoint=True picks the newest whole one)")
@@ -247,11 +253,33 @@ def check_fingerprint(folder: str | Path, saved: TrainerState, fingerprint: Fing
             f"another output_dir")
 
 
+def _check_no_foreign_checkpoint_names(output_dir: Path, args: TrainingArguments) -> None:
+    """Refuse an output folder holding a `checkpoint-<step>` that is not a checkpoint (no manifest, no trainer state:
+    the user's, or a copy) at a step this run may save (any, when its length is set in epochs): it is never read or
+    deleted, so that save could not be put in its place, and the run would fail there instead of now."""
+    if args.save_strategy == "no":
+        return
+    foreign = sorted((p for p in output_dir.glob(f"{PREFIX}*") if re.fullmatch(rf"{PREFIX}\d+", p.name)
+                      and not is_checkpoint(p) and (args.max_steps <= 0 or step_of(p) <= args.max_steps)), key=step_of)
+    if foreign:
+        names = ", ".join(p.name for p in foreign)
+        raise OutputError(f"output_dir {output_dir} holds {names}, which is not a finch checkpoint (no manifest.json "
+                          f"or trainer_state.json) but has the name of a checkpoint this run may save: that save "
+                          f"could not replace it. Rename or move it, or choose another output_dir (--output-dir)")
+
+
 def _check_no_collision(output_dir: Path, folder: Path, saved: TrainerState, args: TrainingArguments) -> None:
     """Refuse a resume that would later save over other runs' checkpoints in `output_dir` (same step numbers)."""
     end = total_training_steps(args, saved.steps_per_epoch) if saved.steps_per_epoch else math.inf
     clashing = [f for f in checkpoints(output_dir)
                 if saved.global_step < step_of(f) <= end and run_of(f) != saved.run_id]
+    damaged = [f.name for f in clashing if lost_manifest_run(f) == saved.run_id]
+    if damaged:
+        raise ResumeError(
+            f"{output_dir} holds {', '.join(damaged)} of this very run, damaged: the manifest.json is lost, so it can "
+            f"neither be resumed nor safely replaced, and this run saves that step again. Delete or move "
+            f"{', '.join(damaged)}, then resume again from {folder}; or pass overwrite_output_dir=True (CLI: "
+            f"--overwrite-output-dir) to let finch replace it")
     if clashing:
         raise ResumeError(
             f"{output_dir} holds checkpoints of another run at steps this run will save "

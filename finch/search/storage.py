@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from finch.errors import ConfigError
+from finch.errors import ConfigError, mask_secrets
 
 HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats in a database
 GRACE_FACTOR = 3  # a trial silent for this many intervals is stale: failed, then retried
@@ -28,8 +28,10 @@ def import_optuna() -> Any:
 
 
 def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 grace_period: int | None = None) -> Any:
-    """An Optuna RDB storage for `url` with heartbeats and retries of stale trials (None: in memory).
+                 grace_period: int | None = None, create: bool = True) -> Any:
+    """An Optuna RDB storage for `url` with heartbeats and retries of stale trials (None: in memory). With
+    `create=False` (reading a study: `--show`, the report) a SQLite file that does not exist is an error, not a new
+    empty database. Every URL in a message goes through `mask_secrets`: no password is ever printed.
 
     Raises:
         ConfigError: the URL is malformed, its driver is not installed, or the database cannot be reached.
@@ -39,15 +41,19 @@ def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
     optuna = import_optuna()
     from sqlalchemy.engine import make_url
 
+    shown = mask_secrets(url)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme.split("+")[0] == "postgres":
+        raise ConfigError(f"storage {shown}: SQLAlchemy names PostgreSQL postgresql://, not postgres://; use "
+                          f"{mask_secrets('postgresql' + url[len(scheme.split('+')[0]):])}")
     try:
         parsed = make_url(url)
-    except Exception as error:  # sqlalchemy's ArgumentError and friends: all a malformed URL
-        raise ConfigError(f"storage {url!r} is not a database URL; use sqlite:///path/search.db or "
-                          f"postgresql://user:password@host/dbname") from error
+    except Exception as error:  # sqlalchemy's ArgumentError, a ValueError from a port typo: all a malformed URL
+        raise ConfigError(f"storage {shown} is not a database URL ({mask_secrets(error)}); use "
+                          f"sqlite:///path/search.db or postgresql://user:password@host:5432/dbname") from error
     if parsed.drivername == "postgresql" and _missing("psycopg") and not _missing("psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg2")  # SQLAlchemy 2.1 means psycopg 3 by `postgresql://`
         url = parsed.render_as_string(hide_password=False)
-    shown = parsed.render_as_string(hide_password=True)
     engine = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "postgresql":
         engine["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
@@ -55,6 +61,9 @@ def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
         folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise ConfigError(f"storage {shown}: folder {folder} does not exist; create it or use another path")
+        if not create and not Path(parsed.database).is_file():
+            raise ConfigError(f"storage {shown}: no database file {parsed.database} (nothing was created); check "
+                              f"the path, or run the search first")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -70,10 +79,10 @@ def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
                     if attempt == 2 or "already exists" not in str(error):
                         raise
     except (ImportError, ModuleNotFoundError) as error:
-        raise ConfigError(f"storage {shown}: its database driver is not installed ({error}); for PostgreSQL: "
-                          f"pip install 'finch[search]' (psycopg)") from error
+        raise ConfigError(f"storage {shown}: its database driver is not installed ({mask_secrets(error)}); for "
+                          f"PostgreSQL: pip install 'finch[search]' (psycopg)") from error
     except Exception as error:  # sqlalchemy's OperationalError & co: no database there
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = mask_secrets(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
         raise ConfigError(f"storage {shown}: cannot open the database ({first}). Check that the server runs and "
                           f"the URL, user and password are right") from error
 
@@ -85,14 +94,33 @@ def _missing(module: str) -> bool:
 
 
 def create_study(storage: Any, study_name: str | None, directions: list[str], load_if_exists: bool = False,
-                 sampler: Any = None, pruner: Any = None) -> Any:
-    """`optuna.create_study`, with a study that exists already (and `load_if_exists=False`) as a clear error."""
+                 sampler: Any = None, pruner: Any = None, objective: str | None = None) -> Any:
+    """`optuna.create_study`, with a study that exists already (and `load_if_exists=False`) as a clear error.
+
+    A study is its directions and its objective as much as its name: continuing one with other directions (Optuna
+    would reuse it silently, its best trial then the worst) or another `objective` (a name for what is optimised,
+    recorded in the study) is refused, naming the fix."""
     optuna = import_optuna()
     try:
-        return optuna.create_study(storage=storage, study_name=study_name, directions=directions,
-                                   load_if_exists=load_if_exists, sampler=sampler, pruner=pruner)
+        study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
+                                    load_if_exists=load_if_exists, sampler=sampler, pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError as error:
         raise ConfigError(f"study {study_name!r} exists already in that storage; pass load_if_exists=True to "
                           f"continue it, or another study_name") from error
     except ValueError as error:  # a loaded study whose directions differ
         raise ConfigError(f"study {study_name!r}: {error}") from error
+    found = [d.name.lower() for d in study.directions]
+    if found != [d.lower() for d in directions]:
+        raise ConfigError(f"study {study.study_name!r} was created to {', '.join(found)} and is now asked to "
+                          f"{', '.join(directions)}: its best trial would be the worst. Continue it with its own "
+                          f"direction ({', '.join(found)}), or choose another study name for this one")
+    recorded = study.user_attrs.get(OBJECTIVE_ATTR)
+    if objective is not None and recorded is not None and recorded != objective:
+        raise ConfigError(f"study {study.study_name!r} optimises {recorded}, not {objective}: its trials cannot be "
+                          f"compared with these. Continue it with the same objective, or choose another study name")
+    if objective is not None and recorded is None:
+        study.set_user_attr(OBJECTIVE_ATTR, objective)
+    return study
+
+
+OBJECTIVE_ATTR = "finch_objective"  # the study's user attribute naming what it optimises

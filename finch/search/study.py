@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import inspect
 import json
 import logging
 import math
+import numbers
 import os
 import socket
 import warnings
@@ -89,11 +91,17 @@ def check_space(space: Callable[[Any], dict], args: TrainingArguments, free_name
     """Call `space` on a throw-away in-memory trial and check what it returns; the names it searches.
 
     Args:
-        free_names: names that are not `TrainingArguments` fields are allowed (a `model_init(trial)` reads them).
+        free_names: names that are not `TrainingArguments` fields are allowed (a `model_init(trial)` reads them),
+            unless they look like a misspelt field.
 
     Raises:
-        ConfigError: the space returns no dict, a name that is no field (unless `free_names`), or a bad value.
+        ConfigError: `space` is not a function, returns no dict, a name that is no field (unless `free_names`), a
+            field that cannot be searched, a bad value, or `num_train_epochs` while `max_steps` fixes the length.
     """
+    if not callable(space):
+        raise ConfigError(f"hp_space is a {type(space).__name__}; it is a function of the trial that returns the "
+                          f"values to try, e.g. hp_space=lambda trial: {{'learning_rate': "
+                          f"trial.suggest_float('learning_rate', 1e-5, 1e-3, log=True)}}")
     optuna = import_optuna()
     with quiet_optuna():
         probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
@@ -101,16 +109,74 @@ def check_space(space: Callable[[Any], dict], args: TrainingArguments, free_name
     if not isinstance(params, dict):
         raise ConfigError(f"hp_space must return a dict of TrainingArguments field -> value; it returned "
                           f"{type(params).__name__}")
-    unknown = [k for k in params if k not in TrainingArguments.__dataclass_fields__ or k in NOT_SEARCHABLE]
+    check_searchable(list(params), "hp_space")
+    fields = set(TrainingArguments.__dataclass_fields__) - set(NOT_SEARCHABLE)
+    unknown = [k for k in params if k not in fields]
     if unknown and not free_names:
-        fields = set(TrainingArguments.__dataclass_fields__) - set(NOT_SEARCHABLE)
         check_keys({k: None for k in unknown}, fields, "hp_space (TrainingArguments fields only, as "
                                 "model_init takes no trial to read others)")
+    misspelt = {k: difflib.get_close_matches(k, fields, n=1, cutoff=0.8) for k in unknown}
+    misspelt = {k: close[0] for k, close in misspelt.items() if close}
+    if misspelt:
+        listed = ", ".join(f"{k!r} (did you mean {v!r}?)" for k, v in misspelt.items())
+        raise ConfigError(f"hp_space searches {listed}: not TrainingArguments fields, so the field would stay fixed "
+                          f"while the misspelt name is searched and reported. Correct the name; if model_init(trial) "
+                          f"reads it from trial.params, give it a name unlike a field's")
     if unknown:
-        logger.info("hp_space: %s are not TrainingArguments fields; model_init(trial) reads them from trial.params",
-                    ", ".join(unknown))
+        logger.warning("hp_space: %s are not TrainingArguments fields: only model_init(trial) can use them (from "
+                       "trial.params); the trainer's arguments do not change with them", ", ".join(unknown))
+    _check_length_searched(params, args, space is default_hp_space)
     trial_arguments(args, params, args.output_dir)
     return list(params)
+
+
+def check_searchable(names: list[str], where: str) -> None:
+    """Refuse fields that say where and how a search runs, not what a trial learns (`NOT_SEARCHABLE`)."""
+    fixed = [name for name in names if name in NOT_SEARCHABLE]
+    if fixed:
+        raise ConfigError(f"{where}: {', '.join(fixed)} cannot be searched: these say where and how the search runs "
+                          f"(each trial trains in output_dir/run-<number>), not what a trial learns. Take them out "
+                          f"of the space and set them once (CLI: --output-dir DIR, --push-to-hub ...)")
+
+
+def _check_length_searched(params: dict[str, Any], args: TrainingArguments, default: bool) -> None:
+    """`num_train_epochs` searched while `max_steps` fixes every trial's length: its values change nothing, yet the
+    best one would be reported. Refused in the user's space; HuggingFace's default space searches it: a warning."""
+    if "num_train_epochs" not in params or args.max_steps <= 0:
+        return
+    said = (f"the space searches num_train_epochs, but max_steps={args.max_steps} fixes every trial's length "
+            f"(max_steps overrides num_train_epochs), so its values would change nothing yet be reported as a best "
+            f"parameter")
+    if not default:
+        raise ConfigError(f"{said}. Take num_train_epochs out of the space, or drop max_steps (--max-steps) to search "
+                          f"the length in epochs")
+    logger.warning("%s (HuggingFace's default space searches it): pass a space without it (CLI: --space FILE), or "
+                   "drop max_steps", said)
+
+
+def checked_objective(compute_objective: Callable[[dict], Any], directions: int) -> Callable[[dict], Any]:
+    """`compute_objective`, its value checked: one number (a list of `directions` numbers for several), or a
+    `ConfigError` naming compute_objective, the value and the metrics it was given; NaN is a warning (Optuna fails
+    that trial) naming it too."""
+    name = _objective_name(compute_objective).removeprefix("compute_objective=")
+
+    def objective(metrics: dict[str, Any]) -> Any:
+        value = compute_objective(metrics)
+        values = list(value) if directions > 1 and isinstance(value, (list, tuple)) else [value]
+        if len(values) != directions or not all(_is_number(v) for v in values):
+            wanted = "one number" if directions == 1 else f"a list of {directions} numbers (one per direction)"
+            raise ConfigError(f"compute_objective ({name}) returned {value!r} ({type(value).__name__}), not "
+                              f"{wanted}: it turns the evaluation metrics ({', '.join(sorted(metrics))}) into the "
+                              f"objective, e.g. compute_objective=lambda metrics: metrics['eval_loss']")
+        if any(math.isnan(float(v)) for v in values):
+            logger.warning("compute_objective (%s) returned %r for the metrics %s: this trial fails (Optuna ranks no "
+                           "NaN); check the metric it reads", name, value, metrics)
+        return value
+    return objective
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 # ---- output folders ---------------------------------------------------------------------------------------------
@@ -342,11 +408,15 @@ def hyperparameter_search(trainer: Any, hp_space: Callable[[Any], dict] | None =
     optuna = import_optuna()
     directions = _directions(direction)
     _check_search(trainer, backend, kwargs)
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+        raise ConfigError(f"n_trials={n_trials!r}: the number of trials this call runs, a whole number of at least 1 "
+                          f"(or None, with timeout=SECONDS to stop)")
     takes_trial = _takes_trial(trainer.model_init)
     space = hp_space or default_hp_space
     check_space(space, trainer.args, free_names=takes_trial)
     channel = RankChannel(trainer.runtime)  # under torchrun rank 0 owns the study; the others train with it
-    study = channel.on_leader(lambda: _open_study(trainer.args, directions, kwargs))
+    study = channel.on_leader(lambda: _open_study(trainer.args, directions, kwargs,
+                                                  _objective_name(compute_objective)))
     base_args, model_init = trainer.args, trainer.model_init
 
     def trainer_for(args: TrainingArguments, trial: Any, resume: bool) -> Any:
@@ -358,7 +428,8 @@ def hyperparameter_search(trainer: Any, hp_space: Callable[[Any], dict] | None =
         return trainer
 
     catch = (*tuple(kwargs.get("catch") or ()), NonFiniteLossError)
-    objective = Trials(base_args, space, compute_objective or default_compute_objective, trainer_for,
+    objective = Trials(base_args, space, checked_objective(compute_objective or default_compute_objective,
+                                                          len(directions)), trainer_for,
                        study.study_name if study is not None else "", run_name=hp_name, channel=channel,
                        survivable=catch)
     optimize = {k: kwargs[k] for k in OPTIMIZE_OPTIONS if k in kwargs and k not in ("n_jobs", "catch")}
@@ -371,14 +442,22 @@ def hyperparameter_search(trainer: Any, hp_space: Callable[[Any], dict] | None =
         trainer.args, trainer.model_init = base_args, model_init
 
 
-def _open_study(args: TrainingArguments, directions: list[str], kwargs: dict[str, Any]) -> Any:
+def _objective_name(compute_objective: Callable | None) -> str:
+    """What a study optimises, as recorded in it: the `compute_objective` function's full name."""
+    if compute_objective is None:
+        return "HuggingFace's default objective (the evaluation loss, or the sum of the metrics)"
+    name = getattr(compute_objective, "__qualname__", type(compute_objective).__qualname__)
+    return f"compute_objective={getattr(compute_objective, '__module__', '?')}.{name}"
+
+
+def _open_study(args: TrainingArguments, directions: list[str], kwargs: dict[str, Any], objective: str) -> Any:
     """The study `kwargs` describe (its storage opened), after checking `args.output_dir` holds no other search."""
     storage = kwargs.get("storage")
     if isinstance(storage, (str, os.PathLike)):
         storage = open_storage(str(storage), kwargs.get("heartbeat_interval") or HEARTBEAT_INTERVAL,
                                kwargs.get("grace_period"))
     study = create_study(storage, kwargs.get("study_name"), directions, bool(kwargs.get("load_if_exists")),
-                         kwargs.get("sampler"), kwargs.get("pruner"))
+                         kwargs.get("sampler"), kwargs.get("pruner"), objective=objective)
     check_run_folders(args.output_dir, study.study_name, args.overwrite_output_dir)
     return study
 

@@ -18,7 +18,7 @@ from transformers import EvalPrediction
 from transformers.trainer_utils import PredictionOutput
 
 from finch.data import batching
-from finch.errors import ConfigError
+from finch.errors import ConfigError, DataError
 from finch.events import Event
 from finch.training import shapes
 
@@ -98,6 +98,9 @@ class EvaluationMixin:
                 metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}",
                                              reuse_unchanged=reuse_unchanged))
             return metrics
+        if _is_empty(dataset):
+            raise DataError(f"Trainer.evaluate(): the evaluation set{_named(metric_key_prefix)} has no rows, so there "
+                            f"is no loss or metric to compute (an empty split or filter?); pass a dataset with rows")
         key = self._evaluation_key(dataset, ignore_keys, metric_key_prefix)
         last_key, last_metrics = getattr(self, "_last_evaluation", (None, {}))
         # every rank takes the same branch (agreed only when a reuse is asked for: no collective otherwise)
@@ -384,3 +387,15 @@ def describe(value: Any) -> str:
 def to_device(batch: dict, device: torch.device) -> dict:
     """The batch's tensors on `device` (a new dict)."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _is_empty(dataset: Any) -> bool:
+    """A sized dataset with no rows (an iterable one cannot tell before it is read)."""
+    try:
+        return len(dataset) == 0
+    except TypeError:
+        return False
+
+
+def _named(prefix: str) -> str:
+    return f" ({prefix.removeprefix('eval_')})" if prefix.startswith("eval_") else ""

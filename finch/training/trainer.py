@@ -423,6 +423,10 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         runtime.all_reduce_sum(run.window.loss)
         run.add_window()
         training_loss = run.total_loss.item() / max(run.total_items, 1)
+        if args.load_best_model_at_end and not state.best_model_checkpoint and args.metric_for_best_model and \
+                any(k.startswith("eval_") for e in state.log_history for k in e):
+            logger.warning("load_best_model_at_end: no evaluation gave a finite %s, so no best model was chosen; "
+                           "the last step's weights are kept", args.metric_for_best_model)
         if args.load_best_model_at_end and state.best_model_checkpoint:
             if Path(state.best_model_checkpoint).name == f"{run_folders.PREFIX}{state.global_step}":  # saved from
                 # these very weights, which nothing has changed since: there is nothing to load
@@ -610,6 +614,10 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             raise ConfigError(f"metric_for_best_model={name!r} is not among the evaluation metrics {sorted(metrics)}; "
                            f"return it from compute_metrics or choose one of those")
         best, value = self.state.best_metric, metrics[key]
+        if not isinstance(value, (int, float)) or not math.isfinite(value):  # NaN would be best forever, unbeaten
+            logger.warning("metric_for_best_model %s is %s at step %d: this evaluation is no candidate for the best "
+                           "model (check compute_metrics, or the model's outputs)", key, value, self.state.global_step)
+            return
         if best is None or (value > best if self.args.greater_is_better else value < best):
             self.state.best_metric, self.state.best_global_step = value, self.state.global_step
 
