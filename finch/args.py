@@ -170,6 +170,9 @@ class TrainingArguments(HFArgumentsProperties):
                                "torch.compile the model (batches padded to a few bucketed lengths)")
     pad_to_multiple_of: int | None = _arg(None, "reproducibility, precision, hardware",
                                           "round batch lengths up; unset: 8 on CUDA and under CPU bf16; 1: exact")
+    shape_buckets: bool | None = _flag("reproducibility, precision, hardware",
+                                      "pad batches to a few lengths chosen from the data's lengths (compiled steps "
+                                      "see a few shapes, not one per length); unset: on with torch_compile")
     fast_dropout: bool | None = _flag("reproducibility, precision, hardware",
                                      "finch's cheaper CPU dropout; unset: on when training on the CPU")
     max_nonfinite_steps: int = _arg(5, "reproducibility, precision, hardware",

@@ -103,6 +103,7 @@ class OutputsMixin:
         logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | dropout %s | "
                     "compile %s", self.runtime.describe(), self.precision.name, self.precision.reason,
                     args.train_sampling_strategy, type(self.optimizer).__name__, " fused" if fused else "",
+                    self.data_collator.describe() if hasattr(self.data_collator, "describe") else
                     f"multiple of {self.padding_multiple}" if self.padding_multiple else "longest in batch",
                     dropout, "on" if args.torch_compile else "off")
         processes = f" x {self.runtime.world_size} processes" if self.runtime.world_size > 1 else ""

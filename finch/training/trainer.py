@@ -26,7 +26,7 @@ from transformers import EvalPrediction
 from transformers.trainer_utils import TrainOutput
 
 from finch.args import TrainingArguments, total_training_steps
-from finch.data import batching
+from finch.data import batching, buckets
 from finch.distributed.connect import runtime_for
 from finch.distributed.runtime import rng_state, set_seed
 from finch.errors import ConfigError, DataError, ModelError
@@ -170,8 +170,13 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self.model = (model if model is not None else self._build_model()).to(self.device)
         _set_use_cache(self.model, getattr(self.args, "use_cache", False))
         self.processing_class = processing_class
-        multiple = batching.padding_multiple(self.args.pad_to_multiple_of, self.device.type, self.args.torch_compile,
-                                         bf16=self.precision.name == "bf16")
+        wanted = self.args.shape_buckets if self.args.shape_buckets is not None else self.args.torch_compile
+        self._shape_buckets = bool(wanted) and not getattr(getattr(self.model, "config", None), "is_encoder_decoder",
+                                                            False)  # labels and decoder inputs: lengths of their own
+        # compiled with buckets: rounded to 8 here, then to the buckets (made from the data when train() starts)
+        multiple = batching.padding_multiple(self.args.pad_to_multiple_of, self.device.type,
+                                             self.args.torch_compile and not self._shape_buckets,
+                                             bf16=self.precision.name == "bf16" or self._shape_buckets)
         self.data_collator = (batching.with_padding_multiple(data_collator, multiple) if data_collator is not None
                               else batching.default_collator(processing_class, multiple))
         self.padding_multiple = getattr(self.data_collator, "pad_to_multiple_of", None)  # None: not ours to round
@@ -285,6 +290,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         dataset, dropped = batching.prepare_dataset(self.train_dataset, model, args.remove_unused_columns,
                                                     self.label_names)
         lengths = batching.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
+        if self._shape_buckets:
+            self._bucket_collator(lengths if lengths is not None else batching.example_lengths(dataset))
         batching.check_dataset(self.train_dataset, model, "train_dataset", lengths)  # as given: its columns all named
         batching.check_cross_entropy_options(args, model)
         self._class_weights(dataset)  # "balanced" on data without labels, a list of the wrong length: said now
@@ -343,6 +350,19 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         run.started, run.start_step = time.perf_counter(), state.global_step
         run.window, run.total_loss = LogWindow.open(device, run.started), torch.zeros((), device=device)
         return run
+
+    def _bucket_collator(self, lengths: list[int] | None) -> None:
+        """The collator wrapped in `BucketPadding` over buckets chosen from the training set's `lengths` (training and
+        evaluation batches then take a few shapes); the wrapper of an earlier `train()` replaced, not stacked."""
+        collator = getattr(self.data_collator, "collator", self.data_collator) \
+            if isinstance(self.data_collator, buckets.BucketPadding) else self.data_collator
+        if not lengths:
+            self.data_collator = collator
+            return
+        pad, side = buckets.tokenizer_padding(collator, self.processing_class)
+        chosen = buckets.choose_buckets(lengths, self.padding_multiple or 8)
+        self.data_collator = buckets.BucketPadding(collator, chosen, pad, side,
+                                                   getattr(self.model, "main_input_name", "input_ids"))
 
     def _steps_per_epoch(self, num_examples: int) -> int:
         """Optimizer steps in an epoch of `num_examples`; HF's meaning of the batch size: per_device_train_batch_size
