@@ -8,6 +8,8 @@ subprocess:
     hf-tuned  transformers.Trainer with bf16=True, train_sampling_strategy="group_by_length"
     finch     finch.Trainer with its defaults (the same script: only the import differs)
     finch-fp32, finch-tf32, hf-tf32   the same with bf16=False (and tf32=True)
+    hf-compile, finch-compile, finch-buckets   torch_compile=True (finch's pads to shape buckets with it), and
+              finch's shape buckets alone (eager)
 
 MFU counts useful work only: 6 x (parameters outside the embeddings) x (non-padding tokens) per second, over the
 accelerator's dense bf16 peak (--peak-tflops; 989 for an H100/H200 SXM). Padding a side computes is not counted,
@@ -56,7 +58,9 @@ def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:
     dense = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
     tuned = {"bf16": True, "train_sampling_strategy": "group_by_length"} if impl == "hf-tuned" else {}
     tuned.update({"finch-fp32": {"bf16": False}, "finch-tf32": {"bf16": False, "tf32": True},
-                  "hf-tf32": {"tf32": True}}.get(impl, {}))
+                  "hf-tf32": {"tf32": True}, "hf-compile": {"tf32": True, "torch_compile": True},
+                  "finch-compile": {"torch_compile": True},  # shape buckets come with it
+                  "finch-buckets": {"shape_buckets": True}}.get(impl, {}))
     if impl == "hf-tuned" and not torch.cuda.is_available():
         tuned["use_cpu"] = True  # HF refuses bf16 on the CPU without it
     with tempfile.TemporaryDirectory() as out:
@@ -86,7 +90,8 @@ def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--impl", nargs="+", choices=("hf", "hf-tuned", "hf-tf32", "finch", "finch-fp32", "finch-tf32"),
+    p.add_argument("--impl", nargs="+", choices=("hf", "hf-tuned", "hf-tf32", "hf-compile", "finch", "finch-fp32",
+                                                 "finch-tf32", "finch-compile", "finch-buckets"),
                    default=["hf", "hf-tuned", "finch"])
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the packaged MiniLM's)")
     p.add_argument("--data", type=Path, default=mrpc.DEFAULT_DATA)
