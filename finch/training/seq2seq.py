@@ -43,6 +43,11 @@ class Seq2SeqTrainer(Trainer):
         self._gen_kwargs = self._generation_kwargs(gen_kwargs)
         return super().predict(test_dataset, ignore_keys, metric_key_prefix)
 
+    def _evaluation_key(self, dataset: Any, ignore_keys: list[str] | None, prefix: str) -> tuple | None:
+        key = super()._evaluation_key(dataset, ignore_keys, prefix)  # and what generation was asked to do
+        return None if key is None else (*key, getattr(self.args, "predict_with_generate", False),
+                                         repr(sorted(self._gen_kwargs.items())))
+
     def _generation_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
         """`given`, completed with the arguments' `generation_max_length` and `generation_num_beams` as HF does."""
         kwargs = dict(given)
