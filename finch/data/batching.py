@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -108,8 +109,15 @@ def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequ
 def example_lengths(dataset: Any) -> list[int] | None:
     """Token count of each example, from the `input_ids` column; None when there is no such column."""
     columns = getattr(dataset, "column_names", None)
+    if columns is not None and "input_ids" not in columns:
+        return None
+    if isinstance(dataset, datasets.Dataset):  # Arrow's list lengths: no Python list per example (1.86M rows)
+        import pyarrow.compute as pc
+
+        ids = dataset.select_columns(["input_ids"]).with_format("arrow")[:].column("input_ids")
+        return pc.list_value_length(ids).to_numpy(zero_copy_only=False).tolist()
     if columns is not None:
-        return [len(ids) for ids in dataset["input_ids"]] if "input_ids" in columns else None
+        return [len(ids) for ids in dataset["input_ids"]]
     try:
         return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
     except (KeyError, TypeError, IndexError):

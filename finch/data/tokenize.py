@@ -18,7 +18,8 @@ from typing import Any
 import datasets
 
 logger = logging.getLogger("finch")
-CACHE_VERSION = 1  # bump when the tokenized format changes
+CACHE_VERSION = 2  # bump when the tokenized format changes
+PARALLEL_ROWS = 100_000  # a split this large is tokenized by one process per core (fewer: starting them costs more)
 
 
 def default_cache_dir() -> Path:
@@ -34,10 +35,35 @@ def cache_key(splits: dict[str, datasets.Dataset], text_columns: list[str], toke
     for name in sorted(splits):
         split = splits[name]
         digest.update(f"\0split {name} {split.num_rows} {split.features}".encode())
+        table = split.with_format("arrow")[:]
         for column in split.column_names:
-            for value in split[column]:
-                digest.update(str(value).encode("utf-8", "surrogatepass") + b"\0")
+            digest.update(f"\0column {column}".encode())
+            _hash_column(digest, table.column(column))
     return digest.hexdigest()[:24]
+
+
+def _hash_column(digest: Any, column: Any) -> None:
+    """Add a column's values to `digest` through its Arrow buffers, the same however the column is chunked: text
+    as each value's byte length and then all the bytes, other values as their Python text. Nulls are marked."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    nulls = hashlib.sha256()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        lengths, data = hashlib.sha256(), hashlib.sha256()
+        for chunk in column.chunks:
+            lengths.update(pc.binary_length(chunk).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64))
+            nulls.update(chunk.is_null().to_numpy(zero_copy_only=False).tobytes())
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if pa.types.is_large_string(chunk.type)
+                                    else np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+            if len(chunk):
+                data.update(chunk.buffers()[2][int(offsets[0]):int(offsets[-1])])
+        digest.update(lengths.digest() + data.digest() + nulls.digest())
+        return
+    for chunk in column.chunks:  # labels: a few numbers per row
+        for value in chunk.to_pylist():
+            digest.update(str(value).encode("utf-8", "surrogatepass") + b"\0")
 
 
 def _tokenizer_identity(tokenizer: Any) -> str:
@@ -80,8 +106,10 @@ def _tokenize(split: datasets.Dataset, text_columns: list[str], tokenizer: Any, 
     def encode(batch: dict) -> dict:
         return tokenizer(*(batch[column] for column in text_columns), truncation=True, max_length=max_length)
 
+    # Large splits on every core: the tokenizer is fast (Rust), but turning its output into Arrow is Python's work
+    processes = min(os.cpu_count() or 1, 8) if len(split) >= PARALLEL_ROWS else None
     return split.map(encode, batched=True, batch_size=1000, remove_columns=text_columns,
-                     load_from_cache_file=False, desc="tokenizing")
+                     load_from_cache_file=False, desc="tokenizing", num_proc=processes)
 
 
 def _store(tokenized: datasets.DatasetDict, folder: Path) -> None:
