@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ("good bad great awful nice poor film plot actor scene story music long short slow fast funny dull "
-         "bright dark sharp warm cold loud quiet fine odd").split()
+WORDS = ["good", "bad", "great", "awful", "nice", "poor", "film", "plot", "actor", "scene", "story", "music", "long",
+         "short", "slow", "fast", "funny", "dull", "bright", "dark", "sharp", "warm", "cold", "loud", "quiet", "fine",
+         "odd"]
 CLASSES = ("alpha", "beta", "gamma", "delta")
 
 

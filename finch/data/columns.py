@@ -344,7 +344,7 @@ def hold_out(train: datasets.Dataset, seed: int, stratify: str | None) -> tuple[
     generator = np.random.default_rng(seed)
     if stratify is None:
         order = generator.permutation(rows)
-        return train.select(np.sort(order[held:])), train.select(np.sort(order[:held]))
+        return subset(train, np.sort(order[held:])), subset(train, np.sort(order[:held]))
     labels = _label_ids(train)
     counts = np.bincount(labels)
     wanted = counts * held / rows
@@ -355,12 +355,20 @@ def hold_out(train: datasets.Dataset, seed: int, stratify: str | None) -> tuple[
     for label in np.flatnonzero(share):
         members = np.flatnonzero(labels == label)
         mask[generator.permutation(members)[:share[label]]] = True
-    return train.select(np.flatnonzero(~mask)), train.select(np.flatnonzero(mask))
+    return subset(train, np.flatnonzero(~mask)), subset(train, np.flatnonzero(mask))
+
+
+def subset(split: datasets.Dataset, positions: np.ndarray) -> datasets.Dataset:
+    """The rows at `positions`, as a table of their own (Arrow's `take`), not an index into `split`: a dataset
+    with an index is flattened, row batch by row batch, by the next column it gets (1.86M rows: about 25 s)."""
+    table = split.with_format("arrow")[:].take(positions)
+    return datasets.Dataset(table, info=split.info.copy())
 
 
 def _label_ids(split: datasets.Dataset) -> np.ndarray:
     """The `label` column (class ids) as a NumPy array, through Arrow."""
-    return np.asarray(split.with_format("numpy")["label"], dtype=np.int64)
+    column = split.select_columns(["label"]).with_format("arrow")[:].column("label")
+    return column.to_numpy().astype(np.int64, copy=False)
 
 
 def _detect_task(train: datasets.Dataset, label: str, where: str) -> Task:
@@ -487,7 +495,7 @@ def drop_empty_texts(split: datasets.Dataset, texts: list[str], label: str | Non
     checks.warn(f"{where}: {len(empty)} row(s) with empty text in {' + '.join(texts)} (rows {shown}) are left out")
     keep = np.ones(len(split), dtype=bool)
     keep[empty] = False
-    return split.select(np.flatnonzero(keep))
+    return subset(split, np.flatnonzero(keep))
 
 
 def encode_labels(split: datasets.Dataset, texts: list[str], label: str, task: Task,
