@@ -38,6 +38,7 @@ def test_the_held_out_split_is_stratified_exact_seeded_and_capped(monkeypatch):
     assert list(hold_out(data, seed=7, stratify="label")[1]["row"]) != list(validation["row"])
     unstratified = hold_out(data, seed=42, stratify=None)[1]
     assert len(unstratified) == 100 and list(unstratified["row"]) != list(validation["row"])
+    assert list(unstratified["row"]) == list(data.train_test_split(test_size=0.1, seed=42)["test"]["row"])
 
     monkeypatch.setattr(columns, "HELD_OUT_MAX", 40)
     train, validation = hold_out(data, seed=42, stratify="label")
