@@ -18,7 +18,7 @@ from typing import Any
 import datasets
 
 logger = logging.getLogger("finch")
-CACHE_VERSION = 2  # bump when the tokenized format changes
+CACHE_VERSION = 3  # bump when the tokenized format changes
 PARALLEL_ROWS = 100_000  # a split this large is tokenized by one process per core (fewer: starting them costs more)
 
 
@@ -103,13 +103,52 @@ def tokenize_splits(splits: dict[str, datasets.Dataset], text_columns: list[str]
 
 
 def _tokenize(split: datasets.Dataset, text_columns: list[str], tokenizer: Any, max_length: int) -> datasets.Dataset:
+    """The split with its text columns replaced by the tokenizer's columns, a batch of 1,000 rows at a time.
+
+    A fast tokenizer's batch is encoded in Rust (its own threads), padded to the batch's longest, as NumPy, and
+    turned into Arrow list columns from those arrays: no Python list per example, which is where the time went
+    (1.86M short rows: minutes). The columns and their types are those `datasets` gives the tokenizer's lists
+    (`input_ids` int32, masks and token types int8). Large splits also use one process per core."""
+    processes = min(os.cpu_count() or 1, 8) if len(split) >= PARALLEL_ROWS else None
+    if getattr(tokenizer, "is_fast", False):
+        def encode_arrow(batch: Any) -> Any:
+            return _encoded_table(tokenizer, [batch.column(c).to_pylist() for c in text_columns], max_length,
+                                  batch.drop_columns(text_columns))
+
+        return split.with_format("arrow").map(encode_arrow, batched=True, batch_size=1000, load_from_cache_file=False,
+                                              desc="tokenizing", num_proc=processes).with_format(None)
+
     def encode(batch: dict) -> dict:
         return tokenizer(*(batch[column] for column in text_columns), truncation=True, max_length=max_length)
 
-    # Large splits on every core: the tokenizer is fast (Rust), but turning its output into Arrow is Python's work
-    processes = min(os.cpu_count() or 1, 8) if len(split) >= PARALLEL_ROWS else None
     return split.map(encode, batched=True, batch_size=1000, remove_columns=text_columns,
                      load_from_cache_file=False, desc="tokenizing", num_proc=processes)
+
+
+TOKEN_TYPES = {"input_ids": "int32", "attention_mask": "int8", "token_type_ids": "int8",
+               "special_tokens_mask": "int8"}
+
+
+def _encoded_table(tokenizer: Any, texts: list[list[str]], max_length: int, rest: Any) -> Any:
+    """`rest` (the batch's other columns) with the tokenizer's columns added, built from padded NumPy arrays."""
+    import numpy as np
+    import pyarrow as pa
+
+    encoded = tokenizer(*texts, truncation=True, max_length=max_length, padding=True, return_tensors="np",
+                        return_attention_mask=True)
+    mask = encoded["attention_mask"].astype(bool)
+    if tokenizer.padding_side == "left":  # rows padded at their start: move each row's tokens to its start
+        order = np.argsort(~mask, axis=1, kind="stable")
+        encoded = {name: np.take_along_axis(values, order, axis=1) for name, values in encoded.items()}
+        mask = np.take_along_axis(mask, order, axis=1)
+    lengths = mask.sum(axis=1)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    table = rest
+    for name, values in encoded.items():
+        kind = TOKEN_TYPES.get(name, "int64")
+        flat = pa.array(np.asarray(values)[mask].astype(kind))
+        table = table.append_column(name, pa.ListArray.from_arrays(offsets, flat))
+    return table
 
 
 def _store(tokenized: datasets.DatasetDict, folder: Path) -> None:
