@@ -1,7 +1,7 @@
 """`finch train --train big.csv --max-steps 2` on a generated CSV of short rows: where the time goes before the first
 step, and the peak memory.
 
-Generates a CSV of SIZE_MB megabytes (default 200: about 1.86M rows of 8-18 words, 4 classes, a few blank and
+Generates a CSV of SIZE_MB megabytes (default 200: about 1.9M rows of 12-22 words, 4 classes, a few blank and
 duplicated rows), builds a tiny BERT (2 layers, 32 wide) with the packaged MiniLM tokenizer, then runs the command
 in this process and prints the seconds of each phase (read + check + split, tokenize, model load to the first
 optimizer step, the rest) and the peak resident memory of this process and of its children.
@@ -35,8 +35,8 @@ def write_csv(path: Path, size_mb: float, seed: int = 0) -> int:
     with path.open("w", encoding="utf-8") as file:
         file.write("text,label\n")
         while written < target:
-            words = rng.integers(0, len(WORDS), size=(10_000, 18))
-            lengths = rng.integers(8, 19, size=10_000)
+            words = rng.integers(0, len(WORDS), size=(10_000, 22))
+            lengths = rng.integers(12, 23, size=10_000)
             labels = (words[:, 0] + words[:, 1]) % len(CLASSES)
             lines = []
             for i in range(10_000):
