@@ -19,7 +19,6 @@ import datasets
 
 logger = logging.getLogger("finch")
 CACHE_VERSION = 3  # bump when the tokenized format changes
-PARALLEL_ROWS = 100_000  # a split this large is tokenized by one process per core (fewer: starting them costs more)
 
 
 def default_cache_dir() -> Path:
@@ -108,21 +107,21 @@ def _tokenize(split: datasets.Dataset, text_columns: list[str], tokenizer: Any, 
     A fast tokenizer's batch is encoded in Rust (its own threads), padded to the batch's longest, as NumPy, and
     turned into Arrow list columns from those arrays: no Python list per example, which is where the time went
     (1.86M short rows: minutes). The columns and their types are those `datasets` gives the tokenizer's lists
-    (`input_ids` int32, masks and token types int8). Large splits also use one process per core."""
-    processes = min(os.cpu_count() or 1, 8) if len(split) >= PARALLEL_ROWS else None
+    (`input_ids` int32, masks and token types int8). The tokenizer's threads use every core; worker processes
+    (`num_proc`) would copy the split into each (200 MB CSV, 2 processes: 1.8 GB each at the peak)."""
     if getattr(tokenizer, "is_fast", False):
         def encode_arrow(batch: Any) -> Any:
             return _encoded_table(tokenizer, [batch.column(c).to_pylist() for c in text_columns], max_length,
                                   batch.drop_columns(text_columns))
 
         return split.with_format("arrow").map(encode_arrow, batched=True, batch_size=1000, load_from_cache_file=False,
-                                              desc="tokenizing", num_proc=processes).with_format(None)
+                                              desc="tokenizing").with_format(None)
 
     def encode(batch: dict) -> dict:
         return tokenizer(*(batch[column] for column in text_columns), truncation=True, max_length=max_length)
 
     return split.map(encode, batched=True, batch_size=1000, remove_columns=text_columns,
-                     load_from_cache_file=False, desc="tokenizing", num_proc=processes)
+                     load_from_cache_file=False, desc="tokenizing")
 
 
 TOKEN_TYPES = {"input_ids": "int32", "attention_mask": "int8", "token_type_ids": "int8",
