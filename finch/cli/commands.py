@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments
+from finch.distributed.launch import Outcome, report, reporting
 from finch.errors import UserError, mask_secrets
 
 EXIT_USAGE = 2  # bad flags, config or data: nothing was trained
@@ -40,25 +41,50 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code says how it ended (see the module docstring)."""
     from finch.errors import NonFiniteLossError
     from finch.runs.checkpoint import CheckpointError
+    from finch.training.preemption import TrainingPreempted
 
     parser = build_parser()
     options = parser.parse_args(argv)
     if options.command is None:
         parser.print_help()
         return EXIT_USAGE
+    name = f"finch {options.command}"
     try:
-        return options.run({**vars(options), "argv": list(sys.argv[1:] if argv is None else argv)})
+        return _ended(Outcome(options.run({**vars(options), "argv": list(sys.argv[1:] if argv is None else argv)}),
+                              "failure"))
     except UserError as error:  # finch's own checks found a mistake: the message says the fix
-        print(f"finch {options.command}: error: {mask_secrets(error)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _ended(Outcome(EXIT_USAGE, "mistake", f"{name}: error: {mask_secrets(error)}"))
     except (NonFiniteLossError, CheckpointError) as error:  # training stopped on NaNs, or a save failed
-        print(f"finch {options.command}: {mask_secrets(error)}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception:  # noqa: BLE001 (anything else is a bug: show everything, blame no one but finch)
-        print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr)  # a URL in it keeps its password hidden
-        print(f"finch {options.command}: this is a bug in finch or a library under it, not a mistake in your flags "
-              f"or data; please report it with the traceback above", file=sys.stderr)
-        return EXIT_FAILED
+        return _ended(Outcome(EXIT_FAILED, "failure", f"{name}: {mask_secrets(error)}"))
+    except TrainingPreempted as stopped:  # (a SystemExit: it ends the process with its code, 75)
+        _ended(Outcome(stopped.code, "preempted"))
+        raise
+    except Exception as error:  # noqa: BLE001 (anything else is a bug: show everything, blame no one but finch)
+        if reporting() and _lost_contact(error):  # this rank's peers ended: their own messages say why
+            cause = mask_secrets(str(error)).splitlines()[0][:160]
+            return _ended(Outcome(EXIT_FAILED, "peer", f"{name}: process {os.environ['RANK']} stopped: another "
+                                                       f"process of this run ended ({cause})"))
+        trace = mask_secrets(traceback.format_exc())  # a URL in the traceback keeps its password hidden
+        return _ended(Outcome(EXIT_FAILED, "failure", f"{trace}{name}: this is a bug in finch or a library under it, "
+                                                      f"not a mistake in your flags or data; please report it with "
+                                                      f"the traceback above"))
+
+
+def _ended(outcome: Outcome) -> int:
+    """Say how the command ended (to the launcher, under `finch ... --nproc-per-node`, which says it once)."""
+    if reporting():
+        report(outcome)
+    elif outcome.message:
+        print(outcome.message, file=sys.stderr)
+    return outcome.code
+
+
+def _lost_contact(error: BaseException) -> bool:
+    """Whether `error` is a collective or store failing because another process of the group is gone."""
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and any(
+        sign in str(error) for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")))
 
 
 class HintingParser(argparse.ArgumentParser):
@@ -272,7 +298,7 @@ def run_train(flags: dict[str, Any]) -> int:
         if fresh:
             check_no_earlier_outputs(options["output_dir"])  # said once, here, not once per process
         training_arguments(options)  # a mistake in the flags shows once, here, not once per process
-        relaunch(flags["argv"], flags)
+        return relaunch(flags["argv"], flags, "train")
     # one run at a time per output folder, held by the process that writes it, from this check to the last file
     writer = int(os.environ.get("RANK", "0")) == 0
     with run_lock(options["output_dir"]) if writer else contextlib.nullcontext():
@@ -347,7 +373,7 @@ def run_search(flags: dict[str, Any]) -> int:
     check_not_a_training_run(options["output_dir"])
     if flags.get("nproc_per_node") and not launched_by_torchrun():  # each trial trains on N processes
         training_arguments(options)  # a mistake in the flags shows once, here, not once per process
-        relaunch(flags["argv"], flags)
+        return relaunch(flags["argv"], flags, "search")
     job = prepare(options)  # every check that needs no weights: nothing is written before it passes
     study = search_job(job, options, flags["trials"], flags.get("storage"), flags.get("study_name"),
                        flags.get("space"), flags["prune"], flags["heartbeat_interval"])

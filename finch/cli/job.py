@@ -18,6 +18,7 @@ from typing import Any
 
 from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments, check_keys
 from finch.cli import config as config_files
+from finch.data.batching import example_lengths
 from finch.data.models import (
     check_room_for_text,
     load_classifier,
@@ -280,7 +281,7 @@ def describe_token_limit(tokenized: Any, max_length: int, source: str) -> str:
     Without `--max-length` the limit is the model's own, so no example is cut that the model could read whole;
     length-grouped batches make the long limit cheap (a batch pads to its own longest example, not to the limit).
     """
-    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    lengths = example_lengths(tokenized) or []
     longest = max(lengths, default=0)
     cut = sum(1 for length in lengths if length >= max_length)
     cuts = f"{cut} of {len(lengths)} training examples reach it and are cut" if cut else "no training example is cut"
@@ -291,7 +292,7 @@ def warn_truncation(tokenized: Any, max_length: int, strict: bool) -> None:
     """Say how many examples reach the token limit (and so are cut there)."""
     from finch.data.columns import Checks
 
-    at_limit = sum(1 for ids in tokenized["input_ids"] if len(ids) >= max_length)
+    at_limit = sum(1 for length in example_lengths(tokenized) or [] if length >= max_length)
     if at_limit:
         Checks(strict).warn(f"{at_limit} of {len(tokenized)} training examples reach the {max_length}-token limit and "
                             f"are cut there; raise --max-length (the model allows more) if the ends matter")

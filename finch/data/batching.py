@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -98,18 +99,20 @@ def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequ
     label = next((name for name in ("labels", "label") if name in columns), None)
     if label is None or len(dataset) == 0:
         return
-    values = dataset[label]
+    values = _column_values(dataset, label)
     if isinstance(values[0], str):
         raise DataError(f"{what}: the labels ({label!r}) are strings ({values[0]!r}, ...), not class ids; encode them, "
                         f"e.g. dataset.class_encode_column({label!r}), and give the model id2label/label2id")
     num_labels = getattr(config, "num_labels", None)
     single_label = getattr(config, "problem_type", None) in (None, "single_label_classification")
     single_label = single_label and not _nested(dataset, main)  # multiple choice: a label picks a choice, no class
-    if isinstance(num_labels, int) and num_labels > 1 and single_label and all(type(v) is int for v in values):
-        outside = [row for row, value in enumerate(values) if value != -100 and not 0 <= value < num_labels]
+    integers = values.dtype.kind in "iu" if isinstance(values, np.ndarray) else all(type(v) is int for v in values)
+    if isinstance(num_labels, int) and num_labels > 1 and single_label and integers:
+        ids = np.asarray(values, dtype=np.int64)
+        outside = np.flatnonzero((ids != -100) & ((ids < 0) | (ids >= num_labels))).tolist()
         if outside:
-            highest = max(values)
-            raise DataError(f"{what}: label {values[outside[0]]} (row {outside[0]}; {len(outside)} row(s) in all) is "
+            highest = int(ids.max())
+            raise DataError(f"{what}: label {int(ids[outside[0]])} (row {outside[0]}; {len(outside)} row(s) in all) is "
                             f"not a class of the model, which has num_labels={num_labels} (ids 0 to "
                             f"{num_labels - 1}); build it with num_labels={max(highest + 1, num_labels)} (and "
                             f"id2label), or fix the labels")
@@ -122,16 +125,28 @@ def _nested(dataset: Any, column: str) -> bool:
     return inner is not None and hasattr(inner, "feature") or isinstance(inner, (list, tuple))
 
 
+def _column_values(dataset: Any, name: str) -> Any:
+    """A column's values: a NumPy array through Arrow for a `datasets.Dataset` column of numbers (indexing one
+    gives a column that reads row by row), else as the dataset gives them."""
+    if isinstance(dataset, datasets.Dataset):
+        import pyarrow as pa
+
+        column = dataset.select_columns([name]).with_format("arrow")[:].column(name)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            return column.to_numpy()
+    return dataset[name]
+
+
 def example_lengths(dataset: Any) -> list[int] | None:
     """Token count of each example as it will be padded, from the `input_ids` column; None when there is no such
     column. An example of more than one sequence (multiple choice: one per choice) counts its choices times its
     longest, the size of its part of a padded batch."""
     columns = getattr(dataset, "column_names", None)
+    if columns is not None and "input_ids" not in columns:
+        return None
+    if isinstance(dataset, datasets.Dataset):  # Arrow's list lengths: no Python list per example (1.86M rows)
+        return _arrow_lengths(dataset.select_columns(["input_ids"]).with_format("arrow")[:].column("input_ids"))
     if columns is not None:
-        if "input_ids" not in columns:
-            return None
-        if hasattr(dataset, "with_format"):
-            return _arrow_lengths(dataset.with_format("arrow")["input_ids"])
         return [_padded_size(ids) for ids in dataset["input_ids"]]
     try:
         return [_padded_size(dataset[i]["input_ids"]) for i in range(len(dataset))]

@@ -13,13 +13,13 @@ import importlib.util
 import json
 import math
 import unicodedata
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from finch.data.readers import read_file, read_source
 from finch.data.tasks import Task, detect_task, encode
@@ -36,6 +36,9 @@ VALIDATION_SPLITS = ("validation", "dev", "valid", "test")
 SAMPLE_ROWS = 10_000  # rows looked at to infer a column's role by its values
 LABEL_BY_CONTENT_MAX_CLASSES = 100  # "few distinct values": a label found by its values has at most this many
 MANY_CLASSES = 20  # more classes than this, and more than one per two rows: an id or a text taken as the label?
+HELD_OUT_SHARE = 0.1  # of the training rows, held out for validation when no validation set is given
+HELD_OUT_MAX = 10_000  # ... up to this many rows: enough to measure accuracy within about 1 point (95%), and an
+# evaluation of a 1.86M-row file's 10% (186k rows) took longer than the training steps of a short run
 INVISIBLE = frozenset("\u034f\u115f\u1160\u2800\u3164\uffa0")  # blank-looking letters (Hangul fillers...)
 
 
@@ -278,20 +281,22 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
     columns = find_columns(train, train_where, text_columns, label_column)
     texts, label = columns.texts, columns.label
     train = drop_empty_texts(train, texts, label, train_where, checks)
-    task = detect_task(list(train[label]), f"{train_where}, column {label!r}")
+    task = _detect_task(train, label, f"{train_where}, column {label!r}")
     _check_class_count(task, len(train), f"{train_where}, column {label!r}", checks)
     train = encode_labels(train, texts, label, task, train_where)
     if validation is None:
         stratify = _stratify_by(train, task, train_where, checks)
-        parts = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column=stratify)
-        train, validation = parts["train"], parts["test"]
-        kept = set(train["label"]) if task.kind in ("binary", "multiclass") else {0, 1}
+        train, validation = hold_out(train, seed, stratify)
+        kept = set(_label_ids(train).tolist()) if task.kind in ("binary", "multiclass") else {0, 1}
         if len(kept) < 2:  # a file of a handful of rows: holding out left one class to learn from
             raise DataError(f"{train_where}: after holding out {len(validation)} of its {len(train) + len(validation)} "
                             f"rows for validation, every training row has the label {task.label_names[kept.pop()]!r}; "
                             f"a classifier needs examples of each class. Add rows, or pass a validation file with "
                             f"--validation")
-        held_out = f"10% of {train_spec} held out for validation ({'stratified, ' if stratify else ''}seed {seed})"
+        capped = len(validation) == HELD_OUT_MAX and math.ceil(HELD_OUT_SHARE * (len(train) + len(validation))) > \
+            HELD_OUT_MAX
+        share = f"{HELD_OUT_MAX:,} rows (10%, capped)" if capped else "10%"
+        held_out = f"{share} of {train_spec} held out for validation ({'stratified, ' if stratify else ''}seed {seed})"
     else:
         missing = [c for c in [*texts, label] if c not in validation.column_names]
         if missing:
@@ -313,7 +318,7 @@ def _stratify_by(train: datasets.Dataset, task: Task, where: str, checks: Checks
         raise DataError(f"{where}: {len(train)} row(s): too few to train on and hold out validation from; add rows")
     if task.kind not in ("binary", "multiclass"):
         return None
-    counts = Counter(train["label"])
+    counts = {label: count for label, count in enumerate(np.bincount(_label_ids(train)).tolist()) if count}
     single = [task.label_names[i] for i, count in sorted(counts.items()) if count < 2]
     held_out = math.ceil(0.1 * len(train))
     if single:
@@ -325,6 +330,67 @@ def _stratify_by(train: datasets.Dataset, task: Task, where: str, checks: Checks
     checks.warn(f"{where}: {reason}, too few to hold out validation stratified by label; it is held out at random "
                 f"instead. Add rows, or pass a validation file with --validation")
     return None
+
+
+def hold_out(train: datasets.Dataset, seed: int, stratify: str | None) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, validation): `HELD_OUT_SHARE` of the rows (rounded up, at most `HELD_OUT_MAX`) held out, seeded.
+
+    The rows `datasets.Dataset.train_test_split(test_size=0.1, seed=seed, stratify_by_column=...)` holds out, in
+    its order, by the same function (`datasets.utils.stratify`: each class its share, the total exact, seeded
+    permutations), given the label ids through Arrow: `train_test_split` reads them row by row through its NumPy
+    formatter (1.86M rows: minutes), and its `select` leaves an index that the next column added flattens."""
+    from datasets.utils.stratify import stratified_shuffle_split_generate_indices
+
+    rows = len(train)
+    held = min(math.ceil(HELD_OUT_SHARE * rows), HELD_OUT_MAX)
+    generator = np.random.default_rng(seed)
+    if stratify is None:
+        order = generator.permutation(rows)
+        kept, held_out = order[held:], order[:held]
+    else:
+        kept, held_out = next(stratified_shuffle_split_generate_indices(_label_ids(train), rows - held, held,
+                                                                        rng=generator))
+    return subset(train, np.asarray(kept)), subset(train, np.asarray(held_out))
+
+
+def subset(split: datasets.Dataset, positions: np.ndarray) -> datasets.Dataset:
+    """The rows at `positions`, as a table of their own (Arrow's `take`), not an index into `split`: a dataset
+    with an index is flattened, row batch by row batch, by the next column it gets (1.86M rows: about 25 s)."""
+    table = split.with_format("arrow")[:].take(positions)
+    return datasets.Dataset(table, info=split.info.copy())
+
+
+def _label_ids(split: datasets.Dataset) -> np.ndarray:
+    """The `label` column (class ids) as a NumPy array, through Arrow."""
+    column = split.select_columns(["label"]).with_format("arrow")[:].column("label")
+    return column.to_numpy().astype(np.int64, copy=False)
+
+
+def _detect_task(train: datasets.Dataset, label: str, where: str) -> Task:
+    """`detect_task` on the label column's distinct values: what it finds (a kind of task, its class names, or a
+    mistake) depends on which values occur, not on how often. A mistake is found again on every row, for the
+    message's row numbers."""
+    distinct = _distinct_labels(train, label)
+    if distinct is not None:
+        try:
+            return detect_task(distinct[0], where)
+        except DataError:
+            pass
+    return detect_task(list(train[label]), where)
+
+
+def _distinct_labels(split: datasets.Dataset, label: str) -> tuple[list[Any], np.ndarray] | None:
+    """A column of scalars as its distinct values and each row's position among them (Arrow's dictionary encoding);
+    None for other columns (lists: multi-label) and for a column with missing values (the slow path names them)."""
+    import pyarrow as pa
+
+    column = split.select_columns([label]).with_format("arrow")[:].column(label)
+    kind = column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+            or pa.types.is_floating(kind) or pa.types.is_boolean(kind)) or column.null_count:
+        return None
+    encoded = column.combine_chunks().dictionary_encode()
+    return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
 
 
 def _has_labels(split: datasets.Dataset) -> bool:
@@ -372,6 +438,10 @@ def find_empty_texts(rows: datasets.Dataset | Sequence[dict[str, Any]], texts: S
         DataError: a text that is a JSON object or a list, naming the row and the column.
     """
     if isinstance(rows, datasets.Dataset):
+        suspects = _blank_suspects(rows, texts)
+        if suspects is not None:  # text columns: only rows that do not start with a visible ASCII character
+            chosen = rows.select(suspects).select_columns(list(texts)).to_list()
+            return [int(suspects[i]) for i in find_empty_texts(chosen, texts, where, first_row)]
         columns = [rows[name] for name in texts]
     else:
         columns = [[row.get(name) for row in rows] for name in texts]
@@ -387,6 +457,25 @@ def find_empty_texts(rows: datasets.Dataset | Sequence[dict[str, Any]], texts: S
     return empty
 
 
+def _blank_suspects(rows: datasets.Dataset, texts: Sequence[str]) -> np.ndarray | None:
+    """Positions of the rows that could be blank (see `is_blank`), found with Arrow compute: those whose text, in
+    some column, is missing or does not start (after ASCII spaces) with a visible ASCII character. Every other row
+    is certainly not blank, so `is_blank` needs to look at these alone. None when a column is not text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = rows.select_columns(list(texts)).with_format("arrow")[:]
+    if not all(pa.types.is_string(table.column(n).type) or pa.types.is_large_string(table.column(n).type)
+               for n in texts):
+        return None
+    suspect = None
+    for name in texts:
+        visible = pc.match_substring_regex(table.column(name), r"^[ \t\n\r\f\v]*[!-~]").fill_null(False)
+        column = pc.invert(visible)
+        suspect = column if suspect is None else pc.or_(suspect, column)
+    return np.flatnonzero(suspect.to_numpy(zero_copy_only=False))
+
+
 def drop_empty_texts(split: datasets.Dataset, texts: list[str], label: str | None, where: str,
                      checks: Checks) -> datasets.Dataset:
     """Drop rows whose text is missing or blank (see `is_blank`), with a warning that counts them and gives their
@@ -399,25 +488,60 @@ def drop_empty_texts(split: datasets.Dataset, texts: list[str], label: str | Non
                         f"characters); is --text-columns right?")
     shown = ", ".join(str(i + 1) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
     checks.warn(f"{where}: {len(empty)} row(s) with empty text in {' + '.join(texts)} (rows {shown}) are left out")
-    keep = sorted(set(range(len(split))) - set(empty))
-    return split.select(keep)
+    keep = np.ones(len(split), dtype=bool)
+    keep[empty] = False
+    return subset(split, np.flatnonzero(keep))
 
 
 def encode_labels(split: datasets.Dataset, texts: list[str], label: str, task: Task,
                  where: str, known_from: str = "the training data") -> datasets.Dataset:
     """Keep the text columns and `label` encoded for the task (a ClassLabel for single-label classification)."""
-    encoded = encode(list(split[label]), task, f"{where}, column {label!r}", known_from)
+    encoded = _encoded(split, label, task, f"{where}, column {label!r}", known_from)
     split = split.select_columns(texts)
     if task.kind in ("binary", "multiclass"):
         return split.add_column("label", encoded, feature=datasets.ClassLabel(names=task.label_names))
     return split.add_column("label", encoded)
 
 
+def _encoded(split: datasets.Dataset, label: str, task: Task, where: str, known_from: str) -> Any:
+    """`encode` of every row, computed on the distinct labels and spread to the rows with NumPy (single-label
+    tasks); a mistake is found again on every row, for the message's row numbers."""
+    distinct = _distinct_labels(split, label) if task.kind in ("binary", "multiclass", "regression") else None
+    if distinct is not None:
+        try:
+            codes = encode(distinct[0], task, where, known_from)
+        except DataError:
+            pass
+        else:
+            return np.asarray(codes, dtype=np.int64 if task.kind != "regression" else np.float64)[distinct[1]]
+    return encode(list(split[label]), task, where, known_from)
+
+
 def _check_overlap(train: datasets.Dataset, validation: datasets.Dataset, texts: list[str], where: str,
                    checks: Checks) -> None:
-    seen = set(zip(*(train[c] for c in texts)))
-    shared = [i for i, row in enumerate(zip(*(validation[c] for c in texts))) if row in seen]
+    shared = _shared_rows(train, validation, texts)
     if shared:
         shown = ", ".join(str(i + 1) for i in shared[:5]) + (" ..." if len(shared) > 5 else "")
         checks.warn(f"{where}: {len(shared)} validation row(s) also appear in the training data (rows {shown}); "
                     f"validation scores will be optimistic. Remove them from one of the files")
+
+
+def _shared_rows(train: datasets.Dataset, validation: datasets.Dataset, texts: list[str]) -> list[int]:
+    """Positions of the validation rows whose texts are also a training row's: Arrow's hash set (`is_in`) on the
+    text, or on the pair joined with a separator no text holds (a NUL byte), rather than a Python set of rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def keys(split: datasets.Dataset) -> Any:
+        table = split.select_columns(texts).with_format("arrow")[:]
+        columns = [table.column(name) for name in texts]
+        if len(columns) == 1:
+            return columns[0]
+        return pc.binary_join_element_wise(*columns, "\0", null_handling="replace", null_replacement="\1")
+
+    try:
+        shared = pc.is_in(keys(validation), value_set=keys(train).combine_chunks())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # texts that are not all strings
+        seen = set(zip(*(train[c] for c in texts)))
+        return [i for i, row in enumerate(zip(*(validation[c] for c in texts))) if row in seen]
+    return np.flatnonzero(shared.fill_null(False).to_numpy(zero_copy_only=False)).tolist()

@@ -69,10 +69,60 @@ def read_file(path: str | Path, encoding: str = "utf-8") -> datasets.Dataset:
         import pyarrow as pa
 
         return datasets.Dataset(pa.Table.from_batches(list(_parquet_batches(path, 65536))))
+    if suffix in (".csv", ".tsv", ".txt"):
+        table = _arrow_table(path, suffix, encoding)
+        if table is not None:
+            return datasets.Dataset(table)
     rows = list(_text_rows(path, suffix, encoding))
     if suffix in (".tsv", ".txt"):
         _check_line_count(path, encoding, len(rows))
     return _as_dataset(rows, path, json_values=suffix in (".jsonl", ".json"))
+
+
+def _arrow_table(path: Path, suffix: str, encoding: str) -> Any:
+    """A UTF-8 CSV or TSV read by `pyarrow.csv` (C++, every core), every value as text: the rows `_text_rows` gives,
+    at a hundred times its speed. None when the file needs the row reader: another encoding, a header that is not
+    line 1, or anything Arrow cannot read as it would (a ragged row, an undecodable byte, no rows...): the row
+    reader then finds the problem and says where it is, as it always has."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    tab = suffix != ".csv"
+    delimiter = "\t" if tab else ","
+    with _open_text(path, suffix, encoding) as file:  # the encoding checks: byte-order marks, NUL bytes
+        if codecs.lookup(file.encoding).name != "utf-8":
+            return None
+        reader = csv.reader(file, delimiter=delimiter, quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL)
+        try:
+            header = next(reader, None)
+        except (csv.Error, UnicodeError):
+            return None
+        if not header or reader.line_num != 1 or re.fullmatch(r"sep=(.?)", delimiter.join(header)):
+            return None
+    _check_header(path, header, 1)
+
+    def blank_line(row: Any) -> str:  # a line of spaces and delimiters: the row reader skips it too
+        return "skip" if not row.text.replace(delimiter, "").strip() else "error"
+
+    try:
+        table = pacsv.read_csv(
+            path, read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False if tab else '"',
+                                             newlines_in_values=not tab, invalid_row_handler=blank_line),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()),
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError, UnicodeError):
+        return None
+    blank = None  # rows whose every field is blank: the row reader leaves them out
+    for name in header:
+        if (pc.max(pc.binary_length(table.column(name))).as_py() or 0) > FIELD_SIZE_LIMIT:
+            return None  # the row reader's limit (csv.field_size_limit) says what is wrong
+        empty = pc.equal(pc.utf8_trim_whitespace(table.column(name)), "")
+        blank = empty if blank is None else pc.and_(blank, empty)
+    if blank is not None and pc.any(blank).as_py():
+        table = table.filter(pc.invert(blank))
+    return table if table.num_rows else None
 
 
 def iter_chunks(path: str | Path, rows_per_chunk: int, encoding: str = "utf-8") -> Iterator[list[dict[str, Any]]]:

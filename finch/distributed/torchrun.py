@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from finch.distributed import fsdp
+from finch.distributed import fsdp, launch
 from finch.distributed.runtime import Launch, Runtime, choose_precision, set_seed
 from finch.errors import ConfigError
 
@@ -246,12 +246,16 @@ def without_launch_flags(argv: list[str]) -> list[str]:
     return kept
 
 
-def relaunch(argv: list[str], flags: dict[str, Any]) -> None:
-    """Replace this process with torchrun running the same CLI command once per process (never returns).
+def relaunch(argv: list[str], flags: dict[str, Any], command_name: str) -> int:
+    """Run the same CLI command once per process through torchrun's agent, in this process; finch's exit code.
 
-    exec, not a child: a scheduler's SIGTERM then reaches torchrun, which passes it to every rank."""
+    The launch flags are checked first, and a rendezvous port held by something else is refused, so a mistake
+    shows once, here, without torchrun's traceback (see `finch.distributed.launch`)."""
+    launch.check_launch_flags(flags)
     command = launch_command(without_launch_flags(argv), flags)
+    if flags.get("rdzv_endpoint"):
+        launch.check_rendezvous_port(flags["rdzv_endpoint"])
     logger.info("launching: %s", " ".join(command))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(command[0], command)
+    return launch.launch(command, command_name)
