@@ -107,9 +107,9 @@ def test_eval_strategy_no_turns_off_the_best_model_with_one_line(tmp_path, tiny_
                  "--eval-strategy", "no", *QUICK]) == 0
     printed = capsys.readouterr().out
     notes = [line for line in printed.splitlines() if line.startswith("defaults:")]
-    assert notes == ["defaults: load_best_model_at_end off (the CLI's default, not yours): --eval-strategy no "
-                     "evaluates nothing to pick the best model by; the model is the last one trained and no 'best' "
-                     "checkpoint is kept"]
+    assert notes == [("defaults: load_best_model_at_end off (the CLI's default, not yours): --eval-strategy no "
+                      "evaluates nothing to pick the best model by; the model is the last one trained and no 'best' "
+                      "checkpoint is kept")]
     assert "best model: none chosen (--eval-strategy no)" in printed
     args = json.loads((out / "training_args.json").read_text())
     assert args["load_best_model_at_end"] is False
@@ -161,3 +161,12 @@ def test_resolve_options_prints_the_note(capsys):
     options = resolve_options({"train": "x.csv", "eval_strategy": "no"})
     assert options["load_best_model_at_end"] is False
     assert capsys.readouterr().out.startswith("defaults: load_best_model_at_end off")
+
+
+def test_print_config_shows_the_yielded_default_as_a_yaml_comment(capsys):
+    import yaml
+
+    assert main(["train", "--train", "x.csv", "--eval-strategy", "no", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# defaults: load_best_model_at_end off")
+    assert yaml.safe_load(printed)["load_best_model_at_end"] is False

@@ -95,8 +95,8 @@ def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"max_length={chosen['max_length']}: the token limit must be at least 1 (e.g. 128)")
     demo = chosen.get("train") is None
     defaults, notes = yield_defaults({**CLI_DEFAULTS, **(DEMO_DEFAULTS if demo else {})}, chosen)
-    for note in notes:
-        say(f"defaults: {note}")
+    for note in notes:  # with --print-config, YAML comments: what is printed still parses
+        say(f"{'# ' if flags.get('print_config') else ''}defaults: {note}")
     return {**defaults, **chosen}
 
 
