@@ -170,3 +170,21 @@ def test_print_config_shows_the_yielded_default_as_a_yaml_comment(capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("# defaults: load_best_model_at_end off")
     assert yaml.safe_load(printed)["load_best_model_at_end"] is False
+
+
+def test_the_held_out_validation_rows_do_not_depend_on_the_label_names(tmp_path):
+    """Without --validation, 10% is held out stratified: the same rows whichever label is "1"."""
+    from finch.data.columns import load_splits
+
+    labels = ["yes" if (i * 37) % 100 < 67 else "no" for i in range(300)]
+    held_out = []
+    for name, names in (("a", {"yes": "yes", "no": "no"}), ("b", {"yes": "no", "no": "yes"})):
+        path = tmp_path / f"{name}.csv"
+        path.write_text("text,label\n" + "".join(f"row {i} good,{names[label]}\n" for i, label in enumerate(labels)))
+        splits = load_splits(str(path), None, None, None, seed=3)
+        rows = [f"{row['text']}|{splits.task.label_names[row['label']]}" for row in splits.validation]
+        held_out.append([row if name == "a" else row.replace("|yes", "|x").replace("|no", "|yes").replace("|x", "|no")
+                         for row in rows])
+        assert len(splits.validation) == 30 and len(splits.train) == 270
+    assert held_out[0] == held_out[1]
+    assert sum(row.endswith("|yes") for row in held_out[0]) == 20  # stratified: 67% of 30

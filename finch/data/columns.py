@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from finch.data.readers import read_file, read_source
 from finch.data.tasks import Task, detect_task, encode
@@ -283,8 +284,7 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
     train = encode_labels(train, texts, label, task, train_where)
     if validation is None:
         stratify = _stratify_by(train, task, train_where, checks)
-        parts = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column=stratify)
-        train, validation = parts["train"], parts["test"]
+        train, validation = hold_out(train, seed, stratified=stratify is not None)
         kept = set(train["label"]) if task.kind in ("binary", "multiclass") else {0, 1}
         if len(kept) < 2:  # a file of a handful of rows: holding out left one class to learn from
             raise DataError(f"{train_where}: after holding out {len(validation)} of its {len(train) + len(validation)} "
@@ -304,6 +304,34 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
     description = (f"text {' + '.join(texts)}, label {columns.describe_label()}: {task.describe()}; {len(train)} "
                    f"training rows, {len(validation)} validation rows; {held_out}")
     return Splits(train, validation, texts, task, description, label)
+
+
+def hold_out(train: datasets.Dataset, seed: int, stratified: bool,
+             share: float = 0.1) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """`share` of the rows (rounded up) held out for validation, drawn with `seed`; both parts shuffled.
+
+    Stratified, each class gets its share of the held-out rows, rounded by largest remainder. Unlike
+    `Dataset.train_test_split`, which draws class by class in the order of the label ids, nothing here depends on
+    the names of the classes or their order: the same file with its label names swapped holds out the same rows.
+    Ties in rounding go to the class met first in the seeded order of the rows.
+    """
+    rows = len(train)
+    held = math.ceil(share * rows)
+    order = np.random.default_rng(seed).permutation(rows)
+    if not stratified:
+        return train.select(order[held:]), train.select(order[:held])
+    labels = np.asarray(train["label"])[order]
+    _, first, groups, counts = np.unique(labels, return_index=True, return_inverse=True, return_counts=True)
+    quota = counts * held / rows
+    taken = np.minimum(np.floor(quota).astype(int), counts - 1)
+    for group in sorted(range(len(counts)), key=lambda g: (taken[g] - quota[g], first[g]))[: held - taken.sum()]:
+        taken[group] += 1
+    rank = np.zeros(rows, dtype=int)  # the row's place among its class's rows, in the seeded order
+    seen = np.zeros(len(counts), dtype=int)
+    for i, group in enumerate(groups):
+        rank[i], seen[group] = seen[group], seen[group] + 1
+    validation = rank < taken[groups]
+    return train.select(order[~validation]), train.select(order[validation])
 
 
 def _stratify_by(train: datasets.Dataset, task: Task, where: str, checks: Checks) -> str | None:
