@@ -81,6 +81,10 @@ def test_positive_label_makes_f1_that_class_and_picks_by_it(tmp_path, tiny_model
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     # labels sort as no, yes: without --positive-label f1 would be the F1 of "yes"
     assert metrics["eval_f1"] != metrics["eval_f1_macro"] or metrics["eval_accuracy"] in (0.0, 1.0)
+    # the model remembers: `finch eval` reports the F1 of the same class
+    assert main(["eval", "--model", str(tmp_path / "a" / "model"), "--data", data, "--out",
+                 str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["eval_f1"] == pytest.approx(metrics["eval_f1"])
 
 
 @pytest.mark.parametrize(("flags", "message"), [

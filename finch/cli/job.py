@@ -274,7 +274,7 @@ def prepare(options: dict[str, Any]) -> Job:
         check_output_dir(args.output_dir)
     _plan_resume(args, options.get("resume"), tokenized["train"], config, splits.task)
     card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
-                     max_length=requested, task=splits.task.kind)
+                     max_length=requested, task=splits.task.kind, positive_label=options.get("positive_label"))
     watch = CollapseWatch(len(tokenized["validation"])) if splits.task.kind in ("binary", "multiclass") else None
     positive = positive_index(options.get("positive_label"), splits.task)
     metrics = LastEvaluation(compute_metrics_for(splits.task, extra=[options.get("metric") or ""], watch=watch,
