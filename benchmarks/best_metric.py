@@ -9,7 +9,8 @@ keeps the epoch the held-out half likes best.
 Data: GLUE MRPC by path (FINCH_MRPC), the first --subset training rows; the packaged all-MiniLM-L6-v2.
 
 Usage (from the repo root):
-    python benchmarks/best_metric.py --seeds 1 2 3 --subset 800 --epochs 4       # about 10 min on 2 CPU cores
+    python benchmarks/best_metric.py --seeds 1 2 3 --subset 800 --epochs 4 --runs /tmp/runs.jsonl
+    python benchmarks/best_metric.py --from-runs /tmp/runs.jsonl --splits 1000    # the comparison again, no training
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-RULES = ("accuracy", "f1_macro", "f1_label1")
+RULES = ("accuracy", "f1_macro", "f1_label1", "f1_label0")  # the last two: the old default, in either label order
 
 
 def read(path: Path, limit: int | None = None) -> dict[str, list]:
@@ -68,7 +69,8 @@ def scores(predicted: Any, labels: Any) -> dict[str, float]:
 
     return {"accuracy": accuracy_score(labels, predicted),
             "f1_macro": f1_score(labels, predicted, average="macro", zero_division=0),
-            "f1_label1": f1_score(labels, predicted, pos_label=1, zero_division=0)}
+            "f1_label1": f1_score(labels, predicted, pos_label=1, zero_division=0),
+            "f1_label0": f1_score(labels, predicted, pos_label=0, zero_division=0)}
 
 
 def compare(runs: list[tuple[list[list[int]], list[int]]], splits: int) -> dict[str, dict[str, float]]:
@@ -104,15 +106,21 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--mrpc", type=Path, default=Path(os.environ.get("FINCH_MRPC") or "../shared/data/mrpc"))
     p.add_argument("--work", type=Path, default=Path("/tmp/finch-best-metric"))
-    p.add_argument("--out", type=Path, default=None, help="append the per-epoch predictions and the table (JSON)")
+    p.add_argument("--out", type=Path, default=None, help="append the table as a JSON line")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="append each run's per-epoch predictions and labels (outside the repository)")
+    p.add_argument("--from-runs", type=Path, default=None, help="compare the runs saved with --runs; train nothing")
     a = p.parse_args()
-    if not (a.mrpc / "train.tsv").exists():
+    if not a.from_runs and not (a.mrpc / "train.tsv").exists():
         sys.exit(f"no MRPC at {a.mrpc}: pass --mrpc FOLDER or set FINCH_MRPC")
     runs = []
-    for seed in a.seeds:  # each run kept as it ends: a long measurement cut short keeps what it has
+    if a.from_runs:
+        saved = [json.loads(line) for line in a.from_runs.read_text().splitlines() if line.strip()]
+        runs, a.seeds = [tuple(r["run"]) for r in saved], [r["seed"] for r in saved]
+    for seed in [] if a.from_runs else a.seeds:  # each run kept as it ends: a measurement cut short keeps what it had
         runs.append(epoch_predictions(seed, a))
-        if a.out:
-            with open(a.out.with_suffix(".runs.jsonl"), "a") as f:
+        if a.runs:  # MRPC's labels are in it: keep it out of the repository (GLUE's licence)
+            with open(a.runs, "a") as f:
                 f.write(json.dumps({"seed": seed, "subset": a.subset, "epochs": a.epochs, "run": runs[-1]}) + "\n")
     table = compare(runs, a.splits)
     print(f"{'rule':<10} {'held-out acc':>12} {'held-out macro-F1':>18} {'kept the best epoch':>20}")
@@ -120,8 +128,8 @@ def main() -> None:
         print(f"{rule:<10} {row['accuracy']:12.4f} {row['f1_macro']:18.4f} {row['best_on_held_out']:20.2%}")
     if a.out:
         with open(a.out, "a") as f:
-            f.write(json.dumps({"seeds": a.seeds, "subset": a.subset, "epochs": a.epochs, "table": table,
-                                "runs": runs}) + "\n")
+            f.write(json.dumps({"seeds": a.seeds, "subset": a.subset, "epochs": a.epochs, "splits": a.splits,
+                                "table": table}) + "\n")
 
 
 if __name__ == "__main__":
