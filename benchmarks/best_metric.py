@@ -51,7 +51,8 @@ def epoch_predictions(seed: int, a: argparse.Namespace) -> tuple[list[list[int]]
     seen: list[list[int]] = []
 
     def metrics(prediction: Any) -> dict[str, float]:
-        seen.append(prediction.predictions.argmax(-1).tolist())
+        if len(prediction.label_ids) == len(splits["dev"]):  # not finch's trial call on a few rows before training
+            seen.append(prediction.predictions.argmax(-1).tolist())
         return {}
 
     set_seed(seed)
@@ -61,7 +62,7 @@ def epoch_predictions(seed: int, a: argparse.Namespace) -> tuple[list[list[int]]
                              seed=seed, disable_tqdm=True, logging_steps=10_000)
     Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["dev"],
             processing_class=tokenizer, compute_metrics=metrics).train()
-    return seen, splits["dev"]["label"]
+    return seen, list(splits["dev"]["label"])
 
 
 def scores(predicted: Any, labels: Any) -> dict[str, float]:
