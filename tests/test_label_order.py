@@ -192,3 +192,10 @@ def test_the_held_out_validation_rows_do_not_depend_on_the_label_names(tmp_path)
         assert len(splits.validation) == 30 and len(splits.train) == 270
     assert held_out[0] == held_out[1]
     assert sum(row.endswith("|yes") for row in held_out[0]) == 20  # stratified: 67% of 30
+
+
+def test_the_header_says_lowest_for_a_loss(tmp_path, tiny_model_dir, capsys):
+    data = write_pairs(tmp_path / "d.csv", ["yes", "no"] * 8)
+    assert main(["train", "--model", tiny_model_dir, "--train", data, "--output-dir", str(tmp_path / "a"),
+                 "--max-steps", "1", "--metric", "loss", *QUICK]) == 0
+    assert "best model: the lowest eval_loss (--metric)" in capsys.readouterr().out

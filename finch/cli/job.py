@@ -46,12 +46,9 @@ DATA_OPTIONS = {"model": str, "train": str, "validation": str, "text_columns": l
                 "freeze": str | int, "encoding": str}
 TASK_METRICS = {"binary": ("accuracy", "f1", "f1_macro", "mcc"), "multiclass": ("accuracy", "f1_macro", "mcc"),
                 "regression": ("mse", "pearson", "spearman"), "multilabel": ("f1_micro", "f1_macro", "exact_match")}
-# The metric that picks the best model when the user names none. None of them depends on the order of the label
-# names: on binary data "f1" (F1 of the label sorted second) would, and which label that is is an accident of the
-# file. BEST_METRIC_BINARY is measured by benchmarks/best_metric.py (see docs/cli/train.md).
-BEST_METRIC_BINARY = "f1_macro"
-DEFAULT_BEST_METRIC = {"binary": BEST_METRIC_BINARY, "multiclass": "f1_macro", "regression": "pearson",
-                       "multilabel": "f1_micro"}
+# Why the metric that picks the best model when the user names none (`Task.default_metric`) is the task's: none
+# depends on the order of the label names. On binary data "f1" (the F1 of the label sorted second) would, and which
+# label that is is an accident of the file; macro-F1 against accuracy: benchmarks/best_metric.py, docs/cli/train.md.
 WHY_DEFAULT_METRIC = {
     "binary": "the default for two classes: it does not depend on which label is listed second; "
               "--positive-label NAME picks by the F1 of NAME, --metric by another metric",
@@ -304,12 +301,14 @@ def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -
     stays set when no best model is loaded: `finch search` maximises it on the final evaluation."""
     positive = positive_index(options.get("positive_label"), task)
     named = options.get("metric") or options.get("metric_for_best_model")
-    metric = named or ("f1" if positive is not None else DEFAULT_BEST_METRIC[task.kind])
+    metric = named or ("f1" if positive is not None else task.default_metric)
     allowed = ("loss", *TASK_METRICS[task.kind])
     if metric.removeprefix("eval_") not in allowed:
         raise ConfigError(f"--metric {metric}: {task.kind} tasks report {', '.join(allowed)}; choose one of those")
     if args.load_best_model_at_end or args.save_strategy == "best":
-        say(f"best model: the highest eval_{metric.removeprefix('eval_')} "
+        greater = options.get("greater_is_better")
+        best = "highest" if (not metric.endswith("loss") if greater is None else greater) else "lowest"
+        say(f"best model: the {best} eval_{metric.removeprefix('eval_')} "
             f"({_why_metric(metric, named, positive, options, task)})")
     else:
         why = "--eval-strategy no" if args.eval_strategy == "no" else "load_best_model_at_end is off"

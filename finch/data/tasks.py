@@ -40,7 +40,9 @@ class Task:
 
     @property
     def default_metric(self) -> str:
-        return {"binary": "f1", "multiclass": "f1_macro", "regression": "pearson", "multilabel": "f1_micro"}[self.kind]
+        """The metric that picks the best model by default; none depends on the order of the label names."""
+        return {"binary": "f1_macro", "multiclass": "f1_macro", "regression": "pearson",
+                "multilabel": "f1_micro"}[self.kind]
 
     def describe(self) -> str:
         if self.kind == "regression":
