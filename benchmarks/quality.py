@@ -287,6 +287,11 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
             "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def _number(value: Any) -> float:
+    """A metric as a float; nan when missing (0.0 stays 0.0: an F1 of zero is a result)."""
+    return float("nan") if value is None else float(value)
+
+
 def report(rows: list[dict[str, Any]]) -> None:
     print(f"\n{'dataset':<10} {'impl':<6} {'seed':>6} {'acc':>7} {'f1':>7} {'wall_s':>8} {'train_s':>8}")
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
@@ -295,12 +300,12 @@ def report(rows: list[dict[str, Any]]) -> None:
             runs = [r for r in rows if r["dataset"] == dataset and r["impl"] == impl]
             if not runs:
                 continue
-            med = {k: statistics.median(float(r[k] or "nan") for r in runs)
+            med = {k: statistics.median(_number(r[k]) for r in runs)
                    for k in ("accuracy", "f1", "wall_seconds", "train_runtime")}
             medians[impl] = med
             for name, r in [(str(r["seed"]), r) for r in runs] + [("median", med)]:
                 print(f"{dataset:<10} {impl:<6} {name:>6} {r['accuracy']:7.4f} {r['f1']:7.4f} "
-                      f"{r['wall_seconds']:8.1f} {float(r['train_runtime'] or 'nan'):8.1f}")
+                      f"{r['wall_seconds']:8.1f} {_number(r['train_runtime']):8.1f}")
         if len(medians) == 2:
             f, h = medians["finch"], medians["hf"]
             speed = h["wall_seconds"] / f["wall_seconds"]
