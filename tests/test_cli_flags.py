@@ -85,7 +85,7 @@ def test_config_values_of_the_wrong_type_name_the_key(tmp_path, tiny_model_dir, 
     (["--learning-rate", "nan"], "option learning_rate: must be a finite number, but it is nan"),
     (["--lr-scheduler-kwargs", '{"num_cycles": 2}'], ("lr_scheduler_kwargs ['num_cycles'] are not arguments of the "
                                                      "'linear' schedule")),
-    (["--metric", "bleu"], "--metric bleu: binary tasks report loss, accuracy, f1, mcc"),
+    (["--metric", "bleu"], "--metric bleu: binary tasks report loss, accuracy, f1, f1_macro, mcc"),
 ])
 def test_mistakes_are_found_before_the_weights_load(tmp_path, tiny_model_dir, capsys, no_weights_loaded, flags,
                                                     message):

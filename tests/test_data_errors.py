@@ -68,7 +68,7 @@ CASES = {
                                          csv_file(d / "v.csv", "text,label\nsome words here 3,pos\n"), "--strict"],
                               "1 validation row(s) also appear in the training data"),
     "unknown metric": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--metric", "pearson"],
-                       "--metric pearson: binary tasks report loss, accuracy, f1, mcc"),
+                       "--metric pearson: binary tasks report loss, accuracy, f1, f1_macro, mcc"),
     "bad config key": (lambda d: ["--train", csv_file(d / "t.csv", rows_csv()), "--config",
                                   csv_file(d / "c.yaml", "learning_rat: 0.1\n")],
                        "unknown option(s) 'learning_rat' (did you mean 'learning_rate'"),

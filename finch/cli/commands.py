@@ -208,7 +208,12 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                                                                 "so no example is cut that it could read whole; "
                                                                 "the demo: 128)")
     data.add_argument("--encoding", help="text encoding of the data files (default: utf-8; a BOM is honoured)")
-    data.add_argument("--metric", help="metric that picks the best model (default: the task's main one)")
+    data.add_argument("--metric", help="metric that picks the best model (default: f1_macro for classification, "
+                                       "f1_micro multi-label, pearson regression; none of them depends on the order "
+                                       "of the label names)")
+    data.add_argument("--positive-label", metavar="NAME",
+                      help="two classes: the class whose F1 is eval_f1 and picks the best model (default: f1 is "
+                           "the F1 of the label sorted second, and f1_macro picks)")
     data.add_argument("--freeze", help="train less: base (head only), embeddings, or N (embeddings + first N layers)")
     data.add_argument("--strict", action="store_true", help="treat data warnings as errors")
     data.add_argument("--resume", help="'auto' for the newest checkpoint in --output-dir, or a checkpoint folder")

@@ -43,9 +43,22 @@ CLI_DEFAULTS = {"output_dir": "finch-output", "eval_strategy": "epoch", "save_st
 DEMO_DEFAULTS = {"num_train_epochs": 2.0, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
                  "learning_rate": 1e-4, "metric_for_best_model": "accuracy", "max_length": 128}
 DATA_OPTIONS = {"model": str, "train": str, "validation": str, "text_columns": list[str] | str, "label_column": str,
-                "max_length": int, "resume": str, "metric": str, "strict": bool, "freeze": str | int, "encoding": str}
-TASK_METRICS = {"binary": ("accuracy", "f1", "mcc"), "multiclass": ("accuracy", "f1_macro", "mcc"),
+                "max_length": int, "resume": str, "metric": str, "positive_label": str, "strict": bool,
+                "freeze": str | int, "encoding": str}
+TASK_METRICS = {"binary": ("accuracy", "f1", "f1_macro", "mcc"), "multiclass": ("accuracy", "f1_macro", "mcc"),
                 "regression": ("mse", "pearson", "spearman"), "multilabel": ("f1_micro", "f1_macro", "exact_match")}
+# Why the metric that picks the best model when the user names none (`Task.default_metric`) is the task's: none
+# depends on the order of the label names. On binary data "f1" (the F1 of the label sorted second) would, and which
+# label that is is an accident of the file; macro-F1 against accuracy: benchmarks/best_metric.py, docs/cli/train.md.
+WHY_DEFAULT_METRIC = {
+    "binary": "the default for two classes: it does not depend on which label is listed second; "
+              "--positive-label NAME picks by the F1 of NAME, --metric by another metric",
+    "multiclass": "the default for several classes: every class counts the same, whatever the order of the "
+                  "labels; --metric picks by another",
+    "regression": "the default for regression; --metric picks by another",
+    "multilabel": "the default for multi-label data: every label decision counts the same, whatever their order; "
+                  "--metric picks by another"}
+HF_LOGGING_STEPS = 500  # TrainingArguments' default logging_steps: what eval_steps falls back to under HF
 
 
 def field_types() -> dict[str, Any]:
@@ -79,7 +92,84 @@ def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
     if chosen.get("max_length") is not None and chosen["max_length"] < 1:
         raise ConfigError(f"max_length={chosen['max_length']}: the token limit must be at least 1 (e.g. 128)")
     demo = chosen.get("train") is None
-    return {**CLI_DEFAULTS, **(DEMO_DEFAULTS if demo else {}), **chosen}
+    defaults, notes = yield_defaults({**CLI_DEFAULTS, **(DEMO_DEFAULTS if demo else {})}, chosen)
+    for note in notes:  # with --print-config, YAML comments: what is printed still parses
+        say(f"{'# ' if flags.get('print_config') else ''}defaults: {note}")
+    return {**defaults, **chosen}
+
+
+def say(line: str) -> None:
+    """Print a header line once per job: on the process that writes (rank 0), not once per torchrun worker."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, flush=True)
+
+
+def yield_defaults(defaults: dict[str, Any], chosen: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The CLI's defaults that do not conflict with what the user chose, adjusted to it, and one line per change.
+
+    A default exists to spare typing, never to refuse a choice: a default that a flag contradicts follows the flag
+    or is turned off (`--eval-strategy no` turns off loading the best model, which needs evaluations). Only two
+    choices the user made can conflict into an error (`TrainingArguments` reports it, naming both).
+    """
+    defaults, notes = dict(defaults), []
+    led = set(chosen)  # the user's choices, and the defaults changed to follow them
+
+    def default(key: str) -> bool:  # a value the user did not choose (the CLI's default, or HF's)
+        return key not in led
+
+    def value(key: str) -> Any:
+        return chosen.get(key, defaults.get(key, TrainingArguments.__dataclass_fields__[key].default))
+
+    for strategy, steps in (("eval_strategy", "eval_steps"), ("save_strategy", "save_steps")):
+        if default(strategy) and not default(steps) and value(strategy) != "steps":
+            notes.append(f"{strategy} steps, not the CLI's {value(strategy)!r}: --{_flag(steps)} was given")
+            defaults[strategy] = "steps"
+            led.add(strategy)
+    if value("eval_strategy") == "steps" and default("eval_steps") and default("logging_steps"):
+        defaults["eval_steps"] = HF_LOGGING_STEPS  # HF's fallback is logging_steps, which the CLI lowered to 20
+        notes.append(f"eval_steps {HF_LOGGING_STEPS}, HF's (its fallback, logging_steps, is {value('logging_steps')} "
+                     f"in the CLI, to log often, not to evaluate often); --eval-steps N to change")
+    # evaluation and checkpoints go together, so that the best evaluation has a checkpoint to load
+    for follows, leads in (("save_strategy", "eval_strategy"), ("eval_strategy", "save_strategy")):
+        if default(follows) and not default(leads) and value(leads) in ("steps", "epoch") \
+                and value(follows) != value(leads):
+            extra = ""
+            if value(leads) == "steps" and default(_steps(follows)):
+                defaults[_steps(follows)] = value(_steps(leads))
+                extra = f" every {value(_steps(leads))} steps"
+            notes.append(f"{follows} {value(leads)}{extra} as --{_flag(leads)}, not the CLI's {value(follows)!r}: "
+                         f"a checkpoint at each evaluation")
+            defaults[follows] = value(leads)
+    if default("load_best_model_at_end") and value("load_best_model_at_end"):
+        conflict = _best_model_conflict(value, chosen)
+        if conflict:
+            defaults["load_best_model_at_end"] = False
+            notes.append(f"load_best_model_at_end off (the CLI's default, not yours): {conflict}; the model is the "
+                         f"last one trained and no 'best' checkpoint is kept")
+    return defaults, notes
+
+
+def _best_model_conflict(value: Callable[[str], Any], chosen: dict[str, Any]) -> str | None:
+    """Why the best model cannot be loaded with these settings, naming the user's flags; None when it can."""
+    given = [f"--{_flag(key)} {value(key)}" for key in ("eval_strategy", "save_strategy", "eval_steps", "save_steps")
+             if key in chosen]
+    if value("eval_strategy") == "no":
+        return "--eval-strategy no evaluates nothing to pick the best model by"
+    if value("save_strategy") == "no":
+        return "--save-strategy no saves no checkpoint to load"
+    if value("save_strategy") not in (value("eval_strategy"), "best"):
+        return f"{' '.join(given)}: evaluations and checkpoints do not coincide"
+    if value("save_strategy") == "steps" and value("eval_steps") and value("save_steps") % value("eval_steps"):
+        return f"{' '.join(given)}: not every checkpoint has an evaluation"
+    return None
+
+
+def _flag(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def _steps(strategy: str) -> str:
+    return strategy.replace("_strategy", "_steps")
 
 
 def _class_weights(value: Any) -> str | list[float] | None:
@@ -182,9 +272,11 @@ def prepare(options: dict[str, Any]) -> Job:
         check_output_dir(args.output_dir)
     _plan_resume(args, options.get("resume"), tokenized["train"], config, splits.task)
     card = ModelCard(text_columns=list(splits.text_columns), label_column=splits.label_column,
-                     max_length=requested, task=splits.task.kind)
+                     max_length=requested, task=splits.task.kind, positive_label=options.get("positive_label"))
     watch = CollapseWatch(len(tokenized["validation"])) if splits.task.kind in ("binary", "multiclass") else None
-    metrics = LastEvaluation(compute_metrics_for(splits.task, extra=[options.get("metric") or ""], watch=watch),
+    positive = positive_index(options.get("positive_label"), splits.task)
+    metrics = LastEvaluation(compute_metrics_for(splits.task, extra=[options.get("metric") or ""], watch=watch,
+                                                 positive=1 if positive is None else positive),
                              len(tokenized["validation"]))
     build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, metrics)
     return Job(args, splits, card, build, watch, metrics)
@@ -205,12 +297,50 @@ def _plan_resume(args: TrainingArguments, resume: str | None, train: Any, config
 
 
 def _with_metric(args: TrainingArguments, options: dict[str, Any], task: Task) -> TrainingArguments:
-    """Best-model selection by `--metric`, else `metric_for_best_model`, else the task's main metric."""
-    metric = options.get("metric") or options.get("metric_for_best_model") or task.default_metric
+    """Best-model selection by `--metric` (or `metric_for_best_model`), else the F1 of `--positive-label`, else a
+    default that does not depend on the order of the label names; the header line says which and why. The metric
+    stays set when no best model is loaded: `finch search` maximises it on the final evaluation."""
+    positive = positive_index(options.get("positive_label"), task)
+    named = options.get("metric") or options.get("metric_for_best_model")
+    metric = named or ("f1" if positive is not None else task.default_metric)
     allowed = ("loss", *TASK_METRICS[task.kind])
     if metric.removeprefix("eval_") not in allowed:
         raise ConfigError(f"--metric {metric}: {task.kind} tasks report {', '.join(allowed)}; choose one of those")
+    if args.load_best_model_at_end or args.save_strategy == "best":
+        greater = options.get("greater_is_better")
+        best = "highest" if (not metric.endswith("loss") if greater is None else greater) else "lowest"
+        say(f"best model: the {best} eval_{metric.removeprefix('eval_')} "
+            f"({_why_metric(metric, named, positive, options, task)})")
+    else:
+        why = "--eval-strategy no" if args.eval_strategy == "no" else "load_best_model_at_end is off"
+        say(f"best model: none chosen ({why}); the model is the last one trained")
     return dataclasses.replace(args, metric_for_best_model=metric, greater_is_better=options.get("greater_is_better"))
+
+
+def _why_metric(metric: str, named: str | None, positive: int | None, options: dict[str, Any], task: Task) -> str:
+    if named:
+        why = "--metric" if options.get("metric") or options.get("train") is not None else "the demo's setting"
+    elif positive is not None:
+        why = f"--positive-label {task.label_names[positive]}"
+    else:
+        why = WHY_DEFAULT_METRIC[task.kind]
+    if metric.removeprefix("eval_") == "f1":
+        why += f"; f1 is the F1 of class {task.label_names[1 if positive is None else positive]!r}" + (
+            " (the label sorted second; --positive-label NAME names the class)" if positive is None else "")
+    return why
+
+
+def positive_index(name: str | None, task: Task) -> int | None:
+    """The index of `--positive-label NAME` among the labels (binary data only); None when not given."""
+    if name is None:
+        return None
+    if task.kind != "binary":
+        raise ConfigError(f"--positive-label {name}: a positive class applies to two-class data, and this is "
+                          f"{task.describe()}; drop --positive-label (--metric chooses the best-model metric)")
+    if str(name) not in task.label_names:
+        raise ConfigError(f"--positive-label {name}: not a label of this data; its labels are "
+                          f"{', '.join(task.label_names)}")
+    return task.label_names.index(str(name))
 
 
 def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: Any, options: dict[str, Any],
@@ -227,7 +357,9 @@ def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: An
     def build(args: TrainingArguments) -> Any:
         set_seed(args.seed)  # the new head is initialised from the global RNG: one seed, one set of weights
         # check_head passed: a head of another size here is an untrained placeholder (LABEL_0...), so replace it
-        model = load_classifier(model_name, ignore_mismatched_sizes=True, **labels)
+        model, loading = load_classifier(model_name, ignore_mismatched_sizes=True, output_loading_info=True,
+                                         **labels)
+        zero_new_head(model, loading, task)
         if options.get("freeze"):
             trainable = freeze(model, str(options["freeze"]))
             print(f"freeze {options['freeze']}: {trainable:,} trainable parameters", flush=True)
@@ -235,6 +367,31 @@ def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: An
                        processing_class=tokenizer, compute_metrics=metrics)
 
     return build
+
+
+def zero_new_head(model: Any, loading: dict[str, Any], task: Task) -> None:
+    """Start a newly made classification head at zero, so that no class starts ahead of another.
+
+    HF draws the head at random, so the class listed first starts from other weights than the second: the same
+    data with its label names swapped trains another model and may keep another epoch. From zero every class
+    starts equal (every logit 0, all rows learn from the same gradients up to their labels), and training is the
+    same, class for class, whatever the order of the label names. The layers below the output are left as drawn;
+    a head that the model already had (its weights loaded) is kept. Transfer-learning practice starts heads at
+    zero too (BiT, Kolesnikov et al. 2020).
+    """
+    import torch
+
+    if task.kind == "regression":  # one output: no order of labels to be independent of
+        return
+    new = set(loading.get("missing_keys") or ()) | {key[0] if isinstance(key, tuple) else key
+                                                    for key in loading.get("mismatched_keys") or ()}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features == task.num_labels \
+                and f"{name}.weight" in new:
+            with torch.no_grad():
+                module.weight.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
 def check_head(config: Any, task: Task, model_name: str) -> None:

@@ -219,7 +219,9 @@ def evaluate_file(model_dir: str | Path, data: str | Path, out: str | Path | Non
     model = load_classifier(model_dir)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, processing_class=tokenizer, compute_metrics=compute_metrics_for(task))
+        positive = task.label_names.index(card.positive_label) if card.positive_label in task.label_names else 1
+        trainer = Trainer(model=model, args=args, processing_class=tokenizer,
+                          compute_metrics=compute_metrics_for(task, positive=positive))
         metrics = trainer.evaluate(tokenized)
     metrics.pop("epoch", None)  # this Trainer trained nothing: its 0.0 would read as the saved model's epochs
     write_text(out, json.dumps(metrics, indent=2) + "\n")

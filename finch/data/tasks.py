@@ -40,7 +40,9 @@ class Task:
 
     @property
     def default_metric(self) -> str:
-        return {"binary": "f1", "multiclass": "f1_macro", "regression": "pearson", "multilabel": "f1_micro"}[self.kind]
+        """The metric that picks the best model by default; none depends on the order of the label names."""
+        return {"binary": "f1_macro", "multiclass": "f1_macro", "regression": "pearson",
+                "multilabel": "f1_micro"}[self.kind]
 
     def describe(self) -> str:
         if self.kind == "regression":
@@ -181,10 +183,11 @@ class CollapseWatch:
                 f"--seed")
 
 
-def compute_metrics_for(task: Task, extra: Sequence[str] = (),
-                        watch: CollapseWatch | None = None) -> Callable[[Any], dict[str, float]]:
+def compute_metrics_for(task: Task, extra: Sequence[str] = (), watch: CollapseWatch | None = None,
+                        positive: int = 1) -> Callable[[Any], dict[str, float]]:
     """`compute_metrics` for `task`; `extra` may ask for "mcc" on classification; `watch` records each
-    evaluation's predicted classes."""
+    evaluation's predicted classes. Binary `f1` is the F1 of class `positive` (HF's and scikit-learn's convention:
+    the second label), `f1_macro` the mean over both classes, which does not depend on which label is second."""
     def compute(prediction: Any) -> dict[str, float]:
         logits, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
         if task.kind == "regression":
@@ -196,7 +199,9 @@ def compute_metrics_for(task: Task, extra: Sequence[str] = (),
             watch.record(predicted, task.label_names)
         f1 = f1_per_class(predicted, labels, len(task.label_names))
         metrics = {"accuracy": accuracy(predicted, labels)}
-        metrics.update({"f1": float(f1[1])} if task.kind == "binary" else {"f1_macro": float(f1.mean())})
+        if task.kind == "binary":
+            metrics["f1"] = float(f1[positive])
+        metrics["f1_macro"] = float(f1.mean())
         if "mcc" in extra:
             metrics["mcc"] = matthews(predicted, labels, len(task.label_names))
         return metrics

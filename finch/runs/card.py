@@ -24,6 +24,7 @@ class ModelCard:
     label_column: str | None = None
     max_length: int | None = None
     task: str | None = None
+    positive_label: str | None = None  # `--positive-label`: the class whose F1 `finch eval` reports as f1
 
     def write(self, model_dir: str | Path) -> Path:
         """Write `finch.json` into `model_dir` (to a temporary name, then renamed)."""
@@ -46,12 +47,14 @@ class ModelCard:
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
             card = cls(text_columns=list(values.get("text_columns") or []), label_column=values.get("label_column"),
-                       max_length=values.get("max_length"), task=values.get("task"))
+                       max_length=values.get("max_length"), task=values.get("task"),
+                       positive_label=values.get("positive_label"))
         except (ValueError, TypeError, AttributeError) as error:
             raise ModelError(f"{path}: not a valid finch model card ({error}); delete it to read columns afresh, "
                              f"or pass --text-columns / --label-column") from error
         optional = (str, type(None))
         if not all(isinstance(c, str) for c in card.text_columns) or not isinstance(card.label_column, optional) \
+                or not isinstance(card.positive_label, optional) \
                 or not isinstance(card.max_length, (int, type(None))):
             raise ModelError(f"{path}: a value has the wrong type; delete the file or pass --text-columns / "
                              f"--label-column")
