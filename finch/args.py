@@ -58,6 +58,7 @@ HUB_STRATEGIES = ("every_save", "end", "checkpoint", "all_checkpoints")  # HF's 
 
 
 SCRIPTS_ONLY = "HF example scripts"  # fields only scripts read: no `finch train` flag or option for them
+PYTHON_ONLY = frozenset({"merge_adapters"})  # fields for models the CLI never builds (PEFT): no `finch train` flag
 _GROUP_ORDER: list[str] = []  # each field's group, in definition order (see FIELD_GROUPS below the class)
 
 

@@ -29,7 +29,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments
+from finch.args import FIELD_GROUPS, PYTHON_ONLY, SCRIPTS_ONLY, TrainingArguments
 from finch.distributed.launch import Outcome, report, reporting
 from finch.errors import UserError, mask_secrets
 
@@ -230,7 +230,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}
     for item in dataclasses.fields(TrainingArguments):
         group_name = FIELD_GROUPS.get(item.name, "other")
-        if group_name == SCRIPTS_ONLY:  # do_train, local_rank...: finch train has its own (--resume)
+        if group_name == SCRIPTS_ONLY or item.name in PYTHON_ONLY:  # do_train...: finch train has its own (--resume)
             continue
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(f"training arguments: {group_name}")
