@@ -24,6 +24,7 @@ from transformers import (
 
 from finch import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer
 from finch.data import batching
+from finch.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_evaluate_without_compute_metrics_gathers_no_logits(tmp_path, tokenizer,
     assert trainer.predict(token_rows(10)).predictions.ndim == 3
     loss_only = Trainer(model=gpt2(), args=quiet_args(tmp_path, prediction_loss_only=True), data_collator=collator)
     output = loss_only.predict(token_rows(10))
-    assert output.predictions is None and "test_loss" in output.metrics
+    assert output.predictions is None and output.label_ids is None and "test_loss" in output.metrics  # as HF
 
 
 def test_causal_lm_loss_is_over_the_step_target_tokens(tmp_path, tokenizer):
@@ -239,3 +240,61 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_step_without_any_target_token_trains_on_and_evaluation_says_nan(tmp_path, tokenizer):
+    """Rows whose labels are all -100 (a masked-LM batch in which nothing was masked): HF steps on with a zero loss;
+    finch divided by zero. An evaluation without any target token has a NaN loss, as HF's."""
+    data = token_rows(8).map(lambda row, i: {"labels": [-100] * len(row["input_ids"]) if i % 2 else row["input_ids"]},
+                             with_indices=True)
+    collator = DataCollatorForSeq2Seq(tokenizer)  # pads the labels with -100
+    trainer = Trainer(model=gpt2(), args=quiet_args(tmp_path, per_device_train_batch_size=1, logging_steps=1,
+                                                    train_sampling_strategy="sequential"),
+                      data_collator=collator, train_dataset=data)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 24 and losses[1::2] == [0.0] * 12 and all(loss > 0 for loss in losses[::2])
+    nothing = data.filter(lambda row, i: i % 2 == 1, with_indices=True)
+    assert np.isnan(trainer.evaluate(nothing)["eval_loss"])
+
+
+def test_compute_metrics_that_needs_the_whole_evaluation_set_passes_the_check_before_training(tmp_path, tokenizer):
+    """finch tries compute_metrics on 8 rows before training; a function that reads the whole evaluation set itself
+    (HF runs it) is then tried on all of it instead of being refused."""
+    data = token_rows(12)
+
+    def count_all(prediction):
+        assert len(prediction.predictions) == len(data), "needs the whole set"
+        return {"rows": len(data)}
+
+    trainer = Trainer(model=gpt2(), args=quiet_args(tmp_path, max_steps=1),
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), train_dataset=data,
+                      eval_dataset=data, compute_metrics=count_all)
+    trainer.train()
+    assert trainer.evaluate()["eval_rows"] == 12
+
+    def broken(prediction):
+        raise KeyError("accuracy")
+
+    trainer = Trainer(model=gpt2(), args=quiet_args(tmp_path / "b", max_steps=1),
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), train_dataset=data,
+                      eval_dataset=data, compute_metrics=broken)
+    with pytest.raises(ConfigError, match="compute_metrics=.*broken raised KeyError"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_seq2seq_labels_are_as_wide_as_the_generation_under_finchs_rounding(tmp_path, tokenizer):
+    """bf16 on the CPU pads batches to a multiple of 8; the labels given to compute_metrics stay as wide as the
+    generated ids (the generation config's max_length), as HF gives them."""
+    from transformers import GenerationConfig
+
+    data = seq2seq_rows(8)
+    model = t5()
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), predict_with_generate=True, bf16=True, use_cpu=True,
+                                    generation_config=GenerationConfig(max_length=12, decoder_start_token_id=0,
+                                                                       pad_token_id=0, eos_token_id=3),
+                                    per_device_eval_batch_size=4, disable_tqdm=True)
+    output = Seq2SeqTrainer(model=model, args=args, data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+                            processing_class=tokenizer).predict(data)
+    assert output.predictions.shape == output.label_ids.shape == (8, 12)

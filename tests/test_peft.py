@@ -150,3 +150,35 @@ def test_every_input_of_the_wrapped_model_reaches_it(tmp_path):
     data = rows(8).add_column("token_type_ids", [[0] * 12] * 8).add_column("note", ["x"] * 8)
     kept, dropped = batching.prepare_dataset(data, lora_model(), remove_unused_columns=True)
     assert "token_type_ids" in kept.column_names and dropped == ["note"]
+
+
+@pytest.mark.parametrize("method", ["dora", "p-tuning", "prompt-tuning"])
+def test_other_peft_methods_train_and_resume_exactly(tmp_path, method):
+    """DoRA's magnitudes, a P-tuning encoder, prompt tuning's embeddings: peft saves them in forms of its own (P-tuning
+    only the encoder's output); checkpoints keep every trainable tensor too, so resuming is exact for each."""
+    def build(adapter_seed=0):
+        base = base_model()
+        torch.manual_seed(adapter_seed)
+        config = {"dora": lambda: peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"],
+                                                  use_dora=True),
+                  "p-tuning": lambda: peft.PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=4,
+                                                               encoder_hidden_size=16),
+                  "prompt-tuning": lambda: peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)}[method]()
+        return peft.get_peft_model(base, config)
+
+    class StopAfterOneEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_training_stop = True
+
+    data = rows(32)
+    settings = {"num_train_epochs": 2, "eval_strategy": "no"}
+    straight = build()
+    Trainer(model=straight, args=args(tmp_path / "straight", **settings), train_dataset=data).train()
+    Trainer(model=build(), args=args(tmp_path / "resumed", **settings), train_dataset=data,
+            callbacks=[StopAfterOneEpoch()]).train()
+    resumed = build(adapter_seed=1)
+    Trainer(model=resumed, args=args(tmp_path / "resumed", **settings), train_dataset=data).train(
+        resume_from_checkpoint=True)
+    expected = {n: p for n, p in straight.named_parameters() if p.requires_grad}
+    got = {n: p for n, p in resumed.named_parameters() if p.requires_grad}
+    assert expected.keys() == got.keys() and all(torch.equal(expected[n], got[n]) for n in expected)

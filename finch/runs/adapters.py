@@ -18,6 +18,9 @@ from finch.errors import ConfigError, ResumeError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+# in checkpoints: every trainable tensor as it is. peft saves some methods in their inference form (P-tuning's
+# prompt embeddings, not the encoder that makes them), from which training cannot continue exactly
+TRAINABLE_WEIGHTS = "trainable_state.safetensors"
 
 
 def is_peft(model: Any) -> bool:
@@ -37,14 +40,23 @@ def check_trainable_parameters_saved(model: torch.nn.Module) -> None:
     `modules_to_save` only, so a head (or any layer) made trainable by hand would be lost at every save and the
     reloaded model would score differently from the trained one (peft's known trap)."""
     saved = {_plain_name(key) for key in adapter_state(model)}
+    adapters = set(getattr(model, "peft_config", {}) or {"default"})
     lost = [name for name, parameter in model.named_parameters()
-            if parameter.requires_grad and _plain_name(name) not in saved]
+            if parameter.requires_grad and _plain_name(name) not in saved and not _peft_owned(name, adapters)]
     if lost:
         raise ConfigError(f"{len(lost)} trainable parameter(s) of the PeftModel are not part of its adapter "
                           f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}): peft's save_pretrained would "
                           f"leave them out, so checkpoints and the saved model would lose what they learn. Name their "
                           f"modules in the LoraConfig's modules_to_save=[...] (a new classification head: set "
                           f"task_type, e.g. 'SEQ_CLS', and peft adds it), or freeze them")
+
+
+def _peft_owned(name: str, adapters: set[str]) -> bool:
+    """Whether a parameter belongs to a peft method's own modules (LoRA's, DoRA's magnitudes, a prompt encoder,
+    trainable tokens...: their names carry the adapter's name), which peft saves in its own form; what is left is a
+    layer of the base model made trainable by hand."""
+    parts = name.split(".")
+    return any(adapter in parts for adapter in adapters) or parts[0] == "prompt_encoder"
 
 
 def _plain_name(name: str) -> str:
@@ -78,6 +90,35 @@ def load_adapter(model: torch.nn.Module, folder: str | Path) -> None:
     except RuntimeError as error:  # shapes differ: another rank r
         raise ResumeError(f"{path} does not fit this model's adapter (another rank r?): "
                           f"{str(error).splitlines()[-1].strip()}") from error
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable parameter of the PeftModel by name (on the CPU, contiguous): what exact resume needs."""
+    return {name: parameter.detach().cpu().contiguous() for name, parameter in model.named_parameters()
+            if parameter.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, folder: str | Path) -> None:
+    """Load a checkpoint's `TRAINABLE_WEIGHTS` (when it has one) into the PeftModel's parameters, exactly.
+
+    Raises:
+        ResumeError: its tensors are not the model's trainable parameters (names or shapes differ).
+    """
+    import safetensors.torch
+
+    path = Path(folder) / TRAINABLE_WEIGHTS
+    if not path.exists():
+        return
+    saved = safetensors.torch.load_file(str(path))
+    parameters = dict(model.named_parameters())
+    wrong = sorted(name for name in saved if name not in parameters or parameters[name].shape != saved[name].shape)
+    if wrong or saved.keys() != trainable_state(model).keys():
+        raise ResumeError(f"{path} does not fit this model's trainable parameters (first difference: "
+                          f"{(wrong or sorted(saved.keys() ^ trainable_state(model).keys()))[:1]}): was the "
+                          f"adapter configured differently?")
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            parameters[name].copy_(tensor)
 
 
 def merged_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -106,6 +106,7 @@ def load_model_weights(model: torch.nn.Module, folder: str | Path, sharded: bool
     `sharded`: into FSDP2's shards. A PeftModel takes the folder's adapter (`finch.runs.adapters`)."""
     if adapters.is_peft(model):
         adapters.load_adapter(model, folder)
+        adapters.load_trainable_state(model, folder)  # a checkpoint's: every trainable tensor exactly
         return
     if (Path(folder) / SHARDS).is_dir():
         from finch.distributed.fsdp import load_shards
@@ -189,6 +190,9 @@ def save_checkpoint(output_dir: str | Path, run: RunState, shards_in: Path | Non
         temporary = temporary or temporary_folder(output_dir, state.global_step, state.run_id)
         if shards_in is None:
             save_model_folder(run.model, temporary, run.processing_class, run.weights)
+            if adapters.is_peft(run.model):  # peft's own files, plus every trainable tensor as training has it
+                safetensors.torch.save_file(adapters.trainable_state(run.model),
+                                            str(temporary / adapters.TRAINABLE_WEIGHTS))
         else:
             _check_shards(temporary / SHARDS)
             _save_config(run.model, temporary, run.processing_class)

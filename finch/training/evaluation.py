@@ -45,7 +45,16 @@ class EvaluationMixin:
         if dataset is None or len(dataset) == 0:
             return
         with _rng_preserved():
-            self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval", tell_callbacks=False)
+            try:
+                self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval", tell_callbacks=False)
+            except ConfigError:
+                if len(dataset) <= METRICS_CHECK_ROWS:
+                    raise
+                # it may need the whole set (it reads the evaluation dataset itself, say): tried on all of it, once,
+                # before training; only a failure there too is the function's mistake
+                self._prediction_loop(dataset, None, "eval", tell_callbacks=False)
+                logger.info("compute_metrics failed on the first %d evaluation rows but works on the whole set: it "
+                            "was checked on the whole set before training", METRICS_CHECK_ROWS)
 
     def _call_compute_metrics(self, prediction: EvalPrediction, before_training: bool = False) -> dict[str, float]:
         """`compute_metrics(prediction)`, its mistakes reported with the function's name and what it was given
@@ -232,11 +241,13 @@ class EvaluationMixin:
         order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else np.zeros(0, int)
         prediction_chunks = [logits for logits, *_ in in_order if logits is not None]
         predictions = reorder(concatenate(prediction_chunks), order) if prediction_chunks else None
-        label_chunks = [labels for _, labels, *_ in in_order if labels is not None]
+        label_chunks = [labels for _, labels, *_ in in_order if labels is not None and not loss_only]
         label_ids = reorder(concatenate(label_chunks), order) if label_chunks else None
         metrics: dict[str, float] = {}
         if items:
             metrics["loss"] = loss_sum / items
+        elif any(batch_loss is not None for _, _, batch_loss, _, _ in in_order):  # labels, every one -100: as HF
+            metrics["loss"] = float("nan")
         if self.compute_metrics is not None and label_ids is not None and predictions is not None:
             extras = {name: reorder(concatenate([batch[-1][name] for batch in in_order]), order)
                       for name in ("inputs", "losses") if all(batch[-1][name] is not None for batch in in_order)}

@@ -76,7 +76,14 @@ class Seq2SeqTrainer(Trainer):
     def _batch_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         if labels is None or not getattr(self.args, "predict_with_generate", False):
             return labels
-        return self._pad_to_generation_length(labels)
+        labels = self._pad_to_generation_length(labels)
+        # columns that padding to a multiple (finch's rounding) added beyond the generation length: dropped, so
+        # labels are as wide as HF gives them (and as the generated ids)
+        length = getattr(self.model.generation_config, "max_length", None) or 20
+        if labels.shape[-1] > length and bool((labels[:, length:] == -100).all()):
+            longest = int((labels != -100).any(dim=0).nonzero().max()) + 1 if (labels != -100).any() else 0
+            labels = labels[:, :max(length, longest)]
+        return labels
 
     def _pad_to_generation_length(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` padded on the right to the generation config's `max_length` (or `max_new_tokens` + 1) with the

@@ -507,7 +507,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             with self.precision.autocast(self.device):
                 loss = self.compute_loss(run.model, batch)
             # sum over the step's examples / their number: the same update for any accumulation or world size
-            scaled = loss * (items * self.runtime.world_size / step_items)
+            # a step without any loss term (every label -100) updates with zero gradients (as HF's does)
+            scaled = loss * (items * self.runtime.world_size / step_items) if step_items else loss * 0.0
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         return loss.detach().float() * items
 
