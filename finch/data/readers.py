@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv  # at import: a process that drops its privileges later may not reach site-packages
 
 from finch.errors import DataError
 
@@ -66,7 +69,6 @@ def read_file(path: str | Path, encoding: str = "utf-8") -> datasets.Dataset:
     """
     path, suffix = _checked_file(path)
     if suffix == ".parquet":
-        import pyarrow as pa
 
         return datasets.Dataset(pa.Table.from_batches(list(_parquet_batches(path, 65536))))
     if suffix in (".csv", ".tsv", ".txt"):
@@ -84,10 +86,6 @@ def _arrow_table(path: Path, suffix: str, encoding: str) -> Any:
     at a hundred times its speed. None when the file needs the row reader: another encoding, a header that is not
     line 1, or anything Arrow cannot read as it would (a ragged row, an undecodable byte, no rows...): the row
     reader then finds the problem and says where it is, as it always has."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-
     tab = suffix != ".csv"
     delimiter = "\t" if tab else ","
     with _open_text(path, suffix, encoding) as file:  # the encoding checks: byte-order marks, NUL bytes
@@ -428,7 +426,6 @@ def _json_lines(file: IO[str], path: Path, suffix: str) -> Iterator[tuple[str, A
 
 def _parquet_batches(path: Path, rows_per_batch: int) -> Iterator[Any]:
     """A Parquet file's record batches; a corrupt file or one with no rows is a `DataError`."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = 0
@@ -452,7 +449,6 @@ def _as_dataset(rows: list[dict[str, Any]], path: Path, json_values: bool) -> da
     A JSON column whose values Arrow cannot hold together (numbers and text, lists and text) is read as text (lists
     as "a|b"), so that the checks can say which rows differ; objects mixed with other values are an error.
     """
-    import pyarrow as pa
 
     names = list(dict.fromkeys(key for row in rows for key in row))
     columns = {name: [row.get(name) for row in rows] for name in names}
