@@ -47,12 +47,15 @@ class EvaluationMixin:
         with _rng_preserved():
             try:
                 self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval", tell_callbacks=False)
-            except ConfigError:
+            except ConfigError as on_a_few_rows:
                 if len(dataset) <= METRICS_CHECK_ROWS:
                     raise
                 # it may need the whole set (it reads the evaluation dataset itself, say): tried on all of it, once,
-                # before training; only a failure there too is the function's mistake
-                self._prediction_loop(dataset, None, "eval", tell_callbacks=False)
+                # before training; only a failure there too is the function's mistake (reported on the few rows)
+                try:
+                    self._prediction_loop(dataset, None, "eval", tell_callbacks=False)
+                except ConfigError:
+                    raise on_a_few_rows from on_a_few_rows.__cause__
                 logger.info("compute_metrics failed on the first %d evaluation rows but works on the whole set: it "
                             "was checked on the whole set before training", METRICS_CHECK_ROWS)
 
