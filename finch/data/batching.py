@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, default_data_collator
 
+from finch.data.models import is_peft
 from finch.errors import ConfigError, DataError
 
 MEGABATCH_FACTOR = 50  # length grouping sorts windows of 50 batches: little padding, order still random
@@ -23,7 +24,7 @@ LABEL_COLUMNS = ("label", "labels", "label_ids")
 def model_input_names(model: torch.nn.Module) -> set[str]:
     """Argument names of `model.forward` (what a batch may contain); a PEFT adapter's, the model it wraps (as HF
     reads them: peft's forward names few of the arguments it passes on)."""
-    if any(cls.__module__.startswith("peft") for cls in type(model).__mro__) and hasattr(model, "get_base_model"):
+    if is_peft(model):
         model = model.get_base_model()
     return set(inspect.signature(model.forward).parameters) - {"self", "kwargs"}
 
@@ -309,14 +310,20 @@ def count_items(batch: dict, label_names: Sequence[str], shift: bool = False) ->
 
     `shift`: the model's loss shifts labels (a causal LM predicts token t+1 at t), so each row's first label is no
     target and is not counted (HF's rule; a collator's `shift_labels` are counted as they are)."""
+    return int(items_of(batch, label_names, shift))
+
+
+def items_of(batch: dict, label_names: Sequence[str], shift: bool = False) -> torch.Tensor | int:
+    """`count_items`, left a tensor on the batch's device where it is counted from token labels (reading it would be
+    a host sync, which the training step avoids)."""
     for name in label_names:
         labels = batch.get(name)
         if isinstance(labels, torch.Tensor):
             if labels.dtype in (torch.long, torch.int32) and labels.ndim > 1:
                 shifted = batch.get("shift_labels")
                 if isinstance(shifted, torch.Tensor):
-                    return int((shifted != -100).sum())
-                return int((labels[..., 1:] != -100).sum() if shift else (labels != -100).sum())
+                    return (shifted != -100).sum()
+                return (labels[..., 1:] != -100).sum() if shift else (labels != -100).sum()
             return labels.shape[0]
     return batch_rows(batch)
 

@@ -26,6 +26,11 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model
 DEFAULT_MAX_LENGTH = 128  # `finch train`'s token limit unless --max-length says otherwise
 
 
+def is_peft(model: Any) -> bool:
+    """Whether `model` is a `peft.PeftModel` (checked without importing peft, an optional dependency)."""
+    return any(cls.__name__ == "PeftModel" and cls.__module__.startswith("peft") for cls in type(model).__mro__)
+
+
 def model_source(name: str, need_weights: bool = True) -> str:
     """`name` checked: a local model folder (returned as a path) or a hub name that can be loaded.
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from finch.data.models import is_peft  # noqa: F401 (re-exported: the runs and training wings ask here)
 from finch.errors import ConfigError, ResumeError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -21,11 +21,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 # in checkpoints: every trainable tensor as it is. peft saves some methods in their inference form (P-tuning's
 # prompt embeddings, not the encoder that makes them), from which training cannot continue exactly
 TRAINABLE_WEIGHTS = "trainable_state.safetensors"
-
-
-def is_peft(model: Any) -> bool:
-    """Whether `model` is a `peft.PeftModel` (checked without importing peft)."""
-    return any(cls.__name__ == "PeftModel" and cls.__module__.startswith("peft") for cls in type(model).__mro__)
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -111,11 +106,12 @@ def load_trainable_state(model: torch.nn.Module, folder: str | Path) -> None:
         return
     saved = safetensors.torch.load_file(str(path))
     parameters = dict(model.named_parameters())
+    trainable = {name for name, parameter in parameters.items() if parameter.requires_grad}
     wrong = sorted(name for name in saved if name not in parameters or parameters[name].shape != saved[name].shape)
-    if wrong or saved.keys() != trainable_state(model).keys():
+    if wrong or saved.keys() != trainable:
         raise ResumeError(f"{path} does not fit this model's trainable parameters (first difference: "
-                          f"{(wrong or sorted(saved.keys() ^ trainable_state(model).keys()))[:1]}): was the "
-                          f"adapter configured differently?")
+                          f"{(wrong or sorted(saved.keys() ^ trainable))[:1]}): was the adapter configured "
+                          f"differently?")
     with torch.no_grad():
         for name, tensor in saved.items():
             parameters[name].copy_(tensor)

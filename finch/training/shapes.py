@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from finch.runs.adapters import is_peft
+from finch.data.models import is_peft
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

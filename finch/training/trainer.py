@@ -527,8 +527,10 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         if not custom and labels is not None and self._model_shape()[1]:
             # the model sums its loss terms and divides by this count (HF 4.46+): the batch's mean over the terms
             # that finch counts (a causal LM's shifted targets), which the loop weighs by their share of the step
-            model_inputs = {**model_inputs, "num_items_in_batch": num_items_in_batch or max(self._count_items(inputs),
-                                                                                            1)}
+            if num_items_in_batch is None:  # counted on the device: no host sync in the step
+                items = batching.items_of(inputs, self.label_names, shift=self._model_shape()[0])
+                num_items_in_batch = items.clamp(min=1) if isinstance(items, torch.Tensor) else max(items, 1)
+            model_inputs = {**model_inputs, "num_items_in_batch": num_items_in_batch}
         outputs = model(**model_inputs)
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch or
