@@ -161,7 +161,7 @@ class TrainingArguments(HFArgumentsProperties):
     seed: int = _arg(42, "reproducibility, precision, hardware", "seed of the weights' initialisation and dropout")
     data_seed: int | None = _arg(None, "reproducibility, precision, hardware", "seed of the data order; default seed")
     bf16: bool | None = _flag("reproducibility, precision, hardware",
-                             "bf16 autocast; unset: on where the hardware has fast bf16")
+                             "bf16 autocast; unset: on where it measures faster than fp32")
     fp16: bool | None = _flag("reproducibility, precision, hardware",
                              "fp16 autocast with loss scaling (CUDA; elsewhere bf16 or fp32, with a warning)")
     tf32: bool | None = _flag("reproducibility, precision, hardware",

@@ -73,3 +73,22 @@ def test_the_hf_tf32_argument_is_taken_and_checked(tmp_path):
     assert TrainingArguments(output_dir=str(tmp_path), tf32=True).tf32 is True
     with pytest.raises(ConfigError):
         TrainingArguments(output_dir=str(tmp_path), tf32="fast")
+
+
+@pytest.mark.parametrize(("speedup", "name"), [(0.56, "fp32"), (1.7, "bf16")])
+def test_a_cpu_with_bf16_instructions_gets_bf16_only_where_it_measures_faster(monkeypatch, speedup, name):
+    """AVX-512-bf16 without AMX ran bf16 autocast at about half fp32's speed: the flags alone must not decide."""
+    from finch.distributed import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: speedup)
+    precision = choose_precision(None, None, cpu)
+    assert precision.name == name
+    assert f"bf16 measured {speedup:.2f}x fp32" in precision.reason  # the header says why
+
+
+def test_the_cpu_measurement_times_the_two_precisions():
+    from finch.distributed.runtime import time_linear
+
+    assert 0 < time_linear(None, rounds=1, calls=1) < 1
+    assert 0 < time_linear(torch.bfloat16, rounds=1, calls=1) < 1

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -29,14 +30,44 @@ def choose_device(use_cpu: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
-@cache
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX-512-bf16, where bf16 matmuls run about 1.7x faster than fp32."""
+BF16_SPEEDUP_NEEDED = 1.2  # bf16 autocast is the CPU default only where it measures at least this much faster
+
+
+def cpu_bf16_flags() -> bool:
+    """True when the CPU advertises bf16 matmul instructions (AMX or AVX-512-bf16)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def time_linear(dtype: torch.dtype | None, rounds: int = 3, calls: int = 5) -> float:
+    """Best seconds per call of one autocast linear layer the size of a small encoder's MLP (512 tokens, 384 -> 1536),
+    casts included, as the training step pays them."""
+    x, w = torch.randn(512, 384), torch.randn(1536, 384)
+    best = float("inf")
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        torch.nn.functional.linear(x, w)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(calls):
+                torch.nn.functional.linear(x, w)
+            best = min(best, (time.perf_counter() - started) / calls)
+    return best
+
+
+@cache
+def cpu_bf16_speedup() -> float:
+    """How much faster bf16 autocast runs than fp32 on this CPU (0.0 where it has no bf16 instructions).
+
+    Measured (about 0.1 s, once per process), because the flags do not say it: AVX-512-bf16 with AMX or on a Zen 4
+    ran MiniLM's step about 1.7x fp32, while a Xeon advertising AVX-512-bf16 without AMX ran the same layer at
+    0.56x fp32 (2026-12-07), which made bf16 a slower default there."""
+    if not cpu_bf16_flags():
+        return 0.0
+    fp32, bf16 = time_linear(None), time_linear(torch.bfloat16)
+    return fp32 / bf16
 
 
 @dataclass(frozen=True)
@@ -46,13 +77,17 @@ class Hardware:
     kind: str
     fast_bf16: bool
     tf32: bool
+    bf16_speedup: float | None = None  # measured on this CPU, where it has bf16 instructions
 
     @classmethod
     def of(cls, device: torch.device) -> Hardware:
         if device.type == "cuda":
             ampere = torch.cuda.get_device_capability(device)[0] >= 8
             return cls("cuda", ampere, ampere)
-        return cls(device.type, device.type == "cpu" and cpu_has_fast_bf16(), False)
+        if device.type == "cpu" and cpu_bf16_flags():
+            speedup = cpu_bf16_speedup()
+            return cls("cpu", speedup >= BF16_SPEEDUP_NEEDED, False, speedup)
+        return cls(device.type, False, False)
 
 
 @dataclass(frozen=True)
@@ -87,15 +122,21 @@ class Precision:
             torch.backends.cudnn.allow_tf32 = self.tf32
 
 
+def speedup_note(hardware: Hardware) -> str:
+    """`" (bf16 measured 0.56x fp32)"` on a CPU whose bf16 instructions were timed, else nothing."""
+    return "" if hardware.bf16_speedup is None else f" (bf16 measured {hardware.bf16_speedup:.2f}x fp32)"
+
+
 def choose_precision(bf16: bool | None, fp16: bool | None, device: torch.device, tf32: bool | None = None,
                      hardware: Hardware | None = None) -> Precision:
     """Resolve the user's `bf16` / `fp16` / `tf32` (True, False or unset) against the hardware.
 
     All unset: on CUDA (Ampere and later) fp32 weights with TF32 tensor-core matmuls, no autocast: at fine-tuning
     sizes autocast's casts cost more than bf16 saves (BERT-base on MRPC, H200: TF32 2.5x faster than bf16 autocast
-    at batch 32, 1.9x at batch 128; benchmarks/throughput.py). On CPUs with AMX/AVX-512-bf16, bf16 autocast
-    (about 1.7x fp32 there). Else fp32. `fp16=True` without CUDA (a common tutorial line) warns and falls back to
-    bf16 where supported, else fp32. `tf32=True` without an Ampere GPU warns and changes nothing.
+    at batch 32, 1.9x at batch 128; benchmarks/throughput.py). On CPUs where bf16 autocast measures faster than fp32
+    (`cpu_bf16_speedup`: about 1.7x with AMX or on a Zen 4), bf16 autocast. Else fp32. `fp16=True` without CUDA
+    (a common tutorial line) warns and falls back to bf16 where that is fast, else fp32. `tf32=True` without an
+    Ampere GPU warns and changes nothing.
     """
     hardware = hardware or Hardware.of(device)
     if tf32 and not hardware.tf32:
@@ -117,9 +158,10 @@ def choose_precision(bf16: bool | None, fp16: bool | None, device: torch.device,
             return Precision(None, "default on this GPU: fp32 weights, TF32 matmuls; bf16=True or tf32=False to "
                                    "change", True)
         if hardware.kind != "cuda" and hardware.fast_bf16:
-            return Precision(torch.bfloat16, f"default: fast bf16 on this {device.type}; bf16=False turns it off",
-                             tf32)
-    reason = "bf16=False" if bf16 is False else "tf32=True" if tf32 else "default: no fast bf16 here"
+            return Precision(torch.bfloat16, f"default: fast bf16 on this {device.type}{speedup_note(hardware)}; "
+                                             "bf16=False turns it off", tf32)
+    reason = ("bf16=False" if bf16 is False else "tf32=True" if tf32
+              else f"default: no fast bf16 here{speedup_note(hardware)}")
     return Precision(None, reason, tf32)
 
 
