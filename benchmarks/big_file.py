@@ -73,6 +73,7 @@ class Clock:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.marks: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}  # the process's peak RSS (MB) when each phase ended
 
     def wrap(self, owner: object, name: str, label: str) -> None:
         original = getattr(owner, name)
@@ -83,6 +84,7 @@ class Clock:
                 return original(*args, **kwargs)
             finally:
                 self.marks.setdefault(f"{label} end", time.perf_counter() - self.start)
+                self.peaks.setdefault(label, peak_mb()[0])
 
         setattr(owner, name, timed)
 
@@ -138,6 +140,7 @@ def main() -> int:
     if marks.get("first step end") is not None:
         print(f"  first step done at          {marks['first step end']:7.1f} s after the command started")
     own, children = peak_mb()
+    print("  peak RSS by the end of: " + ", ".join(f"{label} {mb:,.0f} MB" for label, mb in clock.peaks.items()))
     print(f"  peak RSS: {own:,.0f} MB (this process), {children:,.0f} MB (largest child)")
     return code
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
-from finch.data.readers import read_file, read_source
+from finch.data.readers import read_file, read_source, table_dataset
 from finch.data.tasks import Task, detect_task, encode
 from finch.errors import ConfigError, DataError
 
@@ -269,7 +270,7 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
     train = found.get("data", found.get("train"))
     if train is None:
         raise DataError(f"{train_spec}: no 'train' split (it has {sorted(found)}); pass the training file itself")
-    validation, validation_where = None, None
+    validation, validation_where, loaded = None, None, None
     if validation_spec:
         loaded = read_source(validation_spec, encoding)
         validation = next(iter(loaded.values())) if len(loaded) == 1 else loaded.get("validation")
@@ -278,6 +279,7 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
         split = next((s for s in VALIDATION_SPLITS if s in found and _has_labels(found[s])), None)
         if split is not None:
             validation, validation_where = found[split], f"{train_spec} [{split}]"
+    del found, loaded  # each step below makes a table of its own: the file's whole table goes as soon as it can
     columns = find_columns(train, train_where, text_columns, label_column)
     texts, label = columns.texts, columns.label
     train = drop_empty_texts(train, texts, label, train_where, checks)
@@ -306,6 +308,7 @@ def load_splits(train_spec: str | None, validation_spec: str | None, text_column
         validation = encode_labels(validation, texts, label, task, validation_where)
         _check_overlap(train, validation, texts, validation_where, checks)
         held_out = f"validation from {validation_where}"
+    pa.default_memory_pool().release_unused()  # the reader's blocks and the checks' temporaries, back to the system
     description = (f"text {' + '.join(texts)}, label {columns.describe_label()}: {task.describe()}; {len(train)} "
                    f"training rows, {len(validation)} validation rows; {held_out}")
     return Splits(train, validation, texts, task, description, label)
@@ -333,19 +336,20 @@ def _stratify_by(train: datasets.Dataset, task: Task, where: str, checks: Checks
 
 
 def hold_out(train: datasets.Dataset, seed: int, stratify: str | None) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, validation): `HELD_OUT_SHARE` of the rows (rounded up, at most `HELD_OUT_MAX`) held out, seeded; both
-    parts in a seeded order.
+    """(train, validation): `HELD_OUT_SHARE` of the rows (rounded up, at most `HELD_OUT_MAX`) held out, seeded; the
+    validation rows in a seeded order, the training rows in the file's (the sampler shuffles them; slicing around
+    the held-out rows copies no text, see `without_rows`).
 
     Stratified (`stratify` set), each class gets its share of the held-out rows, rounded by largest remainder. Unlike
     `Dataset.train_test_split`, which draws class by class in the order of the label ids, nothing here depends on the
     names of the classes or their order: the same file with its label names swapped holds out the same rows (ties in
     rounding go to the class met first in the seeded order of the rows). Columnar: the label ids read through Arrow,
-    the parts taken with Arrow (1.86M rows in seconds)."""
+    the validation rows taken with Arrow (1.86M rows in seconds)."""
     rows = len(train)
     held = min(math.ceil(HELD_OUT_SHARE * rows), HELD_OUT_MAX)
     order = np.random.default_rng(seed).permutation(rows)
     if stratify is None:
-        return subset(train, order[held:]), subset(train, order[:held])
+        return without_rows(train, np.sort(order[:held])), subset(train, order[:held])
     labels = _label_ids(train)[order]
     _, first, groups, counts = np.unique(labels, return_index=True, return_inverse=True, return_counts=True)
     quota = counts * held / rows
@@ -357,14 +361,34 @@ def hold_out(train: datasets.Dataset, seed: int, stratify: str | None) -> tuple[
     rank = np.empty(rows, dtype=np.int64)
     rank[by_class] = np.arange(rows) - np.repeat(np.cumsum(counts) - counts, counts)
     validation = rank < taken[groups]
-    return subset(train, order[~validation]), subset(train, order[validation])
+    return without_rows(train, np.sort(order[validation])), subset(train, order[validation])
+
+
+SLICES_MAX = 20_000  # rows left out by slicing around them (no copy); more: one copy with Arrow's take
+
+
+def without_rows(split: datasets.Dataset, dropped: np.ndarray) -> datasets.Dataset:
+    """`split` less the rows at `dropped` (sorted positions), the rest in their order. Up to `SLICES_MAX` of them:
+    the runs of rows between them, as slices of the same Arrow table, so the text is not copied (a 200 MB file was
+    held three times on its way to training: once read, once without its blank rows, once without its held-out
+    rows); more: one copy with Arrow's `take`."""
+    if len(dropped) == 0:
+        return split
+    if len(dropped) > SLICES_MAX:
+        keep = np.ones(len(split), dtype=bool)
+        keep[dropped] = False
+        return subset(split, np.flatnonzero(keep))
+    table = split.with_format("arrow")[:]
+    starts, ends = np.concatenate([[0], dropped + 1]), np.concatenate([dropped, [len(split)]])
+    pieces = [table.slice(int(start), int(end - start)) for start, end in zip(starts, ends, strict=True) if end > start]
+    return table_dataset(pa.concat_tables(pieces) if pieces else table.slice(0, 0), info=split.info.copy())
 
 
 def subset(split: datasets.Dataset, positions: np.ndarray) -> datasets.Dataset:
     """The rows at `positions`, as a table of their own (Arrow's `take`), not an index into `split`: a dataset
     with an index is flattened, row batch by row batch, by the next column it gets (1.86M rows: about 25 s)."""
     table = split.with_format("arrow")[:].take(positions)
-    return datasets.Dataset(table, info=split.info.copy())
+    return table_dataset(table, info=split.info.copy())
 
 
 def _label_ids(split: datasets.Dataset) -> np.ndarray:
@@ -495,9 +519,7 @@ def drop_empty_texts(split: datasets.Dataset, texts: list[str], label: str | Non
                         f"characters); is --text-columns right?")
     shown = ", ".join(str(i + 1) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
     checks.warn(f"{where}: {len(empty)} row(s) with empty text in {' + '.join(texts)} (rows {shown}) are left out")
-    keep = np.ones(len(split), dtype=bool)
-    keep[empty] = False
-    return subset(split, np.flatnonzero(keep))
+    return without_rows(split, np.asarray(empty, dtype=np.int64))
 
 
 def encode_labels(split: datasets.Dataset, texts: list[str], label: str, task: Task,
