@@ -127,7 +127,7 @@ rows = 600_000
 with open(sys.argv[1], "w") as file:
     file.write("text,label\\n")
     for i in range(rows):
-        file.write(" ,a\\n" if i % 500 == 7 else f"row {i} some words of text again and again and again,{'ab'[i % 2]}\\n")
+        file.write(" ,a\\n" if i % 500 == 7 else f"row {i} some words of text again and again,{'ab'[i % 2]}\\n")
 s = load_splits(sys.argv[1], None, seed=3)
 train = [int(t.split()[1]) for t in s.train["text"]]
 rows_seen = sorted(train + [int(t.split()[1]) for t in s.validation["text"]])
