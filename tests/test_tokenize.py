@@ -67,3 +67,24 @@ def test_cache_can_be_turned_off(tokenizer, tmp_path, monkeypatch):
     for _ in range(2):
         tokenize_splits(pairs(), ["sentence1", "sentence2"], counting, 32)
     assert counting.texts_encoded == 96
+
+
+@pytest.mark.parametrize("columns", [["sentence1"], ["sentence1", "sentence2"]])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_the_fast_path_gives_what_the_tokenizers_call_gives(tokenizer, monkeypatch, columns, side):
+    """The backend's encodings turned into Arrow columns directly: the same ids, token types and masks as
+    `tokenizer(..., truncation=True)` row for row, truncation on either side, and the tokenizer left as it was."""
+    monkeypatch.setenv("FINCH_CACHE", "off")
+    monkeypatch.setattr(tokenizer, "truncation_side", side)
+    rows = pairs(30)["train"]
+    rows = rows.map(lambda r, i: {"sentence1": r["sentence1"] + " word" * (i % 13)}, with_indices=True)
+    before = (tokenizer.backend_tokenizer.truncation, tokenizer.backend_tokenizer.padding)
+    limit = 8 + 6 * len(columns)  # some rows longer, some shorter
+    tokenized = tokenize_splits({"train": rows}, columns, tokenizer, max_length=limit)["train"]
+    assert (tokenizer.backend_tokenizer.truncation, tokenizer.backend_tokenizer.padding) == before
+    expected = tokenizer(*(list(rows[c]) for c in columns), truncation=True, max_length=limit)
+    assert tokenized.column_names == [*(c for c in rows.column_names if c not in columns), *expected.keys()]
+    for name, values in expected.items():
+        assert [list(v) for v in tokenized[name]] == values, name
+    assert max(len(v) for v in tokenized["input_ids"]) == limit > min(len(v) for v in tokenized["input_ids"])
+    assert tokenized.features["input_ids"].feature.dtype == "int32"
