@@ -52,10 +52,10 @@ def _hash_column(digest: Any, column: Any) -> None:
 
     nulls = hashlib.sha256()
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        lengths, data = hashlib.sha256(), hashlib.sha256()
+        lengths, data = hashlib.sha256(), hashlib.sha256()  # lengths and nulls of the whole column at once: a
+        lengths.update(pc.binary_length(column).fill_null(0).to_numpy().astype(np.int64))  # table sliced around
+        nulls.update(column.is_null().to_numpy().tobytes())  # left-out rows has thousands of chunks
         for chunk in column.chunks:
-            lengths.update(pc.binary_length(chunk).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64))
-            nulls.update(chunk.is_null().to_numpy(zero_copy_only=False).tobytes())
             offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if pa.types.is_large_string(chunk.type)
                                     else np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
             if len(chunk):
