@@ -136,7 +136,7 @@ def _tokenize(split: datasets.Dataset, text_columns: list[str], tokenizer: Any, 
                 pieces[name].append(column)
     import pyarrow as pa
 
-    tokenized = table.drop_columns(text_columns)
+    tokenized = table.drop_columns(text_columns).combine_chunks()  # labels: one chunk, not one per slice
     for name in names:
         kind = pa.list_(pa.type_for_alias(TOKEN_TYPES[name]))
         tokenized = tokenized.append_column(name, pa.chunked_array(pieces.pop(name), type=kind))
