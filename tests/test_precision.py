@@ -1,5 +1,6 @@
 """Precision chosen from the user's bf16 / fp16 / tf32 and the hardware's facts (`Hardware`), and TF32 applied."""
 
+import json
 import logging
 
 import pytest
@@ -87,8 +88,31 @@ def test_a_cpu_with_bf16_instructions_gets_bf16_only_where_it_measures_faster(mo
     assert f"bf16 measured {speedup:.2f}x fp32" in precision.reason  # the header says why
 
 
-def test_the_cpu_measurement_times_the_two_precisions():
-    from finch.distributed.runtime import time_linear
+def test_the_cpu_measurement_is_kept_per_machine(monkeypatch, tmp_path):
+    """Measured once and kept: every run on a machine makes the same choice, even when a busy moment would have
+    read the timing differently."""
+    from finch.distributed import runtime
 
-    assert 0 < time_linear(None, rounds=1, calls=1) < 1
-    assert 0 < time_linear(torch.bfloat16, rounds=1, calls=1) < 1
+    monkeypatch.setenv("FINCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda: True)
+    timings = iter([0.5, 2.0])
+    monkeypatch.setattr(runtime, "measure_bf16_speedup", lambda: next(timings))
+    runtime.cpu_bf16_speedup.cache_clear()
+    try:
+        assert runtime.cpu_bf16_speedup() == 0.5
+        runtime.cpu_bf16_speedup.cache_clear()
+        assert runtime.cpu_bf16_speedup() == 0.5, "a second process reads the first one's measurement"
+        assert list(json.loads((tmp_path / "cpu_bf16.json").read_text()).values()) == [0.5]
+        monkeypatch.setenv("FINCH_CACHE", "off")
+        runtime.cpu_bf16_speedup.cache_clear()
+        assert runtime.cpu_bf16_speedup() == 2.0
+    finally:
+        runtime.cpu_bf16_speedup.cache_clear()
+
+
+def test_the_cpu_measurement_times_the_two_precisions():
+    from finch.distributed.runtime import measure_bf16_speedup, time_linear
+
+    assert 0 < time_linear(None, calls=1) < 1
+    assert 0 < time_linear(torch.bfloat16, calls=1) < 1
+    assert 0 < measure_bf16_speedup(rounds=1) < 100

@@ -5,6 +5,8 @@ ranks and reductions, so the loop reads the same for one process and for many.""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import random
@@ -33,41 +35,79 @@ def choose_device(use_cpu: bool = False) -> torch.device:
 BF16_SPEEDUP_NEEDED = 1.2  # bf16 autocast is the CPU default only where it measures at least this much faster
 
 
+def cpu_flags() -> str:
+    """/proc/cpuinfo's text ("" where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_bf16_flags() -> bool:
     """True when the CPU advertises bf16 matmul instructions (AMX or AVX-512-bf16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def time_linear(dtype: torch.dtype | None, rounds: int = 3, calls: int = 5) -> float:
-    """Best seconds per call of one autocast linear layer the size of a small encoder's MLP (512 tokens, 384 -> 1536),
+def time_linear(dtype: torch.dtype | None, calls: int = 3) -> float:
+    """Seconds per call of one autocast linear layer the size of a small encoder's MLP (512 tokens, 384 -> 1536),
     casts included, as the training step pays them."""
     x, w = torch.randn(512, 384), torch.randn(1536, 384)
-    best = float("inf")
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        torch.nn.functional.linear(x, w)
-        for _ in range(rounds):
-            started = time.perf_counter()
-            for _ in range(calls):
-                torch.nn.functional.linear(x, w)
-            best = min(best, (time.perf_counter() - started) / calls)
-    return best
+        started = time.perf_counter()
+        for _ in range(calls):
+            torch.nn.functional.linear(x, w)
+        return (time.perf_counter() - started) / calls
+
+
+def measure_bf16_speedup(rounds: int = 9) -> float:
+    """fp32's time over bf16's, each the fastest of `rounds` rounds taken in turns: a busy machine slows some
+    rounds of either, not the best of each (3 rounds apiece read 0.47x to 1.36x on a loaded 2-core machine)."""
+    time_linear(None), time_linear(torch.bfloat16)  # warm-up: oneDNN builds its kernels on the first call
+    fp32 = bf16 = float("inf")
+    for _ in range(rounds):
+        fp32, bf16 = min(fp32, time_linear(None)), min(bf16, time_linear(torch.bfloat16))
+    return fp32 / bf16
 
 
 @cache
 def cpu_bf16_speedup() -> float:
     """How much faster bf16 autocast runs than fp32 on this CPU (0.0 where it has no bf16 instructions).
 
-    Measured (about 0.1 s, once per process), because the flags do not say it: AVX-512-bf16 with AMX or on a Zen 4
-    ran MiniLM's step about 1.7x fp32, while a Xeon advertising AVX-512-bf16 without AMX ran the same layer at
-    0.56x fp32 (2026-12-07), which made bf16 a slower default there."""
+    Measured, because the flags do not say it: AVX-512-bf16 with AMX or on a Zen 4 ran MiniLM's step about 1.7x
+    fp32, while a Xeon advertising AVX-512-bf16 without AMX ran the same layer at 0.56x fp32 (2026-12-07), which made
+    bf16 a slower default there. Measured once per machine (about 0.2 s) and kept in `$FINCH_CACHE/cpu_bf16.json`
+    keyed by the CPU, its flags, torch's version and thread count, so every run on a machine makes the same choice
+    (`FINCH_CACHE=off`: measured in each process)."""
     if not cpu_bf16_flags():
         return 0.0
-    fp32, bf16 = time_linear(None), time_linear(torch.bfloat16)
-    return fp32 / bf16
+    pairs = (line.partition(":") for line in cpu_flags().splitlines())
+    lines = {name.strip(): value.strip() for name, _, value in pairs}
+    key = (f"{lines.get('model name', '')} | {hashlib.sha256(lines.get('flags', '').encode()).hexdigest()[:16]} | "
+           f"torch {torch.__version__} | {torch.get_num_threads()} threads")
+    store = None if os.environ.get("FINCH_CACHE") == "off" else \
+        Path(os.environ.get("FINCH_CACHE") or Path.home() / ".cache" / "finch") / "cpu_bf16.json"
+    known = _read_json(store)
+    if isinstance(known.get(key), (int, float)):
+        return float(known[key])
+    speedup = measure_bf16_speedup()
+    if store is not None:
+        try:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            temporary = store.with_name(f".{store.name}.{os.getpid()}")
+            temporary.write_text(json.dumps({**known, key: speedup}, indent=1))
+            os.replace(temporary, store)
+        except OSError:
+            pass  # a read-only home: measured again next time
+    return speedup
+
+
+def _read_json(path: Path | None) -> dict:
+    try:
+        found = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 @dataclass(frozen=True)
