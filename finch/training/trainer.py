@@ -5,6 +5,14 @@ checkpoint's), then `_train_epoch` for each epoch, then `_end_run`. An epoch rea
 order is a pure function of seed and epoch, so resuming jumps to the step), `_train_step` (micro-batches forward and
 backward with the loss normalised over every example of the step, clipping, the optimizer and schedule),
 `_log_evaluate_save` (as the strategies and callbacks say, agreed by every rank), termination.
+
+No host syncs in the step. Between logging, evaluation and saving steps nothing in the loop reads a device tensor
+on the host (`.item()`, `bool()`, `float()`, `int()`, `.tolist()`, `.cpu()`, `.numpy()`): on CUDA each read makes
+the host wait for the GPU, which then idles while Python queues the next kernels. Counts are taken from the batch
+while it is still on the host (`_count_items`, `_token_count`); the loss window, the gradient norm and the NaN/Inf
+flags stay on the device and are read at logging (or evaluation, saving, the end) steps only. tests/
+test_no_host_sync.py audits it. With several processes, `_agree_on_control` still reads one small all-reduce per
+step (the callbacks' flags must agree before the loop acts on them).
 """
 
 from __future__ import annotations
@@ -421,7 +429,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             self._log_training(run, run.add_window(), run.grad_norm)
             run.window = LogWindow.open(self.device)
         if _due(args.eval_strategy, state.eval_steps, step, epoch_done) or self.control.should_evaluate:
-            self._evaluate_during_training()
+            self._evaluate_during_training(run)
             self._agree_on_control()  # on_evaluate may stop training (early stopping)
         saved = None
         new_best = args.save_strategy == "best" and state.best_global_step == step
@@ -624,7 +632,9 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         logs["tokens_per_second"] = round(tokens / elapsed, 1)
         self.log(logs)
 
-    def _evaluate_during_training(self, baseline: bool = False) -> None:
+    def _evaluate_during_training(self, run: TrainingRun | None = None, baseline: bool = False) -> None:
+        if run is not None:
+            run.nonfinite.flush(run.last_checkpoint)  # the host waits for the device here anyway
         if self.eval_dataset is None:
             raise ConfigError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset; pass eval_dataset= "
                              f"to the Trainer or set eval_strategy='no'")
@@ -649,6 +659,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         the checkpoint (atomically) and rotates, and the others wait for it: when this returns on any rank, the
         checkpoint is whole on disk (or every rank raises)."""
         state, args = self.state, self.args
+        run.nonfinite.flush(run.last_checkpoint)  # a step past the NaN/Inf limit is never saved
         path = Path(args.output_dir) / f"{run_folders.PREFIX}{state.global_step}"
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(path)
