@@ -62,6 +62,7 @@ class OutputsMixin:
         Rank 0 writes (each machine's first process with `save_on_each_node`); every rank returns once the folder is
         complete."""
         folder = Path(output_dir or self.args.output_dir)
+        self._checkpoint_writer.wait()  # a checkpoint still being written (save_model called during training)
         weights, _ = self.runtime.full_state(self.model, None)  # FSDP2: the whole model, gathered to rank 0
         model = self.model
         if self.args.merge_adapters and adapters.is_peft(model):  # a plain model, adapters merged into a copy

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import EvalPrediction
 from transformers.trainer_utils import TrainOutput
 
@@ -128,6 +129,10 @@ class TrainingRun:
         return self.window
 
 
+# `on_save` methods that do nothing: finch's base class has none (its events are no-ops by `__getattr__`), HF's one
+_NO_OP_ON_SAVE = {None, getattr(getattr(transformers, "TrainerCallback", None), "on_save", None)}
+
+
 def _due(strategy: str, every: int, step: int, epoch_done: bool) -> bool:
     """Whether a `logging`/`eval`/`save` strategy with interval `every` asks for action at `step`."""
     return (strategy == "steps" and step % every == 0) or (strategy == "epoch" and epoch_done)
@@ -200,6 +205,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             raise ConfigError("fsdp: finch makes the optimizer after sharding the model (it must hold the shards); "
                               "drop optimizers=(...) and set the optimizer through TrainingArguments (optim=...)")
         self._weights_of: tuple | None = None  # (train_dataset, class_weights, device, weights): see _class_weights
+        self._checkpoint_writer = checkpoint.BackgroundWriter()  # background_save's thread
         self.label_names = batching.label_names_of(self.model, self.args.label_names)
         self.state = TrainerState(is_local_process_zero=self.runtime.is_local_main_process,
                                   is_world_process_zero=self.runtime.is_main_process)
@@ -243,12 +249,25 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
 
     def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
         run = self._start_run(resume_from_checkpoint)
-        with PreemptionGuard() as preemption:
-            for epoch in run.epochs(self.state.global_step):
-                self._train_epoch(run, epoch, preemption)
-                if self.control.should_training_stop or self.state.global_step >= run.max_steps:
-                    break
+        try:
+            with PreemptionGuard() as preemption:
+                for epoch in run.epochs(self.state.global_step):
+                    self._train_epoch(run, epoch, preemption)
+                    if self.control.should_training_stop or self.state.global_step >= run.max_steps:
+                        break
+        except BaseException:
+            self._finish_checkpoint_quietly()  # the checkpoint an error message names is whole, or said not to be
+            raise
+        self._wait_for_checkpoint()  # before the best model is read back, or anything else reads checkpoints
         return self._end_run(run)
+
+    def _finish_checkpoint_quietly(self) -> None:
+        """On the way out of a failed run (this rank only, no collective): the checkpoint in flight is finished,
+        and a failure to write it is logged, not raised over the error that ended the run."""
+        try:
+            self._checkpoint_writer.wait()
+        except Exception as error:  # noqa: BLE001 (another error is on its way up)
+            logger.error("the checkpoint being written when training stopped could not be written: %s", error)
 
     def _train_epoch(self, run: TrainingRun, epoch: int, preemption: PreemptionGuard) -> None:
         """One epoch (its rest, when resuming mid-epoch), nanoGPT's loop in named steps."""
@@ -440,6 +459,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             run.nonfinite.flush(run.last_checkpoint)
             stop = TrainingPreempted(preemption.requested or "a stop signal to another rank",
                                      str(saved or self._save_checkpoint(run)))
+            self._wait_for_checkpoint()  # exit code 75 means the checkpoint is whole
             logger.warning("%s", stop)
             raise stop
 
@@ -656,8 +676,13 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
 
     def _save_checkpoint(self, run: TrainingRun) -> Path:
         """Every rank's RNG state is gathered; rank 0 (each machine's first process with `save_on_each_node`) writes
-        the checkpoint (atomically) and rotates, and the others wait for it: when this returns on any rank, the
-        checkpoint is whole on disk (or every rank raises)."""
+        the checkpoint (atomically) and rotates, and the others wait for it.
+
+        With `background_save` (not for sharded checkpoints, which every rank writes), the state is copied to host
+        memory here and written by `self._checkpoint_writer`'s thread while training goes on: the checkpoint is
+        whole on disk once `_wait_for_checkpoint` returns, on every rank (or every rank raises its error). The
+        next save, the end of training, a stop signal, `save_model` and a callback that acts on saves (its
+        `on_save` reads the folder) wait for it. Otherwise it is whole when this returns."""
         state, args = self.state, self.args
         run.nonfinite.flush(run.last_checkpoint)  # a step past the NaN/Inf limit is never saved
         path = Path(args.output_dir) / f"{run_folders.PREFIX}{state.global_step}"
@@ -667,6 +692,9 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
                                     if hasattr(cb, "state_dict")}
         whole = self._run_state(run, rng_states=self.runtime.all_gather(rng_state()))
         shards_in = None
+        background = args.background_save and not self.runtime.sharded_checkpoints
+        if background:
+            self._wait_for_checkpoint()  # one write in flight at most; its error raised here, before the next
         if self.runtime.sharded_checkpoints:  # FSDP2, sharded: every rank writes its part; rank 0 completes it
             shards_in = checkpoint.save_shards(args.output_dir, state, self.model,
                                                None if args.save_only_model else self.optimizer,
@@ -674,14 +702,36 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         else:  # FSDP2: gathered to rank 0 (one process: the state dicts as they are)
             whole.weights, whole.optimizer_state = self.runtime.full_state(self.model, self.optimizer)
 
-        def write() -> None:
-            checkpoint.save_checkpoint(args.output_dir, whole, shards_in)
-            run_folders.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
-                                           state.run_id, keep=path)
-        self.runtime.on_writers(write, args.save_on_each_node)
+        def write(saved: checkpoint.RunState) -> None:
+            checkpoint.save_checkpoint(args.output_dir, saved, shards_in)
+            run_folders.rotate_checkpoints(args.output_dir, args.save_total_limit, saved.state.best_model_checkpoint,
+                                           saved.state.run_id, keep=path)
+
+        if background:  # copied now (the next step changes the weights in place), written in the background
+            writer = self._checkpoint_writer
+
+            def start() -> None:
+                copied = checkpoint.host_copy(whole)
+                writer.start(lambda: write(copied), copied.ready)
+            self.runtime.on_writers(start, args.save_on_each_node)
+        else:
+            self.runtime.on_writers(lambda: write(whole), args.save_on_each_node)
         run.last_checkpoint = str(path)
+        if background and self.runtime.any_rank(self._acts_on_save())[0]:
+            self._wait_for_checkpoint()
         self._fire(Event.ON_SAVE)
         return path
+
+    def _wait_for_checkpoint(self) -> None:
+        """Return once the checkpoint written in the background is whole on disk, on every rank (a collective);
+        its write's error (`CheckpointError`) raised on every rank."""
+        self.runtime.on_writers(self._checkpoint_writer.wait, self.args.save_on_each_node)
+
+    def _acts_on_save(self) -> bool:
+        """Whether a callback does something on `on_save` (HF's hub upload, a user's): it then gets the checkpoint
+        whole on disk, as without background saves."""
+        return any(getattr(type(callback), "on_save", None) not in _NO_OP_ON_SAVE
+                   for callback in self.callback_handler.callbacks)
 
     def _run_state(self, run: TrainingRun, rng_states: list[dict] | None = None) -> checkpoint.RunState:
         """This run's state as one object, what a checkpoint holds (see `checkpoint.RunState`)."""
