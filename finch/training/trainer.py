@@ -38,7 +38,7 @@ from finch.args import TrainingArguments, total_training_steps
 from finch.data import batching, buckets
 from finch.distributed.connect import runtime_for
 from finch.distributed.runtime import rng_state, set_seed
-from finch.errors import ConfigError, DataError, ModelError
+from finch.errors import ConfigError, DataError, ModelError, UserError
 from finch.events import Event
 from finch.hf.names import as_finch_arguments, check_overrides
 from finch.observers.hub import Hub, HubCallback
@@ -48,7 +48,7 @@ from finch.runs.files import run_lock
 from finch.runs.fingerprint import Fingerprint, model_fingerprint
 from finch.runs.resume import continue_state, plan_resume
 from finch.state import TrainerControl, TrainerState
-from finch.training import shapes
+from finch.training import graphs, shapes
 from finch.training.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.training.dropout import DropoutSwap
 from finch.training.evaluation import EvaluationMixin, describe, split_outputs, to_device
@@ -98,6 +98,8 @@ class TrainingRun:
         window: what was seen since the last log; total_loss, total_items: everything logged so far.
         grad_norm: the last step's gradient norm (a device tensor), or None.
         started, start_step: when and at which step this call began training (for its throughput).
+        graphs: whether the step is replayed as CUDA graphs, and why not (`finch.training.graphs`).
+        fallback: the eager model to fall back to if capturing raises (None: not captured).
     """
 
     model: torch.nn.Module
@@ -116,6 +118,8 @@ class TrainingRun:
     grad_norm: torch.Tensor | None = None
     started: float = 0.0
     start_step: int = 0
+    graphs: graphs.GraphPlan | None = None
+    fallback: graphs.EagerFallback | None = None
 
     def epochs(self, global_step: int) -> range:
         """The epochs still to train from `global_step` (none when a finished run is resumed)."""
@@ -359,14 +363,17 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             runtime.seed_rank(args.seed)  # dropout: each rank its own stream (rank 0 keeps one process's)
         # DDP after loading: it broadcasts rank 0's weights; compiled: same parameters, compiled forward
         run.model = runtime.wrap(model, args)
-        run.model = torch.compile(run.model) if args.torch_compile else run.model
+        run.graphs = self._graph_plan()
+        if args.torch_compile:
+            eager, run.model = run.model, graphs.compile_model(run.model, run.graphs)
+            run.fallback = graphs.EagerFallback(run.model, eager) if run.graphs.on else None
         state = self.state
 
         def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by its writer)
             run_folders.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
             args.save(Path(args.output_dir) / "training_args.json")
         runtime.on_writers(prepare_output_dir, args.save_on_each_node)
-        self._print_header(len(dataset), dropped, resume, run.dropout.describe())
+        self._print_header(len(dataset), dropped, resume, run.dropout.describe(), run.graphs.describe())
         self._warn_if_warmup_outlasts_the_run(max_steps)
         self._check_compute_metrics()
         self.control = TrainerControl()
@@ -377,6 +384,14 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         run.started, run.start_step = time.perf_counter(), state.global_step
         run.window, run.total_loss = LogWindow.open(device, run.started), torch.zeros((), device=device)
         return run
+
+    def _graph_plan(self) -> graphs.GraphPlan:
+        """Whether the step is captured as CUDA graphs (`finch.training.graphs.decide`, from this run's facts)."""
+        collator = self.data_collator
+        return graphs.decide(self.args.cuda_graphs, self.device, self.args.torch_compile,
+                             collator.buckets if isinstance(collator, buckets.BucketPadding) else None,
+                             graphs.overridden_methods(type(self), Trainer), self.runtime.sharded, self.optimizer,
+                             self.callback_handler.callbacks)
 
     def _bucket_collator(self, lengths: list[int] | None) -> None:
         """The collator wrapped in `BucketPadding` over buckets chosen from the training set's `lengths` (training and
@@ -533,12 +548,27 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         batch = to_device(batch, self.device)  # a new dict: an override's `inputs.pop("labels")` leaves ours intact
         with run.dropout:
             with self.precision.autocast(self.device):
-                loss = self.compute_loss(run.model, batch)
+                loss = self._captured_loss(run, batch)
             # sum over the step's examples / their number: the same update for any accumulation or world size
             # a step without any loss term (every label -100) updates with zero gradients (as HF's does)
             scaled = loss * (items * self.runtime.world_size / step_items) if step_items else loss * 0.0
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         return loss.detach().float() * items
+
+    def _captured_loss(self, run: TrainingRun, batch: dict) -> torch.Tensor:
+        """`compute_loss` on the training model; replayed as CUDA graphs, a capture that raises (anything but a
+        user error or running out of memory) switches this run to the eager model, said once."""
+        if run.fallback is None or run.fallback.failed:
+            return self.compute_loss(run.model, batch)
+        torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were read: they may be overwritten
+        try:
+            return self.compute_loss(run.model, batch)
+        except (UserError, torch.OutOfMemoryError):
+            raise
+        except Exception as error:  # noqa: BLE001 (inductor's and cudagraph trees' errors have no common base)
+            run.fallback.fail(error)
+            run.model = run.fallback.eager
+            return self.compute_loss(run.model, batch)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
                      num_items_in_batch: int | None = None) -> Any:
