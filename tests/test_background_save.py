@@ -81,7 +81,7 @@ def test_background_save_overlaps_training_and_writes_what_a_synchronous_save_wr
         for name in SAME_FILES:
             assert (sync / name).read_bytes() == (background / name).read_bytes(), f"checkpoint-{step}/{name}"
         states = [json.loads((folder / "trainer_state.json").read_text()) for folder in (sync, background)]
-        assert [{**state, "run_id": None} for state in states][0] == {**states[1], "run_id": None}
+        assert {**states[0], "run_id": None} == {**states[1], "run_id": None}
         assert states[1]["global_step"] == step
         expected, got = torch.load(sync / "optimizer.pt"), torch.load(background / "optimizer.pt")
         assert expected["param_groups"] == got["param_groups"]
