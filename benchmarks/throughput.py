@@ -83,6 +83,7 @@ def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:
                                  disable_tqdm=True, **saving, **tuned)
         trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tok),
                           processing_class=tok)
+        blocked = _time_saves(trainer) if impl.startswith("finch") and a.save_steps else [0.0]
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -95,12 +96,35 @@ def worker(impl: str, a: argparse.Namespace) -> dict[str, Any]:
     return {"impl": impl, "train_seconds": round(seconds, 2), "train_loss": round(result.training_loss, 4),
             "samples_per_second": round(len(train) * a.epochs / seconds, 1), "steps": result.global_step,
             "ms_per_step": round(1000 * seconds / max(result.global_step, 1), 2), "save_steps": a.save_steps,
+            "save_blocking_s": round(blocked[0], 2),
             "real_tokens_per_second": round(real_tokens / seconds), "model_tflops": round(flops / 1e12, 2),
             "mfu": round(flops / (a.peak_tflops * 1e12), 4), "dense_params": dense,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "torch": torch.__version__, "transformers": transformers.__version__,
             "batch_size": a.batch_size, "epochs": a.epochs, "subset": a.subset}
+
+
+def _time_saves(trainer: Any) -> list[float]:
+    """The seconds training waits for checkpoints (saving, and waiting for a background write), summed in [0]
+    (a wait inside a save counted once)."""
+    blocked, depth = [0.0], [0]
+    for name in ("_save_checkpoint", "_wait_for_checkpoint"):
+        method = getattr(trainer, name, None)
+        if method is None:
+            continue
+
+        def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            depth[0] += 1
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    blocked[0] += time.perf_counter() - start
+        setattr(trainer, name, timed)
+    return blocked
 
 
 def main() -> None:
