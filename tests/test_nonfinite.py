@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_bert
 
-from finch import Trainer, TrainingArguments
+from finch import Trainer, TrainerCallback, TrainingArguments
 from finch.training.nonfinite import NonFiniteGuard, NonFiniteLossError
 
 
@@ -76,3 +76,25 @@ def test_on_device_skip_leaves_weights_and_adam_untouched(tmp_path, toy, tokeniz
     assert len(guards) == 1 and guards[0].on_device and guards[0].skipped == 1
     assert all(torch.isfinite(p).all() for p in poisoned.model.parameters())
     assert {int(s["step"]) for s in poisoned.optimizer.state.values()} == {7}
+
+
+def test_on_device_limit_is_found_at_the_next_read_and_freezes_the_weights(tmp_path, toy, tokenizer, monkeypatch):
+    """On the device the flags are read at logging/saving steps only; the limit reached in between freezes the
+    weights (every later step skipped on the device) and the error names the step where it was reached."""
+    monkeypatch.setattr(NonFiniteGuard, "supports_on_device", staticmethod(lambda optimizer, device: True))
+    args = args_for(tmp_path, max_steps=12, logging_steps=10, save_strategy="steps", save_steps=10,
+                    max_nonfinite_steps=2)
+    trainer = PoisonedTrainer(model=tiny_bert(), args=args, train_dataset=toy, processing_class=tokenizer,
+                              poisoned_steps={3, 4})
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            snapshots[state.global_step] = [p.detach().clone() for p in kwargs["model"].parameters()]
+
+    trainer.add_callback(Snapshot())
+    with pytest.raises(NonFiniteLossError, match=r"step 4: 2 steps in a row.*no checkpoint was saved"):
+        trainer.train()
+    assert sorted(snapshots) == list(range(1, 11)), "read at step 10 (logging and saving), not before"
+    assert all(torch.equal(a, b) for step in range(3, 11) for a, b in zip(snapshots[2], snapshots[step]))
+    assert not list(tmp_path.glob("checkpoint-*")), "a step past the limit is never saved"

@@ -22,14 +22,17 @@ every check of a resume that needs no weights, before anything is loaded or writ
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import logging
 import os
 import pickle
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,11 +75,23 @@ def save_model_folder(model: torch.nn.Module, folder: str | Path, processing_cla
         with _quiet_transformers(), _this_process_writes(model):  # no "Writing model shards" bar at every checkpoint
             model.save_pretrained(folder, safe_serialization=True, state_dict=weights)
     elif weights is not None:
-        safetensors.torch.save_file(weights, str(folder / WEIGHTS))
+        _save_weights(weights, folder / WEIGHTS)
     else:
         safetensors.torch.save_model(model, str(folder / WEIGHTS))
     if processing_class is not None and hasattr(processing_class, "save_pretrained"):
         processing_class.save_pretrained(folder)
+
+
+def _save_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """`weights` as safetensors, as `safetensors.torch.save_model` saves a module's: a tensor that shares another's
+    storage (tied weights) is kept once, and named in the metadata."""
+    weights, metadata = dict(weights), None
+    for kept, removed in safetensors.torch._remove_duplicate_names(weights).items():
+        for name in removed:
+            metadata = {**(metadata or {}), name: kept}
+            del weights[name]
+    safetensors.torch.save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(path),
+                                metadata=metadata)
 
 
 @contextlib.contextmanager
@@ -148,7 +163,10 @@ class RunState:
         launch_id: the torchrun launch that saves it (`latest_checkpoint_of_launch`: what a restarted worker
             resumes).
         weights, optimizer_state: full state dicts gathered from FSDP2's shards, saved instead of the model's and
-            optimizer's own (the optimizer's then keyed by parameter name).
+            optimizer's own (the optimizer's then keyed by parameter name); or their copies in host memory
+            (`host_copy`).
+        trainable: a PeftModel's trainable tensors, copied (`host_copy`; None: read from the model when saved).
+        ready: a CUDA event after which the copies in host memory are complete (None: they are).
     """
 
     model: torch.nn.Module
@@ -162,6 +180,110 @@ class RunState:
     launch_id: str | None = None
     weights: dict[str, torch.Tensor] | None = None
     optimizer_state: dict | None = None
+    trainable: dict[str, torch.Tensor] | None = None
+    ready: Any = None
+
+
+class _Saved:
+    """A scheduler's or scaler's state as it was when copied: what `save_checkpoint` asks of it is `state_dict()`."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def state_dict(self) -> Any:
+        return self.state
+
+
+def host_copy(run: RunState) -> RunState:
+    """`run` with everything a checkpoint writes copied to host memory (pinned, copied asynchronously, on CUDA:
+    `ready` says when the copies are complete), so that training may go on changing the model, optimizer, schedule
+    and state while `save_checkpoint` writes the copy from another thread. Tensors that share storage (tied weights)
+    are copied once and still share it, so the files are byte for byte those `save_checkpoint(run)` writes."""
+    copies: dict[tuple, torch.Tensor] = {}
+    pinned = False
+
+    def copy_tensor(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal pinned
+        tensor = tensor.detach()
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tensor.stride(), tensor.dtype)
+        if key not in copies:
+            if tensor.device.type == "cuda":
+                copies[key] = torch.empty_like(tensor, device="cpu", pin_memory=True)
+                copies[key].copy_(tensor, non_blocking=True)
+                pinned = True
+            else:
+                copies[key] = tensor.clone()
+        return copies[key]
+
+    def copy_tree(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return copy_tensor(value)
+        if isinstance(value, dict):
+            return {key: copy_tree(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy_tree(item) for item in value)
+        return copy.deepcopy(value)
+
+    model, optimizer = run.model, run.optimizer
+    weights = copy_tree(run.weights if run.weights is not None else model.state_dict())
+    optimizer_state = None
+    if optimizer is not None and not run.args.save_only_model:
+        optimizer_state = copy_tree(run.optimizer_state if run.optimizer_state is not None else optimizer.state_dict())
+    trainable = None
+    if adapters.is_peft(model):
+        trainable = {name: copy_tensor(parameter).contiguous() for name, parameter in model.named_parameters()
+                     if parameter.requires_grad}
+    ready = None
+    if pinned:
+        ready = torch.cuda.Event()
+        ready.record()
+    saved = {name: _Saved(copy.deepcopy(part.state_dict())) if part is not None else None
+             for name, part in (("scheduler", run.scheduler), ("scaler", run.scaler))}
+    return dataclasses.replace(run, state=copy.deepcopy(run.state), rng_states=copy.deepcopy(run.rng_states),
+                               weights=weights, optimizer_state=optimizer_state, trainable=trainable, ready=ready,
+                               **saved)
+
+
+class BackgroundWriter:
+    """Writes one checkpoint at a time in a thread of its own, so the training steps that follow a save overlap
+    the serialization and the disk. `start` waits for the write before it; `wait` returns once the write is done
+    and raises the error it met (the `CheckpointError` that `save_checkpoint` raises: disk full, permissions), on
+    the thread that waits, so no error is lost. The thread is not a daemon: a process that ends while a write is
+    in flight finishes it first (a kill leaves the temporary folder, which is never taken for a checkpoint)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None
+
+    def start(self, write: Callable[[], None], ready: Any = None) -> None:
+        """Run `write()` in the background once the previous write is done (and `ready`, a CUDA event, has
+        happened: the copies it writes are complete)."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                if ready is not None:
+                    ready.synchronize()
+                write()
+            except BaseException as error:  # noqa: BLE001 (raised on the training thread, by wait)
+                self._error = error
+
+        self._thread = threading.Thread(target=run, name="finch-checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Return once no write is in flight; raise the error of the last one, if it failed."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def save_checkpoint(output_dir: str | Path, run: RunState, shards_in: Path | None = None) -> Path:
@@ -191,8 +313,8 @@ def save_checkpoint(output_dir: str | Path, run: RunState, shards_in: Path | Non
         if shards_in is None:
             save_model_folder(run.model, temporary, run.processing_class, run.weights)
             if adapters.is_peft(run.model):  # peft's own files, plus every trainable tensor as training has it
-                safetensors.torch.save_file(adapters.trainable_state(run.model),
-                                            str(temporary / adapters.TRAINABLE_WEIGHTS))
+                trainable = run.trainable if run.trainable is not None else adapters.trainable_state(run.model)
+                safetensors.torch.save_file(trainable, str(temporary / adapters.TRAINABLE_WEIGHTS))
         else:
             _check_shards(temporary / SHARDS)
             _save_config(run.model, temporary, run.processing_class)

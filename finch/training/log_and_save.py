@@ -62,6 +62,7 @@ class OutputsMixin:
         Rank 0 writes (each machine's first process with `save_on_each_node`); every rank returns once the folder is
         complete."""
         folder = Path(output_dir or self.args.output_dir)
+        self._checkpoint_writer.wait()  # a checkpoint still being written (save_model called during training)
         weights, _ = self.runtime.full_state(self.model, None)  # FSDP2: the whole model, gathered to rank 0
         model = self.model
         if self.args.merge_adapters and adapters.is_peft(model):  # a plain model, adapters merged into a copy
@@ -97,15 +98,16 @@ class OutputsMixin:
         return hub.push_folder(self.args.output_dir, self.state, self.model, commit_message, blocking,
                                revision or self.args.hub_revision, kwargs)
 
-    def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None, dropout: str) -> None:
+    def _print_header(self, num_examples: int, dropped: list[str], resume: Path | None, dropout: str,
+                      graphs: str = "") -> None:
         args, state = self.args, self.state
         fused = bool(getattr(self.optimizer, "defaults", {}).get("fused"))
         logger.info("device %s | precision %s (%s) | sampling %s | optimizer %s%s | padding to %s | dropout %s | "
-                    "compile %s", self.runtime.describe(), self.precision.name, self.precision.reason,
+                    "compile %s%s", self.runtime.describe(), self.precision.name, self.precision.reason,
                     args.train_sampling_strategy, type(self.optimizer).__name__, " fused" if fused else "",
                     self.data_collator.describe() if hasattr(self.data_collator, "describe") else
                     f"multiple of {self.padding_multiple}" if self.padding_multiple else "longest in batch",
-                    dropout, "on" if args.torch_compile else "off")
+                    dropout, "on" if args.torch_compile else "off", f" | {graphs}" if graphs else "")
         processes = f" x {self.runtime.world_size} processes" if self.runtime.world_size > 1 else ""
         logger.info("%d examples | batch %d%s x accumulation %d | %d steps per epoch | %d steps%s", num_examples,
                     args.per_device_train_batch_size, processes, args.gradient_accumulation_steps,

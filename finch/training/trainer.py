@@ -5,6 +5,14 @@ checkpoint's), then `_train_epoch` for each epoch, then `_end_run`. An epoch rea
 order is a pure function of seed and epoch, so resuming jumps to the step), `_train_step` (micro-batches forward and
 backward with the loss normalised over every example of the step, clipping, the optimizer and schedule),
 `_log_evaluate_save` (as the strategies and callbacks say, agreed by every rank), termination.
+
+No host syncs in the step. Between logging, evaluation and saving steps nothing in the loop reads a device tensor
+on the host (`.item()`, `bool()`, `float()`, `int()`, `.tolist()`, `.cpu()`, `.numpy()`): on CUDA each read makes
+the host wait for the GPU, which then idles while Python queues the next kernels. Counts are taken from the batch
+while it is still on the host (`_count_items`, `_token_count`); the loss window, the gradient norm and the NaN/Inf
+flags stay on the device and are read at logging (or evaluation, saving, the end) steps only. tests/
+test_no_host_sync.py audits it. With several processes, `_agree_on_control` still reads one small all-reduce per
+step (the callbacks' flags must agree before the loop acts on them).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import EvalPrediction
 from transformers.trainer_utils import TrainOutput
 
@@ -29,7 +38,7 @@ from finch.args import TrainingArguments, total_training_steps
 from finch.data import batching, buckets
 from finch.distributed.connect import runtime_for
 from finch.distributed.runtime import rng_state, set_seed
-from finch.errors import ConfigError, DataError, ModelError
+from finch.errors import ConfigError, DataError, ModelError, UserError
 from finch.events import Event
 from finch.hf.names import as_finch_arguments, check_overrides
 from finch.observers.hub import Hub, HubCallback
@@ -39,7 +48,7 @@ from finch.runs.files import run_lock
 from finch.runs.fingerprint import Fingerprint, model_fingerprint
 from finch.runs.resume import continue_state, plan_resume
 from finch.state import TrainerControl, TrainerState
-from finch.training import shapes
+from finch.training import graphs, shapes
 from finch.training.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.training.dropout import DropoutSwap
 from finch.training.evaluation import EvaluationMixin, describe, split_outputs, to_device
@@ -89,6 +98,8 @@ class TrainingRun:
         window: what was seen since the last log; total_loss, total_items: everything logged so far.
         grad_norm: the last step's gradient norm (a device tensor), or None.
         started, start_step: when and at which step this call began training (for its throughput).
+        graphs: whether the step is replayed as CUDA graphs, and why not (`finch.training.graphs`).
+        fallback: the eager model to fall back to if capturing raises (None: not captured).
     """
 
     model: torch.nn.Module
@@ -107,6 +118,8 @@ class TrainingRun:
     grad_norm: torch.Tensor | None = None
     started: float = 0.0
     start_step: int = 0
+    graphs: graphs.GraphPlan | None = None
+    fallback: graphs.EagerFallback | None = None
 
     def epochs(self, global_step: int) -> range:
         """The epochs still to train from `global_step` (none when a finished run is resumed)."""
@@ -118,6 +131,10 @@ class TrainingRun:
         """Add the window (its loss already summed over ranks) to the run's totals; return it."""
         self.total_loss, self.total_items = self.total_loss + self.window.loss, self.total_items + self.window.items
         return self.window
+
+
+# `on_save` methods that do nothing: finch's base class has none (its events are no-ops by `__getattr__`), HF's one
+_NO_OP_ON_SAVE = {None, getattr(getattr(transformers, "TrainerCallback", None), "on_save", None)}
 
 
 def _due(strategy: str, every: int, step: int, epoch_done: bool) -> bool:
@@ -192,6 +209,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             raise ConfigError("fsdp: finch makes the optimizer after sharding the model (it must hold the shards); "
                               "drop optimizers=(...) and set the optimizer through TrainingArguments (optim=...)")
         self._weights_of: tuple | None = None  # (train_dataset, class_weights, device, weights): see _class_weights
+        self._checkpoint_writer = checkpoint.BackgroundWriter()  # background_save's thread
         self.label_names = batching.label_names_of(self.model, self.args.label_names)
         self.state = TrainerState(is_local_process_zero=self.runtime.is_local_main_process,
                                   is_world_process_zero=self.runtime.is_main_process)
@@ -235,12 +253,25 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
 
     def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
         run = self._start_run(resume_from_checkpoint)
-        with PreemptionGuard() as preemption:
-            for epoch in run.epochs(self.state.global_step):
-                self._train_epoch(run, epoch, preemption)
-                if self.control.should_training_stop or self.state.global_step >= run.max_steps:
-                    break
+        try:
+            with PreemptionGuard() as preemption:
+                for epoch in run.epochs(self.state.global_step):
+                    self._train_epoch(run, epoch, preemption)
+                    if self.control.should_training_stop or self.state.global_step >= run.max_steps:
+                        break
+        except BaseException:
+            self._finish_checkpoint_quietly()  # the checkpoint an error message names is whole, or said not to be
+            raise
+        self._wait_for_checkpoint()  # before the best model is read back, or anything else reads checkpoints
         return self._end_run(run)
+
+    def _finish_checkpoint_quietly(self) -> None:
+        """On the way out of a failed run (this rank only, no collective): the checkpoint in flight is finished,
+        and a failure to write it is logged, not raised over the error that ended the run."""
+        try:
+            self._checkpoint_writer.wait()
+        except Exception as error:  # noqa: BLE001 (another error is on its way up)
+            logger.error("the checkpoint being written when training stopped could not be written: %s", error)
 
     def _train_epoch(self, run: TrainingRun, epoch: int, preemption: PreemptionGuard) -> None:
         """One epoch (its rest, when resuming mid-epoch), nanoGPT's loop in named steps."""
@@ -332,14 +363,17 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             runtime.seed_rank(args.seed)  # dropout: each rank its own stream (rank 0 keeps one process's)
         # DDP after loading: it broadcasts rank 0's weights; compiled: same parameters, compiled forward
         run.model = runtime.wrap(model, args)
-        run.model = torch.compile(run.model) if args.torch_compile else run.model
+        run.graphs = self._graph_plan()
+        if args.torch_compile:
+            eager, run.model = run.model, graphs.compile_model(run.model, run.graphs)
+            run.fallback = graphs.EagerFallback(run.model, eager) if run.graphs.on else None
         state = self.state
 
         def prepare_output_dir() -> None:  # only now, every check passed, is output_dir written to (by its writer)
             run_folders.prepare_output_dir(args.output_dir, state.run_id, args.overwrite_output_dir)
             args.save(Path(args.output_dir) / "training_args.json")
         runtime.on_writers(prepare_output_dir, args.save_on_each_node)
-        self._print_header(len(dataset), dropped, resume, run.dropout.describe())
+        self._print_header(len(dataset), dropped, resume, run.dropout.describe(), run.graphs.describe())
         self._warn_if_warmup_outlasts_the_run(max_steps)
         self._check_compute_metrics()
         self.control = TrainerControl()
@@ -350,6 +384,14 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         run.started, run.start_step = time.perf_counter(), state.global_step
         run.window, run.total_loss = LogWindow.open(device, run.started), torch.zeros((), device=device)
         return run
+
+    def _graph_plan(self) -> graphs.GraphPlan:
+        """Whether the step is captured as CUDA graphs (`finch.training.graphs.decide`, from this run's facts)."""
+        collator = self.data_collator
+        return graphs.decide(self.args.cuda_graphs, self.device, self.args.torch_compile,
+                             collator.buckets if isinstance(collator, buckets.BucketPadding) else None,
+                             graphs.overridden_methods(type(self), Trainer), self.runtime.sharded, self.optimizer,
+                             self.callback_handler.callbacks)
 
     def _bucket_collator(self, lengths: list[int] | None) -> None:
         """The collator wrapped in `BucketPadding` over buckets chosen from the training set's `lengths` (training and
@@ -421,7 +463,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             self._log_training(run, run.add_window(), run.grad_norm)
             run.window = LogWindow.open(self.device)
         if _due(args.eval_strategy, state.eval_steps, step, epoch_done) or self.control.should_evaluate:
-            self._evaluate_during_training()
+            self._evaluate_during_training(run)
             self._agree_on_control()  # on_evaluate may stop training (early stopping)
         saved = None
         new_best = args.save_strategy == "best" and state.best_global_step == step
@@ -432,6 +474,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             run.nonfinite.flush(run.last_checkpoint)
             stop = TrainingPreempted(preemption.requested or "a stop signal to another rank",
                                      str(saved or self._save_checkpoint(run)))
+            self._wait_for_checkpoint()  # exit code 75 means the checkpoint is whole
             logger.warning("%s", stop)
             raise stop
 
@@ -505,12 +548,27 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         batch = to_device(batch, self.device)  # a new dict: an override's `inputs.pop("labels")` leaves ours intact
         with run.dropout:
             with self.precision.autocast(self.device):
-                loss = self.compute_loss(run.model, batch)
+                loss = self._captured_loss(run, batch)
             # sum over the step's examples / their number: the same update for any accumulation or world size
             # a step without any loss term (every label -100) updates with zero gradients (as HF's does)
             scaled = loss * (items * self.runtime.world_size / step_items) if step_items else loss * 0.0
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         return loss.detach().float() * items
+
+    def _captured_loss(self, run: TrainingRun, batch: dict) -> torch.Tensor:
+        """`compute_loss` on the training model; replayed as CUDA graphs, a capture that raises (anything but a
+        user error or running out of memory) switches this run to the eager model, said once."""
+        if run.fallback is None or run.fallback.failed:
+            return self.compute_loss(run.model, batch)
+        torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were read: they may be overwritten
+        try:
+            return self.compute_loss(run.model, batch)
+        except (UserError, torch.OutOfMemoryError):
+            raise
+        except Exception as error:  # noqa: BLE001 (inductor's and cudagraph trees' errors have no common base)
+            run.fallback.fail(error)
+            run.model = run.fallback.eager
+            return self.compute_loss(run.model, batch)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
                      num_items_in_batch: int | None = None) -> Any:
@@ -624,7 +682,9 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         logs["tokens_per_second"] = round(tokens / elapsed, 1)
         self.log(logs)
 
-    def _evaluate_during_training(self, baseline: bool = False) -> None:
+    def _evaluate_during_training(self, run: TrainingRun | None = None, baseline: bool = False) -> None:
+        if run is not None:
+            run.nonfinite.flush(run.last_checkpoint)  # the host waits for the device here anyway
         if self.eval_dataset is None:
             raise ConfigError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset; pass eval_dataset= "
                              f"to the Trainer or set eval_strategy='no'")
@@ -646,9 +706,15 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
 
     def _save_checkpoint(self, run: TrainingRun) -> Path:
         """Every rank's RNG state is gathered; rank 0 (each machine's first process with `save_on_each_node`) writes
-        the checkpoint (atomically) and rotates, and the others wait for it: when this returns on any rank, the
-        checkpoint is whole on disk (or every rank raises)."""
+        the checkpoint (atomically) and rotates, and the others wait for it.
+
+        With `background_save` (not for sharded checkpoints, which every rank writes), the state is copied to host
+        memory here and written by `self._checkpoint_writer`'s thread while training goes on: the checkpoint is
+        whole on disk once `_wait_for_checkpoint` returns, on every rank (or every rank raises its error). The
+        next save, the end of training, a stop signal, `save_model` and a callback that acts on saves (its
+        `on_save` reads the folder) wait for it. Otherwise it is whole when this returns."""
         state, args = self.state, self.args
+        run.nonfinite.flush(run.last_checkpoint)  # a step past the NaN/Inf limit is never saved
         path = Path(args.output_dir) / f"{run_folders.PREFIX}{state.global_step}"
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(path)
@@ -656,6 +722,9 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
                                     if hasattr(cb, "state_dict")}
         whole = self._run_state(run, rng_states=self.runtime.all_gather(rng_state()))
         shards_in = None
+        background = args.background_save and not self.runtime.sharded_checkpoints
+        if background:
+            self._wait_for_checkpoint()  # one write in flight at most; its error raised here, before the next
         if self.runtime.sharded_checkpoints:  # FSDP2, sharded: every rank writes its part; rank 0 completes it
             shards_in = checkpoint.save_shards(args.output_dir, state, self.model,
                                                None if args.save_only_model else self.optimizer,
@@ -663,14 +732,36 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         else:  # FSDP2: gathered to rank 0 (one process: the state dicts as they are)
             whole.weights, whole.optimizer_state = self.runtime.full_state(self.model, self.optimizer)
 
-        def write() -> None:
-            checkpoint.save_checkpoint(args.output_dir, whole, shards_in)
-            run_folders.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint,
-                                           state.run_id, keep=path)
-        self.runtime.on_writers(write, args.save_on_each_node)
+        def write(saved: checkpoint.RunState) -> None:
+            checkpoint.save_checkpoint(args.output_dir, saved, shards_in)
+            run_folders.rotate_checkpoints(args.output_dir, args.save_total_limit, saved.state.best_model_checkpoint,
+                                           saved.state.run_id, keep=path)
+
+        if background:  # copied now (the next step changes the weights in place), written in the background
+            writer = self._checkpoint_writer
+
+            def start() -> None:
+                copied = checkpoint.host_copy(whole)
+                writer.start(lambda: write(copied), copied.ready)
+            self.runtime.on_writers(start, args.save_on_each_node)
+        else:
+            self.runtime.on_writers(lambda: write(whole), args.save_on_each_node)
         run.last_checkpoint = str(path)
+        if background and self.runtime.any_rank(self._acts_on_save())[0]:
+            self._wait_for_checkpoint()
         self._fire(Event.ON_SAVE)
         return path
+
+    def _wait_for_checkpoint(self) -> None:
+        """Return once the checkpoint written in the background is whole on disk, on every rank (a collective);
+        its write's error (`CheckpointError`) raised on every rank."""
+        self.runtime.on_writers(self._checkpoint_writer.wait, self.args.save_on_each_node)
+
+    def _acts_on_save(self) -> bool:
+        """Whether a callback does something on `on_save` (HF's hub upload, a user's): it then gets the checkpoint
+        whole on disk, as without background saves."""
+        return any(getattr(type(callback), "on_save", None) not in _NO_OP_ON_SAVE
+                   for callback in self.callback_handler.callbacks)
 
     def _run_state(self, run: TrainingRun, rng_states: list[dict] | None = None) -> checkpoint.RunState:
         """This run's state as one object, what a checkpoint holds (see `checkpoint.RunState`)."""
