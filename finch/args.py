@@ -434,6 +434,24 @@ def _type_names(options: tuple) -> str:
     return " or ".join(described)
 
 
+_CHECKPOINT_NAME = "checkpoint-"  # finch's checkpoint folders: checkpoint-<step>, with a manifest.json
+
+
+def _folder_problems(name: str, folder: str) -> list[str]:
+    """What is wrong with `folder` as a folder finch writes into, before anything is trained: an existing file of
+    that name (the tracker would fail after the weights load and the run go on without it), or a place inside a
+    checkpoint, whose files are never changed after its save (resume checks each against its manifest.json)."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        return [f"{name}={folder!r} is a file, not a folder; name a folder (it is created if missing)"]
+    for part in (path, *path.parents):
+        if part.name.startswith(_CHECKPOINT_NAME) and part.name[len(_CHECKPOINT_NAME):].isdigit() \
+                and (part / "manifest.json").is_file():
+            return [(f"{name}={folder!r} is inside the checkpoint {part}, which is never written to after its "
+                     f"save; name a folder outside it, e.g. {part.parent / 'runs'}")]
+    return []
+
+
 def _problems(args: TrainingArguments) -> list[str]:
     """Every invalid value or combination, as messages that name the fix."""
     problems: list[str] = []
@@ -471,7 +489,11 @@ def _problems(args: TrainingArguments) -> list[str]:
                             f"'loss'")
     for reporter in args.report_to:
         if reporter not in REPORTERS:
-            problems.append(f"report_to={reporter!r} is not one of {', '.join(map(repr, REPORTERS))}")
+            close = difflib.get_close_matches(str(reporter).lower(), REPORTERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"report_to={reporter!r} is not one of {', '.join(map(repr, REPORTERS))}{hint}")
+    if args.tensorboard_dir and {"tensorboard", "all"} & set(args.report_to):
+        problems += _folder_problems("tensorboard_dir", args.tensorboard_dir)
     if "none" in args.report_to and len(set(args.report_to)) > 1:
         problems.append(f"report_to={args.report_to!r} names 'none' with trackers; remove 'none' or the others")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):

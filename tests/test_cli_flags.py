@@ -62,6 +62,8 @@ def test_help_gives_every_training_flag_a_text_and_its_default():
     ("learning_rate: .nan\n", "option learning_rate: must be a finite number, but it is nan"),
     ("learning_rate: abc\n", "option learning_rate: must be a number, but it is 'abc'"),
     ("num_train_epochs: '3'\nlearning_rate: [1]\n", "option learning_rate: must be a number, but it is [1]"),
+    ("output_dir:\n", "run.yaml: option output_dir is empty (null); give a folder"),  # was a TypeError traceback
+    ("output_dir: ~\n", "leave the key out for the default (finch-output)"),
 ])
 def test_config_values_of_the_wrong_type_name_the_key(tmp_path, tiny_model_dir, capsys, yaml_text, message,
                                                       monkeypatch):

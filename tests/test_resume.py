@@ -437,3 +437,15 @@ def test_a_folder_named_like_a_checkpoint_is_refused_before_training_not_at_the_
     with pytest.raises(OutputError, match="holds checkpoint-2, which is not a finch checkpoint .* Rename or move it"):
         train(tmp_path, toy, tokenizer)
     assert folder_digest(tmp_path) == before
+
+
+def test_a_checkpoint_renamed_to_another_step_is_refused_before_a_save_replaces_it(tmp_path, toy, tokenizer):
+    """checkpoint-2 renamed checkpoint-6: resuming it (by name or as the newest) would save step 6 over it."""
+    train(tmp_path, toy, tokenizer)
+    (tmp_path / "checkpoint-2").rename(tmp_path / "checkpoint-6")
+    for resume in (True, tmp_path / "checkpoint-6"):
+        with pytest.raises(ResumeError, match="holds step 2 .*not step 6: it was renamed or copied. Rename it back "
+                                              "to checkpoint-2"):
+            plan_resume(tmp_path, resume, run_args(tmp_path, max_steps=8))
+    (tmp_path / "checkpoint-6").rename(tmp_path / "saved-2")  # a name that claims no step resumes as before
+    assert plan_resume(tmp_path, tmp_path / "saved-2", run_args(tmp_path, max_steps=8)) == tmp_path / "saved-2"

@@ -155,6 +155,7 @@ def test_model_init_may_take_the_trial(tmp_path, data, tokenizer):
      "per_device_train_batch_size=0."),
     ({"storage": "postgresql://finch@127.0.0.1:1/nowhere"}, "cannot open the database"),
     ({"storage": "sqlite:////no/such/folder/s.db"}, "folder /no/such/folder does not exist"),
+    ({"storage": "postgresql://u:pa@ss@127.0.0.1/db"}, "percent-encode"),  # was a host 'ss@127.0.0.1' in the error
 ])
 def test_mistakes_are_config_errors_before_training(tmp_path, data, tokenizer, kwargs, message):
     trainer = make_trainer(data, tokenizer, tmp_path / "out")

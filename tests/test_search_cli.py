@@ -239,3 +239,41 @@ def test_a_worker_with_other_data_or_metric_is_told_what_differs():
     said = str(error.value)
     assert "started with another objective, data (objective: eval_loss then, eval_f1 now; the data set is not the " \
            "one its trials used)" in said and "()" not in said and "--study-name NAME" in said
+
+
+@pytest.mark.parametrize("url, fragments", [
+    ("postgresql://finch:sec@ret@127.0.0.1/db", ["sec", "ret@"]),  # a raw "@": the driver would print 'ret@host'
+    ("postgresql://finch:p@ss:w0rd@127.0.0.1/db", ["ss:w0rd", "w0rd"]),
+    ("postgresql://finch:a@b/c#d@127.0.0.1:5432/db", ["b/c", "#d"]),
+])
+def test_no_piece_of_a_password_with_reserved_characters_is_printed(capsys, url, fragments):
+    """A password holding `@`, `:`, `/` or `#` unescaped: refused with the percent-encoding fix, and no piece of it
+    (which a driver prints as a host name or port) reaches the message."""
+    assert main(["search", "--show", "--storage", url, "--study-name", "x"]) == 2
+    error = capsys.readouterr().err
+    assert "percent-encode" in error and "%40" in error, error
+    assert not [piece for piece in fragments if piece in error], error
+
+
+def test_a_sqlite_url_naming_a_folder_says_to_name_a_file(tmp_path, capsys):
+    assert main(["search", "--show", "--storage", f"sqlite:///{tmp_path}", "--study-name", "x"]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path} is a folder" in error and f"sqlite:///{tmp_path / 'search.db'}" in error, error
+    assert "server" not in error  # SQLite has no server, user or password to check
+
+
+@pytest.mark.parametrize("space, extra, message", [
+    ("learning_rate: {low: 1e-3, high: 1e-5}", [], "must be less than high"),
+    ("learning_rate: {low: 0, high: 1e-3, log: true}", [], "a log range needs low > 0"),
+    ("learning_rate: [1e-3]", ["--storage", "sqlite:///no/such/folder/s.db"], "folder no/such/folder does not exist"),
+    ("learning_rate: [1e-3]", ["--storage", "postgresql://u:p@ss@127.0.0.1/db"], "percent-encode"),
+])
+def test_search_inputs_are_checked_before_the_data_is_read(tmp_path, capsys, space, extra, message):
+    """The space file and the storage URL cost nothing to check: a mistake in them is reported before the data is
+    read and tokenized (here the data does not even exist, and its error would otherwise come first)."""
+    (tmp_path / "space.yaml").write_text(space + "\n")
+    code = main(["search", "--train", str(tmp_path / "missing.csv"), "--output-dir", str(tmp_path / "out"),
+                 "--space", str(tmp_path / "space.yaml"), *extra])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "missing.csv" not in error, error
+    assert not (tmp_path / "out").exists()

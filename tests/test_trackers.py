@@ -235,3 +235,34 @@ def test_only_global_rank_zero_talks_to_a_tracker(tmp_path):
     callback.on_log(args, state, TrainerControl(), logs={"loss": 0.5})
     callback.on_train_end(args, state, TrainerControl())
     assert callback.run is None and not (tmp_path / "run").exists()
+
+
+def a_file(root: Path) -> Path:
+    (root / "events").write_text("mine")
+    return root / "events"
+
+
+def in_a_checkpoint(root: Path) -> Path:
+    checkpoint = root / "run" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "manifest.json").write_text("{}")
+    return checkpoint / "tb"
+
+
+@pytest.mark.parametrize("make, said", [(a_file, "is a file, not a folder"),
+                                        (in_a_checkpoint, "is inside the checkpoint")])
+def test_a_tensorboard_dir_that_cannot_be_written_is_refused_with_the_arguments(tmp_path, make, said):
+    """Found when the arguments are made, not after the weights load as a warning that the run goes on without
+    TensorBoard; a checkpoint's folder is never written to after its save."""
+    folder = make(tmp_path)
+    with pytest.raises(ConfigError, match=said):
+        TrainingArguments(output_dir=str(tmp_path / "out"), report_to="tensorboard", tensorboard_dir=str(folder))
+    TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", tensorboard_dir=str(folder))  # unused
+    assert not folder.is_dir()
+
+
+def test_a_misspelt_or_capitalised_tracker_gets_its_name():
+    with pytest.raises(ConfigError, match="did you mean 'tensorboard'"):
+        TrainingArguments(output_dir="out", report_to="TensorBoard")
+    with pytest.raises(ConfigError, match="did you mean 'mlflow'"):
+        TrainingArguments(output_dir="out", report_to=["mlfow"])

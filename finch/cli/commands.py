@@ -363,7 +363,7 @@ def run_verify_resume(flags: dict[str, Any]) -> int:
 def run_search(flags: dict[str, Any]) -> int:
     """Search hyperparameters on the job's data (see `finch.cli.search`); print the best trial and the model."""
     from finch.cli.job import prepare, resolve_options, training_arguments
-    from finch.cli.search import check_not_a_training_run, search_job, show_study
+    from finch.cli.search import check_not_a_training_run, check_search_inputs, search_job, show_study
     from finch.distributed.torchrun import launched_by_torchrun, relaunch
     from finch.errors import ConfigError
     from finch.report.search_page import try_write_search_report
@@ -376,8 +376,9 @@ def run_search(flags: dict[str, Any]) -> int:
         raise ConfigError("finch search resumes by itself: re-run the same command (a killed worker's trial is "
                           "retried from its last checkpoint); drop --resume")
     check_not_a_training_run(options["output_dir"])
+    # the space file and the storage URL before the data is read and tokenized (minutes for a big file), and once
+    check_search_inputs(training_arguments(options), flags.get("space"), flags.get("storage"))
     if flags.get("nproc_per_node") and not launched_by_torchrun():  # each trial trains on N processes
-        training_arguments(options)  # a mistake in the flags shows once, here, not once per process
         return relaunch(flags["argv"], flags, "search")
     job = prepare(options)  # every check that needs no weights: nothing is written before it passes
     study = search_job(job, options, flags["trials"], flags.get("storage"), flags.get("study_name"),

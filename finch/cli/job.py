@@ -79,6 +79,7 @@ def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in flags.items() if k in known}
     # each layer checked on its own: a value that a flag overrides is still a mistake the user should hear of
     for where, layer in ((str(flags.get("config")), from_file), ("key=value overrides", overrides)):
+        _check_no_null_values(layer, where)
         try:
             config_files.coerce({k: v for k, v in layer.items() if k != "class_weights"}, field_types())
         except ConfigError as error:
@@ -96,6 +97,20 @@ def resolve_options(flags: dict[str, Any]) -> dict[str, Any]:
     for note in notes:  # with --print-config, YAML comments: what is printed still parses
         say(f"{'# ' if flags.get('print_config') else ''}defaults: {note}")
     return {**defaults, **chosen}
+
+
+# Options the CLI itself reads as a value, before `TrainingArguments` applies its own default to a None (HF's
+# `output_dir=None` means "trainer_output"): a YAML null (`output_dir:` with nothing after it, `~`, `null`) or an
+# empty `key=` override is a value the user forgot, not a wish for HF's default.
+CLI_NEEDS_VALUE = {"output_dir": "a folder"}
+
+
+def _check_no_null_values(layer: dict[str, Any], where: str) -> None:
+    """Raise `ConfigError` for an option of `CLI_NEEDS_VALUE` given as null in `layer` (a config file, overrides)."""
+    for key, what in CLI_NEEDS_VALUE.items():
+        if key in layer and layer[key] is None:
+            raise ConfigError(f"{where}: option {key} is empty (null); give {what}, e.g. {key}: my-run, or leave the "
+                              f"key out for the default ({CLI_DEFAULTS[key]})")
 
 
 def say(line: str) -> None:

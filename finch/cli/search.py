@@ -35,7 +35,7 @@ from finch.runs import checkpoint
 from finch.runs import folders as run_folders
 from finch.runs.files import RUN_OUTPUTS, turn_lock
 from finch.search.ranks import RankChannel, follow, lead
-from finch.search.storage import HEARTBEAT_INTERVAL, create_study, import_optuna, open_storage
+from finch.search.storage import HEARTBEAT_INTERVAL, check_storage_url, create_study, import_optuna, open_storage
 from finch.search.study import (
     NOT_SEARCHABLE,
     RUN_DIR,
@@ -171,6 +171,16 @@ def check_not_a_training_run(output_dir: str | Path) -> None:
         raise ConfigError(f"output_dir {output} is a finch train run's folder (it holds {', '.join(found)}): a search "
                           f"writes its trials in run-<n> folders, its study and best model beside them, and cannot "
                           f"continue a training run. Choose another --output-dir for the search")
+
+
+def check_search_inputs(args: TrainingArguments, space_file: str | None, storage_url: str | None) -> None:
+    """What `finch search` adds to the training flags, checked before the data is read: the space file (every end
+    of every range through `TrainingArguments`) and the storage URL (parsed, its SQLite folder looked at; nothing
+    is connected to or created). `search_job` reads them again, unchanged, once the data is ready."""
+    if space_file:
+        check_space(load_space(space_file, args), args, free_names=False)
+    if storage_url:
+        check_storage_url(storage_url)
 
 
 def default_storage(output_dir: str | Path) -> str:

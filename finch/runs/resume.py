@@ -95,6 +95,7 @@ def plan_resume(output_dir: str | Path, resume: str | Path | bool | None, args: 
     check_whole(folder)
     check_compatible(folder, args)
     saved = TrainerState.load_from_json(folder / STATE)
+    check_named_for_its_step(folder, saved)
     check_fingerprint(folder, saved, fingerprint)
     if not overwrite:
         _check_no_collision(output_dir, folder, saved, args)
@@ -251,6 +252,16 @@ def check_fingerprint(folder: str | Path, saved: TrainerState, fingerprint: Fing
             f"cannot resume from {folder}: the model differs from the one this checkpoint was trained on (another "
             f"class or configuration: layers, sizes, labels, dropout...). Use the same model, or start a new run in "
             f"another output_dir")
+
+
+def check_named_for_its_step(folder: Path, saved: TrainerState) -> None:
+    """Refuse a `checkpoint-<N>` folder whose trainer state is at another step (renamed, or copied under another
+    name): `resume_from_checkpoint=True` would pick it by a step it does not hold, and this run's save of step N
+    would replace it, losing the step it does hold. A folder not named like a checkpoint claims no step."""
+    if re.fullmatch(rf"{PREFIX}\d+", folder.name) and step_of(folder) != saved.global_step:
+        raise ResumeError(f"{folder} holds step {saved.global_step} (its {STATE}), not step {step_of(folder)}: it "
+                          f"was renamed or copied. Rename it back to {PREFIX}{saved.global_step}, or to a name "
+                          f"that is not checkpoint-<step> (e.g. saved-{saved.global_step}) and pass that folder")
 
 
 def _check_no_foreign_checkpoint_names(output_dir: Path, args: TrainingArguments) -> None:

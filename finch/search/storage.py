@@ -7,6 +7,7 @@ exist) is a `ConfigError` raised before any training, naming the fix.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,31 +40,11 @@ def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
     if url is None:
         return None
     optuna = import_optuna()
-    from sqlalchemy.engine import make_url
-
+    url, backend = check_storage_url(url, create=create)
     shown = mask_secrets(url)
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme.split("+")[0] == "postgres":
-        raise ConfigError(f"storage {shown}: SQLAlchemy names PostgreSQL postgresql://, not postgres://; use "
-                          f"{mask_secrets('postgresql' + url[len(scheme.split('+')[0]):])}")
-    try:
-        parsed = make_url(url)
-    except Exception as error:  # sqlalchemy's ArgumentError, a ValueError from a port typo: all a malformed URL
-        raise ConfigError(f"storage {shown} is not a database URL ({mask_secrets(error)}); use "
-                          f"sqlite:///path/search.db or postgresql://user:password@host:5432/dbname") from error
-    if parsed.drivername == "postgresql" and _missing("psycopg") and not _missing("psycopg2"):
-        parsed = parsed.set(drivername="postgresql+psycopg2")  # SQLAlchemy 2.1 means psycopg 3 by `postgresql://`
-        url = parsed.render_as_string(hide_password=False)
     engine = {"pool_pre_ping": True}
-    if parsed.get_backend_name() == "postgresql":
+    if backend == "postgresql":
         engine["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).parent
-        if not folder.is_dir():
-            raise ConfigError(f"storage {shown}: folder {folder} does not exist; create it or use another path")
-        if not create and not Path(parsed.database).is_file():
-            raise ConfigError(f"storage {shown}: no database file {parsed.database} (nothing was created); check "
-                              f"the path, or run the search first")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -79,12 +60,76 @@ def open_storage(url: str | None, heartbeat_interval: int = HEARTBEAT_INTERVAL,
                     if attempt == 2 or "already exists" not in str(error):
                         raise
     except (ImportError, ModuleNotFoundError) as error:
-        raise ConfigError(f"storage {shown}: its database driver is not installed ({mask_secrets(error)}); for "
+        raise ConfigError(f"storage {shown}: its database driver is not installed ({_hidden(error, url)}); for "
                           f"PostgreSQL: pip install 'finch[search]' (psycopg)") from error
     except Exception as error:  # sqlalchemy's OperationalError & co: no database there
-        first = mask_secrets(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
-        raise ConfigError(f"storage {shown}: cannot open the database ({first}). Check that the server runs and "
-                          f"the URL, user and password are right") from error
+        first = _hidden(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, url)
+        fix = ("that the file can be created and written there" if backend == "sqlite" else
+               "that the server runs and the URL, user and password are right")
+        raise ConfigError(f"storage {shown}: cannot open the database ({first}). Check {fix}") from error
+
+
+_ENCODE_HINT = ("if the password holds any of @ : / ? # [ ] %, percent-encode them "
+                "(python -c \"import urllib.parse; print(urllib.parse.quote('PASSWORD', safe=''))\": @ is %40, "
+                ": is %3A, / is %2F, # is %23)")
+
+
+def check_storage_url(url: str, create: bool = True) -> tuple[str, str]:
+    """`url` checked without connecting, as it will be opened (a driver SQLAlchemy has installed), and its backend.
+
+    Cheap enough to run before the data is read, so that a typo in `--storage` costs no tokenizing. No part of the
+    password reaches a message: a password with an unescaped `@` would otherwise be split into a host name that
+    the driver's error prints (`failed to resolve host 'ret@127.0.0.1'`).
+
+    Raises:
+        ConfigError: a malformed URL (with the percent-encoding fix when the password is the likely cause),
+            `postgres://`, a password holding an unescaped `@`, a SQLite path that is a folder or whose folder does
+            not exist, or (with `create=False`) a SQLite file that does not exist.
+    """
+    from sqlalchemy.engine import make_url
+
+    shown = mask_secrets(url)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme.split("+")[0] == "postgres":
+        raise ConfigError(f"storage {shown}: SQLAlchemy names PostgreSQL postgresql://, not postgres://; use "
+                          f"{mask_secrets('postgresql' + url[len(scheme.split('+')[0]):])}")
+    try:
+        parsed = make_url(url)
+    except Exception as error:  # sqlalchemy's ArgumentError, a ValueError from a port typo: all a malformed URL
+        hint = f"; {_ENCODE_HINT}" if "@" in url else ""
+        raise ConfigError(f"storage {shown} is not a database URL ({_hidden(error, url)}); use "
+                          f"sqlite:///path/search.db or postgresql://user:password@host:5432/dbname{hint}") from error
+    if not scheme.startswith("sqlite") and url.partition("://")[2].count("@") > 1:
+        raise ConfigError(f"storage {shown}: the part after the user name holds more than one '@', so the host "
+                          f"cannot be told from the password; {_ENCODE_HINT}")
+    if parsed.drivername == "postgresql" and _missing("psycopg") and not _missing("psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")  # SQLAlchemy 2.1 means psycopg 3 by `postgresql://`
+        url = parsed.render_as_string(hide_password=False)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        database = Path(parsed.database)
+        if database.is_dir():
+            raise ConfigError(f"storage {shown}: {database} is a folder; a SQLite URL names the database file, e.g. "
+                              f"sqlite:///{database / 'search.db'}")
+        if not database.parent.is_dir():
+            raise ConfigError(f"storage {shown}: folder {database.parent} does not exist; create it or use another "
+                              f"path")
+        if not create and not database.is_file():
+            raise ConfigError(f"storage {shown}: no database file {parsed.database} (nothing was created); check "
+                              f"the path, or run the search first")
+    return url, backend
+
+
+def _hidden(text: object, url: str) -> str:
+    """`text` (a library's error about `url`) masked, and without any piece of the URL's password that a driver
+    may print apart from the URL (a host name, a port)."""
+    masked = mask_secrets(text)
+    _, _, rest = url.partition("://")
+    userinfo = rest.rpartition("@")[0] if "@" in rest else ""
+    secret = userinfo.partition(":")[2]
+    for piece in sorted({p for p in re.split(r"[@:/?#]", secret) if len(p) >= 2}, key=len, reverse=True):
+        masked = masked.replace(piece, "***")
+    return masked
 
 
 def _missing(module: str) -> bool:
