@@ -54,7 +54,9 @@ def ended(process: subprocess.Popen) -> tuple[int, str, str]:
 @pytest.mark.parametrize("flags, named", [(["--max-restarts", "-1"], "--max-restarts -1"),
                                           (["--rdzv-endpoint", "127.0.0.1:99999"], "'99999' is not a number from 1"),
                                           (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:29400"],
-                                           "--node-rank 2")])
+                                           "--node-rank 2"),
+                                          (["--rdzv-endpoint", "no-such-host.invalid:29500"],
+                                           "'no-such-host.invalid' cannot be resolved")])
 def test_launch_flags_are_checked_before_launch(tmp_path, tiny_model_dir, data, flags, named):
     code, _, stderr = ended(finch_train("--nproc-per-node", "2", *flags, "--model", tiny_model_dir, *data,
                                         "--output-dir", str(tmp_path / "run"), *FAST))

@@ -41,7 +41,13 @@ def check_launch_flags(flags: dict[str, Any]) -> None:
     if node_rank is not None and not 0 <= node_rank < nodes:
         raise ConfigError(f"--node-rank {node_rank}: with --nnodes {nodes} this machine's index is 0 to {nodes - 1}")
     if flags.get("rdzv_endpoint"):
-        endpoint_address(flags["rdzv_endpoint"])
+        host, _ = endpoint_address(flags["rdzv_endpoint"])
+        try:
+            socket.getaddrinfo(host, None)
+        except (OSError, UnicodeError) as error:  # socket.gaierror: a name no resolver knows
+            raise ConfigError(f"--rdzv-endpoint {flags['rdzv_endpoint']}: the host {host!r} cannot be resolved "
+                              f"({error}); give node 0's address or a name this machine resolves "
+                              f"(e.g. 127.0.0.1:29500 on one machine)") from None
 
 
 def endpoint_address(endpoint: str) -> tuple[str, int | None]:
