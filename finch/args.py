@@ -174,9 +174,11 @@ class TrainingArguments(HFArgumentsProperties):
     shape_buckets: bool | None = _flag("reproducibility, precision, hardware",
                                       "pad batches to a few lengths chosen from the data's lengths (compiled steps "
                                       "see a few shapes, not one per length); unset: on with torch_compile")
-    background_save: bool = _arg(True, "reproducibility, precision, hardware",
-                                 "checkpoints copied to host memory, then written in a background thread while "
-                                 "training goes on (False: training waits for the disk)")
+    background_save: bool | None = _flag("reproducibility, precision, hardware",
+                                        "checkpoints copied to host memory, then written in a background thread while "
+                                        "training goes on (False: training waits for the disk); unset: on for one "
+                                        "process, off under torchrun (a rank that dies takes the others, and a write "
+                                        "in flight, with it)")
     cuda_graphs: bool | None = _flag("reproducibility, precision, hardware",
                                     "replay the compiled step as CUDA graphs, one per shape bucket; unset: on where "
                                     "every check passes (CUDA, torch_compile, buckets; the run header says why not)")

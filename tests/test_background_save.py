@@ -67,7 +67,7 @@ def test_background_save_overlaps_training_and_writes_what_a_synchronous_save_wr
                                                                                        monkeypatch):
     Trainer(model=tiny_bert(), args=run_args(tmp_path / "sync", background_save=False), train_dataset=toy,
             processing_class=tokenizer).train()
-    slow = SlowWrites(monkeypatch)
+    slow = SlowWrites(monkeypatch, delay=1.5)  # long enough that step 4 ends first on a loaded machine
     seen = SeenAtStepEnd(tmp_path / "background")
     trainer = Trainer(model=tiny_bert(), args=run_args(tmp_path / "background"), train_dataset=toy,
                       processing_class=tokenizer, callbacks=[seen])

@@ -722,7 +722,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
                                     if hasattr(cb, "state_dict")}
         whole = self._run_state(run, rng_states=self.runtime.all_gather(rng_state()))
         shards_in = None
-        background = args.background_save and not self.runtime.sharded_checkpoints
+        background = self._background_save()
         if background:
             self._wait_for_checkpoint()  # one write in flight at most; its error raised here, before the next
         if self.runtime.sharded_checkpoints:  # FSDP2, sharded: every rank writes its part; rank 0 completes it
@@ -751,6 +751,17 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             self._wait_for_checkpoint()
         self._fire(Event.ON_SAVE)
         return path
+
+    def _background_save(self) -> bool:
+        """`background_save`, unset: on for one process. Under torchrun a rank that fails makes the launcher stop
+        the others, with a write in flight: the newest checkpoint would be lost and a restart would resume an older
+        one (`test_max_restarts_resumes_the_launchs_newest_checkpoint_by_itself`). Never for sharded checkpoints,
+        which every rank writes."""
+        if self.runtime.sharded_checkpoints:
+            return False
+        if self.args.background_save is None:
+            return self.runtime.world_size == 1
+        return self.args.background_save
 
     def _wait_for_checkpoint(self) -> None:
         """Return once the checkpoint written in the background is whole on disk, on every rank (a collective);
