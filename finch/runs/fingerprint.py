@@ -61,7 +61,7 @@ def data_fingerprint(dataset: Any) -> str | None:
         table = dataset.select_columns([source for _, source in chosen]).with_format("arrow")[:]
         for name, source in chosen:
             digest.update(f"column {name}\n".encode())
-            _hash_arrow(digest, table.column(source).combine_chunks())
+            _hash_arrow(digest, table.column(source))
         return digest.hexdigest()
     rows = (dataset[index] for index in range(len(dataset)))
     for row in rows:
@@ -91,9 +91,13 @@ def _hash_arrow(digest: Any, array: Any) -> None:
     kind = array.type
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         _hash_array(digest, pc.fill_null(pc.list_value_length(array), -1).to_numpy(zero_copy_only=False))
-        _hash_arrow(digest, array.flatten())
+        _hash_arrow(digest, pc.list_flatten(array))
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        _hash_array(digest, array.to_numpy(zero_copy_only=False))
+        # chunk by chunk, a million values at a time: the same bytes to the digest as one array, without a 64-bit
+        # copy of every token id at once (1.86M rows: 330 MB)
+        for chunk in getattr(array, "chunks", [array]):
+            for start in range(0, len(chunk), 1 << 20):
+                _hash_array(digest, chunk.slice(start, 1 << 20).to_numpy(zero_copy_only=False))
     else:  # strings and other types: only when a dataset has no token ids or labels
         digest.update(json.dumps(array.to_pylist(), default=str).encode())
 
