@@ -367,10 +367,9 @@ SLICES_MAX = 20_000  # rows left out by slicing around them (no copy); more: one
 
 
 def without_rows(split: datasets.Dataset, dropped: np.ndarray) -> datasets.Dataset:
-    """`split` less the rows at `dropped` (sorted positions), the rest in their order. Up to `SLICES_MAX` of them:
-    the runs of rows between them, as slices of the same Arrow table, so the text is not copied (a 200 MB file was
-    held three times on its way to training: once read, once without its blank rows, once without its held-out
-    rows); more: one copy with Arrow's `take`."""
+    """`split` less the rows at `dropped` (sorted positions, the blank ones), the rest in their order. Up to
+    `SLICES_MAX` of them: the runs of rows between them, as slices of the same Arrow table, so the text is not
+    copied once more on its way to the held-out split's one `take`; more: one copy with Arrow's `take`."""
     if len(dropped) == 0:
         return split
     if len(dropped) > SLICES_MAX:
