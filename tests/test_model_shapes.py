@@ -88,11 +88,11 @@ def test_causal_lm_evaluates_as_hf_does_and_preprocess_gets_the_logits(tmp_path,
 def test_evaluate_without_compute_metrics_gathers_no_logits(tmp_path, tokenizer, monkeypatch):
     """HF's rule: without compute_metrics evaluate() keeps the loss only (a causal LM's logits are vocabulary-sized);
     predict() and prediction_loss_only say otherwise."""
-    from finch.training import evaluation
+    from finch.training import readback
 
     gathered = []
-    real = evaluation.to_numpy
-    monkeypatch.setattr(evaluation, "to_numpy", lambda value: gathered.append(value) or real(value))
+    real = readback.to_numpy
+    monkeypatch.setattr(readback, "to_numpy", lambda value: gathered.append(value) or real(value))
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     trainer = Trainer(model=gpt2(), args=quiet_args(tmp_path), data_collator=collator)
     metrics = trainer.evaluate(token_rows(10))

@@ -21,6 +21,7 @@ from finch.data import batching
 from finch.errors import ConfigError, DataError
 from finch.events import Event
 from finch.training import shapes
+from finch.training.readback import Readback
 
 logger = logging.getLogger("finch")
 
@@ -178,6 +179,10 @@ class EvaluationMixin:
         return batching.make_loader(dataset, batches, self.data_collator, args.dataloader_num_workers,
                                 args.dataloader_pin_memory and self.device.type == "cuda")
 
+    def _readback(self) -> Readback:
+        """How evaluation outputs reach the host: asynchronously, read a few batches later, on CUDA."""
+        return Readback.for_device(self.device)
+
     def _prediction_loop(self, dataset: Any, ignore_keys: list[str] | None, prefix: str,
                          tell_callbacks: bool = True, loss_only: bool = False) -> PredictionOutput:
         """Batches in decreasing length under `inference_mode`; outputs to the CPU batch by batch; dataset order.
@@ -195,7 +200,8 @@ class EvaluationMixin:
         model.eval()
         started = time.perf_counter()
         include = set(args.include_for_metrics or ())
-        outputs_of_batches = []  # (logits, labels or None, loss sum or None, items, extras) of this rank's batches
+        readback = self._readback()  # each batch's outputs to the host, without a sync per batch on CUDA
+        counts = []  # (items, rows) of this rank's batches
         # FSDP2: the whole model gathered first (ranks run different numbers of batches), outside inference mode, or
         # the gathered parameters would be inference tensors that the next training forward cannot write into
         with runtime.gathered(model), torch.inference_mode():
@@ -205,12 +211,11 @@ class EvaluationMixin:
                 batch = to_device(batch, self.device)
                 # read before compute_loss: an override may `inputs.pop("labels")` (HF's class-imbalance recipe)
                 labels = batch[self.label_names[0]] if has_labels else None
-                loss_sum = None
+                loss = None
                 with self.precision.autocast(self.device):
                     if has_labels:
                         loss, outputs = self.compute_loss(model, batch, return_outputs=True)
-                        loss_sum = loss.float().item() * batch_items  # a Python float: nothing kept on the heap
-                        del loss
+                        loss = loss.detach().float()  # read with the predictions, not here: no sync per batch
                     else:
                         outputs = model(**batch)
                 logits = None if loss_only else self._batch_predictions(model, batch, outputs, has_labels, ignore)
@@ -218,20 +223,18 @@ class EvaluationMixin:
                     logits = self.preprocess_logits_for_metrics(logits, labels)
                 # include_for_metrics, as HF gives them: the input ids, and each example's batch mean loss
                 inputs = batch.get(getattr(model, "main_input_name", "input_ids")) if "inputs" in include else None
-                rows = batching.batch_rows(batch)
-                extras = {"inputs": to_numpy(inputs) if inputs is not None else None,
-                          "losses": np.full(rows, loss_sum / batch_items, np.float32)
-                          if "loss" in include and loss_sum is not None else None}
-                labels = self._batch_labels(labels) if not loss_only else labels
-                kept = (to_numpy(logits) if logits is not None else None,
-                        to_numpy(labels) if labels is not None else None)
+                labels = self._batch_labels(labels) if not loss_only else None  # the loss alone: no labels kept
+                staged = readback.stage((logits, labels, loss, inputs))
+                counts.append((batch_items, batching.batch_rows(batch)))
                 # what is kept is copied only once the model's outputs are freed: small arrays kept from every batch
                 # then fill the space the outputs left, instead of pinning the top of the heap above it (a causal
                 # LM's vocabulary-sized logits otherwise left the heap growing by megabytes per batch)
-                del outputs, logits, batch, labels
-                outputs_of_batches.append((*own(kept), loss_sum, batch_items, extras))
+                del outputs, logits, batch, labels, loss, inputs
+                readback.put(staged)
                 if tell_callbacks:
                     self._fire(Event.ON_PREDICTION_STEP)
+            outputs_of_batches = [_batch_record(read, items, rows, include)
+                                  for read, (items, rows) in zip(readback.results(), counts)]
         model.train(was_training)
         gathered = runtime.all_gather((outputs_of_batches, time.perf_counter() - started))
         # global batch b was run by rank b % world as its (b // world)-th batch: back to the plan's order
@@ -244,7 +247,7 @@ class EvaluationMixin:
         order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else np.zeros(0, int)
         prediction_chunks = [logits for logits, *_ in in_order if logits is not None]
         predictions = reorder(concatenate(prediction_chunks), order) if prediction_chunks else None
-        label_chunks = [labels for _, labels, *_ in in_order if labels is not None and not loss_only]
+        label_chunks = [labels for _, labels, *_ in in_order if labels is not None]
         label_ids = reorder(concatenate(label_chunks), order) if label_chunks else None
         metrics: dict[str, float] = {}
         if items:
@@ -262,6 +265,18 @@ class EvaluationMixin:
         metrics = {k if k.startswith(f"{prefix}_") else f"{prefix}_{k}": v for k, v in metrics.items()}
         return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
 
+
+
+def _batch_record(read: tuple, items: int, rows: int, include: set[str]) -> tuple:
+    """One batch as the loop keeps it: (logits, labels, loss sum or None, items, extras), from its read-back
+    (logits, labels, mean loss, inputs) as NumPy. The loss is summed in Python floats, batch by batch in the plan's
+    order, so every rank and every device sums the same numbers in the same order."""
+    logits, labels, loss, inputs = read
+    loss_sum = float(loss) * items if loss is not None else None
+    extras = {"inputs": inputs if "inputs" in include else None,
+              "losses": np.full(rows, loss_sum / items, np.float32) if "loss" in include and loss_sum is not None
+              else None}
+    return logits, labels, loss_sum, items, extras
 
 
 def weights_digest(model: torch.nn.Module) -> tuple[int, ...]:
@@ -309,30 +324,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, (np.ndarray, np.generic)):
         return value.item() if value.ndim == 0 else value.tolist()
     return value
-
-
-def to_numpy(value: Any) -> Any:
-    """Tensors (possibly nested in tuples, lists and dicts) as float32/int NumPy arrays on the CPU, the nesting kept
-    (lists become tuples)."""
-    if isinstance(value, (tuple, list)):
-        return tuple(to_numpy(v) for v in value)
-    if isinstance(value, Mapping):
-        return {key: to_numpy(v) for key, v in value.items()}
-    if not isinstance(value, torch.Tensor):
-        return np.asarray(value)
-    value = value.detach()
-    if value.is_floating_point() and value.dtype != torch.float64:
-        value = value.float()
-    return value.cpu().numpy()
-
-
-def own(value: Any) -> Any:
-    """NumPy arrays (nested in tuples and dicts) copied into memory of their own (not views of torch tensors)."""
-    if isinstance(value, tuple):
-        return tuple(own(v) for v in value)
-    if isinstance(value, dict):
-        return {key: own(v) for key, v in value.items()}
-    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
 
 
 def concatenate(chunks: list[Any]) -> Any:
