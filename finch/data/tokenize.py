@@ -176,7 +176,11 @@ def _encoded_columns(tokenizer: Any, texts: list[list[str]], names: list[str]) -
     import pyarrow as pa
 
     inputs = texts[0] if len(texts) == 1 else list(zip(*texts, strict=True))
-    encodings = tokenizer.backend_tokenizer.encode_batch(inputs, add_special_tokens=True)
+    backend = tokenizer.backend_tokenizer
+    # `encode_batch_fast` (tokenizers >= 0.20) skips the character offsets, which nothing here reads: the same ids,
+    # about 9% less time (50,000 short rows, MiniLM, side by side: 2.08-2.15 s against 2.25-2.38 s)
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    encodings = encode(inputs, add_special_tokens=True)
     lengths = np.fromiter((len(e) for e in encodings), dtype=np.int32, count=len(encodings))
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32))
     total = int(offsets[-1].as_py())
