@@ -96,3 +96,52 @@ def test_a_failed_capture_falls_back_to_the_eager_model_once(tmp_path, toy, toke
     assert FailsToCapture.calls == 1, "tried once, then eager for good"
     for (name, expected), got in zip(eager.model.state_dict().items(), captured.model.state_dict().values()):
         assert torch.equal(expected, got), name
+
+
+class RaisesInBackward(torch.autograd.Function):
+    """The identity forward; its backward raises as a capture of the backward may (recorded at the first backward)."""
+
+    @staticmethod
+    def forward(ctx, logits):
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+
+class BackwardFailsToCapture(torch.nn.Module):
+    """Stands for a compiled model whose forward runs and whose backward's capture raises."""
+
+    calls = 0
+
+    def __init__(self, eager):
+        super().__init__()
+        self.eager = eager
+
+    def forward(self, **inputs):
+        BackwardFailsToCapture.calls += 1
+        outputs = self.eager(**inputs)
+        outputs["loss"] = RaisesInBackward.apply(outputs["loss"])
+        return outputs
+
+
+@pytest.mark.slow
+def test_a_capture_that_fails_in_the_backward_falls_back_and_trains_that_batch_again(tmp_path, toy, tokenizer,
+                                                                                     monkeypatch, caplog):
+    values = {"max_steps": 4, "shape_buckets": True, "gradient_accumulation_steps": 2, "logging_steps": 1}
+    eager = Trainer(model=tiny_bert(dropout=0.0), args=quiet_args(tmp_path / "eager", **values), train_dataset=toy,
+                    processing_class=tokenizer)
+    eager.train()
+    monkeypatch.setattr(graphs, "decide", lambda *args: GraphPlan(True, "2 buckets"))  # as on a GPU
+    monkeypatch.setattr(graphs, "compile_model", lambda model, plan: BackwardFailsToCapture(model))
+    captured = Trainer(model=tiny_bert(dropout=0.0), args=quiet_args(tmp_path / "graphs", torch_compile=True, **values),
+                       train_dataset=toy, processing_class=tokenizer)
+    with caplog.at_level(logging.INFO, logger="finch"):
+        captured.train()
+    assert caplog.text.count("graphs off: capturing the step failed (RuntimeError: CUDA error") == 1
+    assert BackwardFailsToCapture.calls == 1, "its backward raised once, then eager for good"
+    losses = [entry["loss"] for entry in captured.state.log_history if "loss" in entry]
+    assert losses == [entry["loss"] for entry in eager.state.log_history if "loss" in entry]
+    for (name, expected), got in zip(eager.model.state_dict().items(), captured.model.state_dict().values()):
+        assert torch.equal(expected, got), name

@@ -13,7 +13,8 @@ shape buckets off (one graph per batch length: memory, and a capture at nearly e
 `compute_loss` or `training_step` (what it does with the outputs, which the next replay overwrites, is unknown);
 FSDP; an optimizer that is neither fused nor capturable; a callback of the user's that acts at every step (it may
 edit the model between replays). `cuda_graphs=True` turns it on where every check passes; unset, it stays off
-until the lease measures it ("not yet measured"). A capture that raises falls back to the eager model, logged once.
+until the lease measures it ("not yet measured"). A capture that raises, in the forward or at the first
+backward of a shape, falls back to the eager model, logged once, and that micro-batch runs again eagerly.
 """
 
 from __future__ import annotations

@@ -552,8 +552,27 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             # sum over the step's examples / their number: the same update for any accumulation or world size
             # a step without any loss term (every label -100) updates with zero gradients (as HF's does)
             scaled = loss * (items * self.runtime.world_size / step_items) if step_items else loss * 0.0
-            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+            if not self._captured_backward(run, run.scaler.scale(scaled) if run.scaler is not None else scaled):
+                return self._forward_backward(run, batch, step_items, counts)  # the eager model, this batch again
         return loss.detach().float() * items
+
+    def _captured_backward(self, run: TrainingRun, scaled: torch.Tensor) -> bool:
+        """`scaled.backward()`; False when the captured backward raised (its graph is recorded at the first
+        backward of each shape, after the forward's succeeded), which switches this run to the eager model, said
+        once. The failing node is the compiled model's whole backward, which raises before it hands any gradient to
+        autograd, so nothing of this micro-batch has been accumulated and the caller runs it again eagerly."""
+        if run.fallback is None or run.fallback.failed:
+            scaled.backward()
+            return True
+        try:
+            scaled.backward()
+        except (UserError, torch.OutOfMemoryError):
+            raise
+        except Exception as error:  # noqa: BLE001 (as in _captured_loss)
+            run.fallback.fail(error)
+            run.model = run.fallback.eager
+            return False
+        return True
 
     def _captured_loss(self, run: TrainingRun, batch: dict) -> torch.Tensor:
         """`compute_loss` on the training model; replayed as CUDA graphs, a capture that raises (anything but a
