@@ -83,6 +83,25 @@ def test_a_rendezvous_port_held_by_something_else_fails_in_bounded_time_naming_t
 
 
 @pytest.mark.slow
+def test_a_machine_waiting_for_the_others_says_so_and_gives_up_after_the_rendezvous_timeout(tmp_path, tiny_model_dir,
+                                                                                          data):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    code, _, stderr = ended(finch_train("--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint",
+                                        f"127.0.0.1:{port}", "--rdzv-timeout", "3", "--model", tiny_model_dir, *data,
+                                        "--output-dir", str(tmp_path / "run"), *FAST))
+    took = time.monotonic() - started
+    assert code == 2, stderr[-3000:]
+    waiting = next(line for line in stderr.splitlines() if "waiting for all 2 machines" in line)
+    assert f"127.0.0.1:{port}" in waiting and "3 s" in waiting and "--node-rank 1" in waiting
+    assert "did not all join" in stderr and "Traceback" not in stderr
+    assert took < 60, f"{took:.0f} s to give up"
+    assert not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.slow
 def test_a_data_mistake_is_said_once_and_never_restarted(tmp_path, tiny_model_dir, data):
     mistake = write_csv(tmp_path / "no-text.csv", [("1", "2"), ("3", "4")], header=("foo", "bar"))
     code, _, stderr = ended(finch_train("--nproc-per-node", "2", "--max-restarts", "3", "--model", tiny_model_dir,

@@ -189,6 +189,9 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
     launch.add_argument("--rdzv-endpoint", help="HOST:PORT where the machines meet (node 0's address)")
     launch.add_argument("--rdzv-id", help="the job's id, the same on every machine and new for each job (e.g. "
                                           "$SLURM_JOB_ID): a restart resumes only this job's checkpoints")
+    launch.add_argument("--rdzv-timeout", type=_positive_int, metavar="SECONDS",
+                        help="with --nnodes: how long the machines wait for each other before giving up "
+                             "(default 600)")
     launch.add_argument("--max-restarts", type=int, help="restart every process this many times after a failure; "
                                                          "each restart resumes from the newest whole checkpoint "
                                                          "this launch saved")
