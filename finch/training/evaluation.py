@@ -170,7 +170,7 @@ class EvaluationMixin:
         batching.check_map_style(dataset, name)
         dataset, _ = batching.prepare_dataset(dataset, model, args.remove_unused_columns, self.label_names)
         lengths = batching.example_lengths(dataset)
-        batching.check_dataset(given, model, name, lengths)
+        batching.check_dataset(given, model, name, lengths, self._tokenizing_collator())
         batches = batching.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)
         return dataset, batches, self._loader(dataset, batches[runtime.rank::runtime.world_size])
 

@@ -194,6 +194,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         multiple = batching.padding_multiple(self.args.pad_to_multiple_of, self.device.type,
                                              self.args.torch_compile and not self._shape_buckets,
                                              bf16=self.precision.name == "bf16" or self._shape_buckets)
+        self._own_collator = data_collator is not None  # it may tokenize: an untokenized dataset is then no mistake
         self.data_collator = (batching.with_padding_multiple(data_collator, multiple) if data_collator is not None
                               else batching.default_collator(processing_class, multiple))
         self.padding_multiple = getattr(self.data_collator, "pad_to_multiple_of", None)  # None: not ours to round
@@ -299,6 +300,21 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self._fire(Event.ON_EPOCH_END)
         self._agree_on_control()
 
+    def _tokenizing_collator(self) -> bool:
+        """Whether the user's data_collator gets the dataset's text columns (and may tokenize them itself)."""
+        return self._own_collator and not self.args.remove_unused_columns
+
+    def _check_eval_tokenized(self, model: torch.nn.Module) -> None:
+        """Raw text in an evaluation set, said before the first step rather than at the first evaluation."""
+        sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
+        if self._tokenizing_collator():
+            return
+        for name, dataset in sets.items():
+            if dataset is not None and not isinstance(dataset, str):
+                batching.check_tokenized(dataset, model, f"the eval_{name} dataset" if name else "the evaluation "
+                                         "dataset", getattr(dataset, "column_names", None)
+                                         or batching.first_example_keys(dataset))
+
     def _start_run(self, resume_from_checkpoint: str | bool | None) -> TrainingRun:
         """Everything before the first step: the checks, the model (fresh from `model_init`), the plan, the
         optimizer and schedule, the state (or the checkpoint's, resuming), the output folder, the run header."""
@@ -323,7 +339,9 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         lengths = batching.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
         if self._shape_buckets:
             self._bucket_collator(lengths if lengths is not None else batching.example_lengths(dataset))
-        batching.check_dataset(self.train_dataset, model, "train_dataset", lengths)  # as given: its columns all named
+        batching.check_dataset(self.train_dataset, model, "train_dataset", lengths,  # as given: its columns all named
+                               self._tokenizing_collator())
+        self._check_eval_tokenized(model)
         batching.check_cross_entropy_options(args, model)
         self._class_weights(dataset)  # "balanced" on data without labels, a list of the wrong length: said now
         steps_per_epoch = self._steps_per_epoch(len(dataset))
