@@ -241,8 +241,17 @@ def test_manifest_names_outside_the_folder_are_refused(tmp_path):
         assert "outside the checkpoint folder" in verify(folder), name
     (folder / "model.safetensors").symlink_to(outside)
     (folder / "manifest.json").write_text(json.dumps({"files": {"model.safetensors": described}}))
-    assert "outside the checkpoint folder" in verify(folder)
+    assert verify(folder).startswith(f"model.safetensors is a symbolic link to {outside}, outside the checkpoint "
+                                     f"folder")
+    assert f'cp --remove-destination "$(readlink -f {folder / "model.safetensors"})"' in verify(folder)
     (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(tmp_path / "gone")
+    assert f"a symbolic link to {tmp_path / 'gone'}, which does not exist" in verify(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "shared").symlink_to(tmp_path, target_is_directory=True)  # a linked folder on the file's way
+    (folder / "manifest.json").write_text(json.dumps({"files": {"shared/secret": described}}))
+    assert verify(folder).startswith(f"shared is a symbolic link to {tmp_path}, outside the checkpoint folder")
+    (folder / "shared").unlink()
     (folder / "optimizer.pt").write_bytes(b"added later")
     (folder / "manifest.json").write_text(json.dumps({"files": {}}))
     assert verify(folder) == "optimizer.pt is not listed in manifest.json (added after the save?)"
