@@ -34,7 +34,7 @@ import transformers
 from transformers import EvalPrediction
 from transformers.trainer_utils import TrainOutput
 
-from finch.args import TrainingArguments, total_training_steps
+from finch.args import TrainingArguments, total_training_steps, unused_hub_options
 from finch.data import batching, buckets
 from finch.distributed.connect import runtime_for
 from finch.distributed.runtime import rng_state, set_seed
@@ -59,6 +59,13 @@ from finch.training.optim import create_optimizer, create_scheduler
 from finch.training.preemption import PreemptionGuard, TrainingPreempted
 
 logger = logging.getLogger("finch")
+_WARNED: set[str] = set()  # warnings about the arguments, said once per process (a search builds many trainers)
+
+
+def _warn_once(message: str | None) -> None:
+    if message is not None and message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)
 
 
 @dataclass
@@ -181,6 +188,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self.device, self.precision = self.runtime.device, self.runtime.precision
         # offline, no token, a repository that cannot be created: said now, not after training
         self.hub = Hub.for_trainer(self.args, self.runtime) if self.args.push_to_hub else None
+        if self.runtime.is_main_process:
+            _warn_once(unused_hub_options(self.args))
         if not self.runtime.is_main_process:
             logger.setLevel(logging.WARNING)  # one run header, not one per rank; warnings still show
         self.model_init = model_init
