@@ -62,6 +62,20 @@ logger = logging.getLogger("finch")
 _WARNED: set[str] = set()  # warnings about the arguments, said once per process (a search builds many trainers)
 
 
+def _moved_with_the_run(best: str | None, resumed: Path) -> str | None:
+    """The best checkpoint's path, in the folder of the checkpoint resumed when the run's folder was moved or
+    copied (or the path was relative to another working directory): it is saved as a path, and the old one would
+    load another folder's weights at the end (or none), and let rotation delete this run's best checkpoint."""
+    if best is None:
+        return None
+    here = resumed.parent / Path(best).name
+    if Path(best).parent.resolve() == resumed.parent.resolve() or not run_folders.is_checkpoint(here):
+        return best
+    logger.info("the best checkpoint %s is taken from this run's folder: %s (the run's folder was moved or copied)",
+                best, here)
+    return str(here)
+
+
 def _warn_once(message: str | None) -> None:
     if message is not None and message not in _WARNED:
         _WARNED.add(message)
@@ -812,6 +826,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         runtime = self.runtime
         saved = checkpoint.load_checkpoint(folder, self._run_state(run), rank=runtime.rank, sharded=runtime.sharded)
         state = continue_state(saved, fresh, folder)
+        state.best_model_checkpoint = _moved_with_the_run(state.best_model_checkpoint, folder)
         state.is_local_process_zero, state.is_world_process_zero = fresh.is_local_process_zero, \
             fresh.is_world_process_zero
         if not (folder / checkpoint.rng_file(runtime.rank)).exists():  # saved by fewer ranks (allowed, not exact)
