@@ -102,7 +102,7 @@ def test_a_refused_resume_leaves_the_run_folder_byte_identical(tmp_path, tiny_mo
     assert first.returncode == 0, first.stderr[-2000:]
     before = {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()}
     other = write_csv(tmp_path / "other.csv", reviews(40, offset=7))
-    newest = sorted(out.glob("checkpoint-*"))[-1]
+    newest = max(out.glob("checkpoint-*"))
     for extra, message in (([], "already holds checkpoints of another run"),
                            (["--resume", "auto", "--train", other], "training data"),
                            (["--resume", str(out / "checkpoint-99")], "no such checkpoint"),

@@ -195,6 +195,10 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             processing_class = processing_class if processing_class is not None else tokenizer
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"Trainer(model=...) takes a model object, not {type(model).__name__} {model!r:.80}: "
+                              f"load it first, e.g. model = AutoModelForSequenceClassification.from_pretrained("
+                              f"{str(model)!r:.80}, num_labels=...)")
         check_overrides(type(self), Trainer)  # an HF override point finch never calls: refused, not ignored
         self.args = as_finch_arguments(args, self.arguments_class)
         self.runtime = runtime_for(self.args)  # joins torchrun's process group when there is one
@@ -327,6 +331,19 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         """Whether the user's data_collator gets the dataset's text columns (and may tokenize them itself)."""
         return self._own_collator and not self.args.remove_unused_columns
 
+    def _check_label_names(self, prepared: Any) -> None:
+        """label_names given (TrainingArguments) that are no column of the training set: the labels would never
+        reach compute_metrics (no label_ids, so no metrics) and a custom compute_loss would get none."""
+        columns = getattr(prepared, "column_names", None) or batching.first_example_keys(prepared)
+        given = self.args.label_names
+        if not given or columns is None or self._own_collator:  # a collator of one's own may make the labels
+            return
+        missing = [name for name in given if name not in columns]
+        if missing:
+            raise ConfigError(f"label_names={given}: {missing} is no column of train_dataset (its columns: "
+                              f"{list(columns)}); name the columns that hold the labels (e.g. label_names=['labels'])"
+                              f", or leave label_names unset")
+
     def _check_eval_tokenized(self, model: torch.nn.Module) -> None:
         """Raw text in an evaluation set, said before the first step rather than at the first evaluation."""
         sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
@@ -365,6 +382,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         batching.check_dataset(self.train_dataset, model, "train_dataset", lengths,  # as given: its columns all named
                                self._tokenizing_collator())
         self._check_eval_tokenized(model)
+        self._check_label_names(dataset)
         batching.check_cross_entropy_options(args, model)
         self._class_weights(dataset)  # "balanced" on data without labels, a list of the wrong length: said now
         steps_per_epoch = self._steps_per_epoch(len(dataset))
