@@ -426,11 +426,12 @@ def run_predict(flags: dict[str, Any]) -> int:
 def run_report(flags: dict[str, Any]) -> int:
     """Write the HTML report of a run's output folder and print where it is."""
     from finch.report.write import write_report
-    from finch.runs.files import check_output_file
+    from finch.runs.files import check_not_another_runs_report, check_output_file
 
     if flags.get("out"):
         check_output_file(flags["out"], suffixes=(".html", ".htm"), command="report",
                           overwrite=flags.get("overwrite", False))
+        check_not_another_runs_report(flags["out"], flags["output_dir"])
     print(f"report: {write_report(flags['output_dir'], flags.get('out'))}")
     return 0
 
