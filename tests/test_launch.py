@@ -147,3 +147,18 @@ def test_a_bug_shows_one_traceback_and_the_surviving_process_no_second_one(tmp_p
     assert stderr.count("Traceback") == 1 and "injected bug in process 1" in stderr, stderr[-6000:]
     assert stderr.count("this is a bug in finch") == 1, "said once, by the process that hit it"
 
+
+
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_launch_flags_without_nproc_per_node_are_refused_not_ignored(tmp_path, tiny_model_dir, data, capsys,
+                                                                     monkeypatch, command):
+    """They trained as one process, silently: a user who meant two machines got a one-machine run."""
+    from conftest import exit_code
+
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    code = exit_code([command, "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:29533", "--model", tiny_model_dir, *data,
+                      "--output-dir", str(tmp_path / "run"), *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and "--nnodes, --rdzv-endpoint given without --nproc-per-node" in error, error
+    assert not (tmp_path / "run").exists()

@@ -293,9 +293,10 @@ def run_train(flags: dict[str, Any]) -> int:
     from finch.cli import config as config_files
     from finch.cli.job import resolve_options, training_arguments
     from finch.distributed.runtime import Launch
-    from finch.distributed.torchrun import launched_by_torchrun, relaunch
+    from finch.distributed.torchrun import check_launch_flags_need_processes, launched_by_torchrun, relaunch
     from finch.runs.files import check_no_earlier_outputs, run_lock
 
+    check_launch_flags_need_processes(flags)
     options = resolve_options(flags)
     if flags.get("print_config"):
         training_arguments(options)  # validated, so what is printed would run
@@ -367,10 +368,11 @@ def run_search(flags: dict[str, Any]) -> int:
     """Search hyperparameters on the job's data (see `finch.cli.search`); print the best trial and the model."""
     from finch.cli.job import prepare, resolve_options, training_arguments
     from finch.cli.search import check_not_a_training_run, check_search_inputs, search_job, show_study
-    from finch.distributed.torchrun import launched_by_torchrun, relaunch
+    from finch.distributed.torchrun import check_launch_flags_need_processes, launched_by_torchrun, relaunch
     from finch.errors import ConfigError
     from finch.report.search_page import try_write_search_report
 
+    check_launch_flags_need_processes(flags)
     options = resolve_options(flags)
     if flags.get("show"):
         print(show_study(options["output_dir"], flags.get("storage"), flags.get("study_name")))

@@ -236,6 +236,18 @@ def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
     return [*command, "-m", "finch.cli", *command_args]
 
 
+def check_launch_flags_need_processes(flags: dict[str, Any]) -> None:
+    """Raise `ConfigError` for launch flags given without --nproc-per-node: the command would train as one process
+    here, the other machines' flags ignored, and a user who meant several machines would not know."""
+    if flags.get("nproc_per_node") or launched_by_torchrun():
+        return
+    given = [flag for flag, name in LAUNCH_FLAGS.items() if flags.get(name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} given without --nproc-per-node: they describe a launch through "
+                          f"torchrun, and without it this command trains as one process. Add --nproc-per-node N "
+                          f"(processes on this machine, e.g. --nproc-per-node 1 for one per machine), or drop them")
+
+
 def rendezvous_timeout(flags: dict[str, Any]) -> int:
     return int(flags.get("rdzv_timeout") or RDZV_TIMEOUT)
 
