@@ -422,3 +422,23 @@ def test_python_api_mistakes_are_named_before_training_not_left_to_a_traceback_o
     with pytest.raises(OutputError, match="a file of that name exists; the model is a folder"):
         trainer.save_model(str(tmp_path / "a-file"))
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_an_optimizer_made_for_another_model_is_refused_before_a_step(tmp_path, toy, tokenizer):
+    """It trained the other model's parameters: the model passed as model= and saved never changed, silently."""
+    from conftest import quiet_args
+
+    from finch.errors import ConfigError
+
+    model = tiny_bert()
+    before = weights_of(model)
+    trainer = Trainer(model=model, args=quiet_args(tmp_path, max_steps=2), train_dataset=toy,
+                      processing_class=tokenizer, optimizers=(torch.optim.SGD(tiny_bert().parameters(), lr=0.1), None))
+    with pytest.raises(ConfigError, match=r"optimizers=\(SGD, \.\.\.\) holds none of the model's parameters"):
+        trainer.train()
+    assert all(torch.equal(value, model.state_dict()[name]) for name, value in before.items())
+    with pytest.raises(ConfigError, match=r"give a pair \(optimizer, lr_scheduler\)"):
+        Trainer(model=model, args=quiet_args(tmp_path), processing_class=tokenizer, optimizers=(None,))
+    own = Trainer(model=model, args=quiet_args(tmp_path, max_steps=1), train_dataset=toy, processing_class=tokenizer,
+                  optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
+    assert own.train().global_step == 1

@@ -76,6 +76,18 @@ def _moved_with_the_run(best: str | None, resumed: Path) -> str | None:
     return str(here)
 
 
+def _check_optimizer_of(optimizer: Any, model: torch.nn.Module) -> None:
+    """Raise `ConfigError` when the user's optimizer holds none of the model's parameters (made for another model
+    object): every step would update those, and the model being trained and saved would never change."""
+    held = [parameter for group in getattr(optimizer, "param_groups", []) for parameter in group["params"]]
+    mine = {id(parameter) for parameter in model.parameters()}
+    if held and not any(id(parameter) in mine for parameter in held):
+        raise ConfigError(f"optimizers=({type(optimizer).__name__}, ...) holds none of the model's parameters: it was "
+                          f"made for another model object, so training would never change this one. Make it from "
+                          f"this model: {type(optimizer).__name__}(model.parameters(), ...), after the model is "
+                          f"built (and passed as model=)")
+
+
 def _warn_once(message: str | None) -> None:
     if message is not None and message not in _WARNED:
         _WARNED.add(message)
@@ -232,6 +244,9 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.compute_loss_func = compute_loss_func
+        if not isinstance(optimizers, (tuple, list)) or len(optimizers) != 2:
+            raise ConfigError(f"optimizers={optimizers!r:.80}: give a pair (optimizer, lr_scheduler), either of them "
+                              f"None for finch's own, e.g. optimizers=(torch.optim.AdamW(model.parameters()), None)")
         self.optimizer, self.lr_scheduler = optimizers
         if self.runtime.sharded and self.optimizer is not None:
             raise ConfigError("fsdp: finch makes the optimizer after sharding the model (it must hold the shards); "
@@ -400,6 +415,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         runtime.shard(model, args)  # FSDP2, in place: before the optimizer takes the parameters
         if self.optimizer is None:
             self.optimizer = create_optimizer(model, args)
+        else:
+            _check_optimizer_of(self.optimizer, model)
         if self.lr_scheduler is None:
             self.lr_scheduler = create_scheduler(self.optimizer, args, max_steps)
         run = TrainingRun(
