@@ -162,3 +162,27 @@ def test_launch_flags_without_nproc_per_node_are_refused_not_ignored(tmp_path, t
     error = capsys.readouterr().err
     assert code == 2 and "--nnodes, --rdzv-endpoint given without --nproc-per-node" in error, error
     assert not (tmp_path / "run").exists()
+
+
+def test_an_output_folder_or_resume_mistake_is_said_before_any_process_starts(tmp_path, tiny_model_dir, data):
+    """They were found by each process after the launch: torchrun's log lines, and the process the agent stopped
+    reported as "killed by SIGTERM without a message (out of memory, or killed?)"."""
+    (tmp_path / "a-file").write_text("mine")
+    for extra, said in ((["--output-dir", str(tmp_path / "a-file")], "a file of that name exists"),
+                        (["--output-dir", str(tmp_path / "run"), "--resume", "auto"], "holds no checkpoint")):
+        code, _, stderr = ended(finch_train("--nproc-per-node", "2", "--model", tiny_model_dir, *data, *extra, *FAST))
+        assert code == 2 and said in stderr, stderr[-3000:]
+        assert "exitcode" not in stderr and "SIGTERM" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_the_processes_the_agent_stopped_are_not_reported_as_killed_beside_the_reason(capsys):
+    import types
+
+    from finch.distributed.launch import Outcome, _show
+
+    agent = types.SimpleNamespace(shown=set(), command_name="train")
+    _show(agent, {0: Outcome(2, "mistake", "finch train: error: the reason")}, {0: 2, 1: -signal.SIGTERM})
+    assert capsys.readouterr().err == "finch train: error: the reason\n"
+    _show(agent, {}, {1: -signal.SIGKILL})  # alone, a killed process is news
+    assert "process 1 was killed by SIGKILL without a message" in capsys.readouterr().err

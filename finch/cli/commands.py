@@ -291,10 +291,10 @@ def run_train(flags: dict[str, Any]) -> int:
     """Resolve options, check the data, fine-tune, evaluate, save; print the metrics and where things are.
     With `--nproc-per-node`, check the options, then relaunch as that many processes through torchrun."""
     from finch.cli import config as config_files
-    from finch.cli.job import resolve_options, training_arguments
+    from finch.cli.job import plan_resume_early, resolve_options, training_arguments
     from finch.distributed.runtime import Launch
     from finch.distributed.torchrun import check_launch_flags_need_processes, launched_by_torchrun, relaunch
-    from finch.runs.files import check_no_earlier_outputs, run_lock
+    from finch.runs.files import check_no_earlier_outputs, check_output_dir, run_lock
 
     check_launch_flags_need_processes(flags)
     options = resolve_options(flags)
@@ -306,7 +306,9 @@ def run_train(flags: dict[str, Any]) -> int:
     if flags.get("nproc_per_node") and not launched_by_torchrun():
         if fresh:
             check_no_earlier_outputs(options["output_dir"])  # said once, here, not once per process
-        training_arguments(options)  # a mistake in the flags shows once, here, not once per process
+        checked = training_arguments(options)  # a mistake in the flags shows once, here, not once per process
+        check_output_dir(checked.output_dir)  # and the folder and the resume, before any process starts
+        plan_resume_early(checked, options.get("resume"))
         return relaunch(flags["argv"], flags, "train")
     # one run at a time per output folder, held by the process that writes it, from this check to the last file
     writer = int(os.environ.get("RANK", "0")) == 0

@@ -205,8 +205,9 @@ def _show(agent: Any, found: dict[int, Outcome], exits: dict[int, int]) -> None:
     """Print why the attempt ended, each distinct message once: the ranks' own messages, then the ranks that ended
     without one (killed); "lost the others" only when nothing else says why."""
     messages = [outcome.message for _, outcome in sorted(found.items()) if outcome.message and outcome.kind != "peer"]
+    said = bool(messages)  # then the agent's SIGTERM to the others is no news: it stopped them because of those
     for rank, code in sorted(exits.items()):
-        if rank not in found and code not in (0, EXIT_PREEMPTED):
+        if rank not in found and code not in (0, EXIT_PREEMPTED) and not (said and code == -signal.SIGTERM):
             messages.append(f"finch {agent.command_name}: process {rank} {_ended_by(code)} without a message (out "
                             f"of memory, or killed?)")
     if not messages:
