@@ -255,6 +255,9 @@ def latest_checkpoint_of_launch(output_dir: str | Path, launch_id: str) -> Path 
     return next((folder for folder in sorted(saved, key=saved_at, reverse=True) if whole(folder)), None)
 
 
+_SKIPPED: set[tuple[str, str]] = set()  # (folder, problem) already warned about in this process
+
+
 class _WholeCheckpoints:
     """`verify` once per folder (it reads every byte), warning once about each damaged one."""
 
@@ -264,7 +267,9 @@ class _WholeCheckpoints:
     def __call__(self, folder: Path) -> bool:
         if folder not in self.problems:
             self.problems[folder] = verify(folder) or state_problem(folder)
-            if self.problems[folder] is not None and not self.quiet:
+            said = (str(folder), self.problems[folder])
+            if self.problems[folder] is not None and not self.quiet and said not in _SKIPPED:
+                _SKIPPED.add(said)  # the CLI's checks and train() look at the same folders: said once
                 logger.warning("skipping %s: %s", folder, self.problems[folder])
         return self.problems[folder] is None
 
