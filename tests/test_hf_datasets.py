@@ -84,12 +84,13 @@ def test_raw_text_is_refused_before_training_naming_the_set_its_columns_the_mode
 
 
 def test_a_data_collator_that_tokenizes_gets_the_raw_text(tmp_path, toy, tokenizer):
-    """A collator of the user's own with remove_unused_columns=False may tokenize each batch: no refusal."""
+    """A collator of the user's own with remove_unused_columns=False may tokenize each batch: no refusal; its rows
+    have the label column as HF passes it (`label`, not renamed `labels`: a KeyError before)."""
     import torch
 
     def tokenize(rows):
         batch = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
-        batch["labels"] = torch.tensor([row["labels"] for row in rows])
+        batch["labels"] = torch.tensor([row["label"] for row in rows])  # as HF passes it: not renamed
         return batch
 
     raw = toy.select_columns(["text", "label"])

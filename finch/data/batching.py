@@ -30,9 +30,11 @@ def model_input_names(model: torch.nn.Module) -> set[str]:
 
 
 def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns: bool,
-                    label_names: Sequence[str] = ()) -> tuple[Any, list[str]]:
+                    label_names: Sequence[str] = (), own_collator: bool = False) -> tuple[Any, list[str]]:
     """Rename `label` to `labels` when the model wants `labels`, and drop columns the model does not take, but the
-    `label_names` (a custom `compute_loss` reads those, as HF keeps them).
+    `label_names` (a custom `compute_loss` reads those, as HF keeps them). For the user's own collator
+    (`own_collator`), the label columns are kept as they are named, as HF passes them (a collator written for HF
+    reads `example["label"]`).
 
     Returns the dataset and the dropped column names. Datasets without column names (plain torch datasets, lists
     of dicts) are returned unchanged.
@@ -41,12 +43,14 @@ def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns:
     if columns is None:
         return dataset, []
     accepted = model_input_names(model)
-    if "label" in columns and "label" not in accepted and "labels" in accepted and "labels" not in columns:
+    if "label" in columns and "label" not in accepted and "labels" in accepted and "labels" not in columns and \
+            not own_collator:
         dataset = dataset.rename_column("label", "labels")
         columns = dataset.column_names
     if not remove_unused_columns or not accepted:  # forward(**kwargs) alone: it may take anything
         return dataset, []
-    unused = [c for c in columns if c not in accepted and c not in label_names]
+    kept = set(label_names) | (set(LABEL_COLUMNS) if own_collator else set())
+    unused = [c for c in columns if c not in accepted and c not in kept]
     return (dataset.remove_columns(unused) if unused else dataset), unused
 
 
@@ -410,7 +414,8 @@ def class_weights(spec: str | Sequence[float] | None, dataset: Any, label_names:
     """
     if spec is None:
         return None
-    column = next((name for name in label_names if name in (getattr(dataset, "column_names", None) or [])), None)
+    present = getattr(dataset, "column_names", None) or []
+    column = next((name for name in (*label_names, *LABEL_COLUMNS) if name in present), None)
     classes = _num_classes(dataset, column)
     if spec == "balanced":
         if column is None:

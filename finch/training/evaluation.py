@@ -168,7 +168,8 @@ class EvaluationMixin:
         model, args, runtime = self.model, self.args, self.runtime
         given, name = dataset, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset"
         batching.check_map_style(dataset, name)
-        dataset, _ = batching.prepare_dataset(dataset, model, args.remove_unused_columns, self.label_names)
+        dataset, _ = batching.prepare_dataset(dataset, model, args.remove_unused_columns, self.label_names,
+                                              self._own_collator)
         lengths = batching.example_lengths(dataset)
         batching.check_dataset(given, model, name, lengths, self._tokenizing_collator())
         batches = batching.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)

@@ -390,7 +390,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             fingerprint = dataclasses.replace(fingerprint, model=model_fingerprint(self.model))
         model, device = self.model, self.device
         dataset, dropped = batching.prepare_dataset(self.train_dataset, model, args.remove_unused_columns,
-                                                    self.label_names)
+                                                    self.label_names, self._own_collator)
         lengths = batching.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
         if self._shape_buckets:
             self._bucket_collator(lengths if lengths is not None else batching.example_lengths(dataset))
@@ -704,7 +704,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             dataset = prepared if prepared is not None else self.train_dataset
             if prepared is None and dataset is not None:
                 dataset = batching.prepare_dataset(dataset, self.model, self.args.remove_unused_columns,
-                                                   self.label_names)[0]
+                                                   self.label_names, self._own_collator)[0]
             weights = batching.class_weights(spec, dataset, self.label_names, self.device)
             self._weights_of = cached = (self.train_dataset, spec, self.device, weights)
         return cached[3]
