@@ -649,6 +649,21 @@ def total_training_steps(args: TrainingArguments, steps_per_epoch: int) -> int:
     return max(1, math.ceil(args.num_train_epochs * steps_per_epoch))
 
 
+def unused_hub_options(args: TrainingArguments) -> str | None:
+    """The warning for hub options set without push_to_hub, which then do nothing (HF's Trainer ignores them
+    silently: a user who meant to upload finds nothing on the hub); None when there are none."""
+    if args.push_to_hub:
+        return None
+    given = [name for name, unset in (("hub_model_id", None), ("hub_strategy", "every_save"),
+                                      ("hub_private_repo", None), ("hub_revision", None))
+             if getattr(args, name) != unset]
+    if not given:
+        return None
+    flags = " ".join(f"--{name.replace('_', '-')}" for name in given)
+    return (f"{', '.join(given)} ({flags}) set without push_to_hub (--push-to-hub): no effect, nothing is uploaded; "
+            f"add --push-to-hub to upload, or drop {'it' if len(given) == 1 else 'them'}")
+
+
 def check_keys(values: dict[str, Any], known: set[str], where: str) -> None:
     """Raise for keys that are not options, suggesting the closest ones."""
     unknown = [k for k in values if k not in known]

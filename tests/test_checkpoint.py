@@ -215,3 +215,14 @@ def test_the_best_model_is_loaded_at_the_end_only_when_it_is_not_the_current_one
     assert len(loaded) == loads
     saved = safetensors.torch.load_file(tmp_path / best / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in weights_of(trainer.model).items() if k in saved)
+
+
+def test_a_damaged_checkpoint_is_warned_about_once_per_process(tmp_path, toy, tokenizer, caplog):
+    """The CLI's early resume check, its check with the data's fingerprint and train() each look: one warning."""
+    Trainer(model=tiny_bert(), args=run_args(tmp_path, save_steps=2, max_steps=4), train_dataset=toy,
+            processing_class=tokenizer).train()
+    weights = tmp_path / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="finch"):
+        assert [latest_checkpoint(tmp_path).name for _ in range(3)] == ["checkpoint-2"] * 3
+    assert caplog.text.count("skipping") == 1

@@ -93,7 +93,8 @@ def test_predict_keeps_input_columns_and_refuses_an_empty_file(tmp_path, trained
 @pytest.mark.slow
 def test_a_refused_resume_leaves_the_run_folder_byte_identical(tmp_path, tiny_model_dir, capsys, no_weights_loaded):
     """A second `finch train` in the same folder, and a resume with other data: exit 2, found before the weights
-    load, and not one byte of the first run's folder (finch_config.yaml included) changes."""
+    load (and before the data is read, when the data plays no part), and not one byte of the first run's folder
+    (finch_config.yaml included) changes."""
     train = write_csv(tmp_path / "t.csv", reviews(40))
     out = tmp_path / "o"
     first = run_cli("train", "--model", tiny_model_dir, "--train", train, "--output-dir", out, "--max-steps", "2",
@@ -101,13 +102,17 @@ def test_a_refused_resume_leaves_the_run_folder_byte_identical(tmp_path, tiny_mo
     assert first.returncode == 0, first.stderr[-2000:]
     before = {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()}
     other = write_csv(tmp_path / "other.csv", reviews(40, offset=7))
+    newest = max(out.glob("checkpoint-*"))
     for extra, message in (([], "already holds checkpoints of another run"),
                            (["--resume", "auto", "--train", other], "training data"),
-                           (["--resume", str(out / "checkpoint-99")], "no such checkpoint")):
+                           (["--resume", str(out / "checkpoint-99")], "no such checkpoint"),
+                           (["--resume", str(newest / "model.safetensors")],
+                            f"is a file of a checkpoint, not a checkpoint folder: pass its folder, {newest}")):
         code = main(["train", "--model", tiny_model_dir, "--train", train, "--output-dir", str(out),
                      "--max-steps", "4", *FAST, *extra])
-        error = capsys.readouterr().err
+        printed, error = capsys.readouterr()
         assert code == 2 and message in error and "Traceback" not in error, error
+        assert ("data:" in printed) == (message == "training data"), printed  # read only when it is the reason
         assert {p.relative_to(out): digest(p) for p in out.rglob("*") if p.is_file()} == before
 
 

@@ -4,6 +4,7 @@ before the first step, metric values as Python numbers, inputs and losses for me
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -62,12 +63,12 @@ def test_compute_metrics_returning_a_number_names_the_function_and_the_fix(tmp_p
 
 
 def numpy_and_torch_metrics(eval_pred):
-    """What tutorials' metrics return: NumPy and torch scalars, a 0-d array, a per-class array."""
+    """What tutorials' metrics return: NumPy and torch scalars, a 0-d array, a one-element array."""
     logits, labels = eval_pred
     correct = logits.argmax(-1) == labels
     return {"accuracy": np.float32(correct.mean()), "correct": np.int64(correct.sum()), "perfect": np.bool_(
         correct.all()), "mean_logit": torch.tensor(float(logits.mean())), "zero_d": np.array(0.5),
-            "per_class": np.array([1.0, 0.5])}
+            "one_element": np.array([0.25])}
 
 
 def test_numpy_and_torch_metric_values_become_python_numbers_in_every_output(tmp_path, toy, tokenizer):
@@ -78,19 +79,23 @@ def test_numpy_and_torch_metric_values_become_python_numbers_in_every_output(tmp
     metrics = trainer.evaluate()
     assert {type(metrics[f"eval_{k}"]) for k in ("accuracy", "mean_logit", "zero_d")} == {float}
     assert type(metrics["eval_correct"]) is int and type(metrics["eval_perfect"]) is bool
-    assert metrics["eval_per_class"] == [1.0, 0.5]
+    assert metrics["eval_one_element"] == 0.25
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any(type(entry.get("eval_accuracy")) is float for entry in logged)
     assert type(trainer.predict(toy).metrics["test_accuracy"]) is float
 
 
-def test_a_metric_that_cannot_be_logged_is_refused_before_training(tmp_path, toy, tokenizer):
+@pytest.mark.parametrize("value, described", [(object(), "object"), ("0.91", "str '0.91'"), (None, "NoneType None"),
+                                               ([0.9, 0.8], "list of 2 items"), (np.array([0.9, 0.8]), "of shape (2,)"),
+                                               (torch.tensor([0.9, 0.8]), "Tensor of shape (2,)")])
+def test_a_metric_that_is_not_one_number_is_refused_before_training_naming_the_key(tmp_path, toy, tokenizer, value,
+                                                                                   described):
     trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="epoch"), train_dataset=toy,
                       eval_dataset=toy, processing_class=tokenizer,
-                      compute_metrics=lambda eval_pred: {"report": object()})
-    with pytest.raises(ConfigError, match="'report': object .*cannot be logged: return numbers"):
+                      compute_metrics=lambda eval_pred: {"accuracy": 0.5, "report": value})
+    with pytest.raises(ConfigError, match=rf"compute_metrics=.*'report': .*{re.escape(described)}.*not a number"):
         trainer.train()
-    assert trainer.state.global_step == 0
+    assert trainer.state.global_step == 0 and not (tmp_path / "run" / "log.jsonl").exists()
 
 
 def bootstrap_metrics(eval_pred):

@@ -305,3 +305,19 @@ def test_an_unreachable_hub_is_one_clear_error(monkeypatch, tmp_path, tokenizer)
         Trainer(model=tiny_bert(), args=args, train_dataset=sentiment_dataset(tokenizer, rows=8),
                 processing_class=tokenizer)
     assert SECRET not in str(got.value)
+
+
+def test_hub_options_without_push_to_hub_are_one_warning_that_they_do_nothing(tmp_path, tokenizer, caplog):
+    """HF's Trainer takes --hub-model-id without --push-to-hub silently: a user who meant to upload finds nothing."""
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), hub_model_id="me/model", hub_revision="dev")
+    with caplog.at_level("WARNING", logger="finch"):
+        for _ in range(2):  # a search builds a trainer per trial: said once
+            Trainer(model=tiny_bert(), args=args, processing_class=tokenizer)
+    said = [record.getMessage() for record in caplog.records if "without push_to_hub" in record.getMessage()]
+    assert said == [("hub_model_id, hub_revision (--hub-model-id --hub-revision) set without push_to_hub "
+                    "(--push-to-hub): no effect, nothing is uploaded; add --push-to-hub to upload, or drop them")]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="finch"):
+        Trainer(model=tiny_bert(), args=TrainingArguments(output_dir=str(tmp_path / "other")),
+                processing_class=tokenizer)
+    assert "push_to_hub" not in caplog.text

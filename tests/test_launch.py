@@ -83,6 +83,25 @@ def test_a_rendezvous_port_held_by_something_else_fails_in_bounded_time_naming_t
 
 
 @pytest.mark.slow
+def test_a_machine_waiting_for_the_others_says_so_and_gives_up_after_the_rendezvous_timeout(tmp_path, tiny_model_dir,
+                                                                                          data):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    code, _, stderr = ended(finch_train("--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint",
+                                        f"127.0.0.1:{port}", "--rdzv-timeout", "3", "--model", tiny_model_dir, *data,
+                                        "--output-dir", str(tmp_path / "run"), *FAST))
+    took = time.monotonic() - started
+    assert code == 2, stderr[-3000:]
+    waiting = next(line for line in stderr.splitlines() if "waiting for all 2 machines" in line)
+    assert f"127.0.0.1:{port}" in waiting and "3 s" in waiting and "--node-rank 1" in waiting
+    assert "did not all join" in stderr and "Traceback" not in stderr
+    assert took < 60, f"{took:.0f} s to give up"
+    assert not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.slow
 def test_a_data_mistake_is_said_once_and_never_restarted(tmp_path, tiny_model_dir, data):
     mistake = write_csv(tmp_path / "no-text.csv", [("1", "2"), ("3", "4")], header=("foo", "bar"))
     code, _, stderr = ended(finch_train("--nproc-per-node", "2", "--max-restarts", "3", "--model", tiny_model_dir,
@@ -128,3 +147,42 @@ def test_a_bug_shows_one_traceback_and_the_surviving_process_no_second_one(tmp_p
     assert stderr.count("Traceback") == 1 and "injected bug in process 1" in stderr, stderr[-6000:]
     assert stderr.count("this is a bug in finch") == 1, "said once, by the process that hit it"
 
+
+
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_launch_flags_without_nproc_per_node_are_refused_not_ignored(tmp_path, tiny_model_dir, data, capsys,
+                                                                     monkeypatch, command):
+    """They trained as one process, silently: a user who meant two machines got a one-machine run."""
+    from conftest import exit_code
+
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    code = exit_code([command, "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:29533", "--model", tiny_model_dir, *data,
+                      "--output-dir", str(tmp_path / "run"), *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and "--nnodes, --rdzv-endpoint given without --nproc-per-node" in error, error
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_folder_or_resume_mistake_is_said_before_any_process_starts(tmp_path, tiny_model_dir, data):
+    """They were found by each process after the launch: torchrun's log lines, and the process the agent stopped
+    reported as "killed by SIGTERM without a message (out of memory, or killed?)"."""
+    (tmp_path / "a-file").write_text("mine")
+    for extra, said in ((["--output-dir", str(tmp_path / "a-file")], "a file of that name exists"),
+                        (["--output-dir", str(tmp_path / "run"), "--resume", "auto"], "holds no checkpoint")):
+        code, _, stderr = ended(finch_train("--nproc-per-node", "2", "--model", tiny_model_dir, *data, *extra, *FAST))
+        assert code == 2 and said in stderr, stderr[-3000:]
+        assert "exitcode" not in stderr and "SIGTERM" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_the_processes_the_agent_stopped_are_not_reported_as_killed_beside_the_reason(capsys):
+    import types
+
+    from finch.distributed.launch import Outcome, _show
+
+    agent = types.SimpleNamespace(shown=set(), command_name="train")
+    _show(agent, {0: Outcome(2, "mistake", "finch train: error: the reason")}, {0: 2, 1: -signal.SIGTERM})
+    assert capsys.readouterr().err == "finch train: error: the reason\n"
+    _show(agent, {}, {1: -signal.SIGKILL})  # alone, a killed process is news
+    assert "process 1 was killed by SIGKILL without a message" in capsys.readouterr().err

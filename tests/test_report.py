@@ -327,3 +327,23 @@ def test_report_out_replaces_only_a_report_or_with_overwrite(run, tmp_path, caps
     assert page.read_text() == "<html><body>my own notes</body></html>"
     assert main(["report", str(folder), "--out", str(page), "--overwrite"]) == 0
     assert main(["report", str(folder), "--out", str(page)]) == 0  # its own report, written again
+
+
+def test_a_report_is_never_written_into_another_runs_folder_nor_of_a_model_folder(tmp_path, capsys):
+    """`finch report A --out B/report.html` replaced B's report with A's (a reader of B's folder then saw A's curves);
+    `finch report RUN/model` wrote an empty report into the model folder."""
+    runs = {}
+    for name, loss in (("a", 0.25), ("b", 0.75)):
+        runs[name] = tmp_path / name
+        (runs[name] / "model").mkdir(parents=True)
+        (runs[name] / "model" / "config.json").write_text("{}")
+        (runs[name] / "log.jsonl").write_text(json.dumps({"step": 1, "loss": loss}) + "\n")
+    assert main(["report", str(runs["b"])]) == 0
+    before = (runs["b"] / "report.html").read_text()
+    assert main(["report", str(runs["a"]), "--out", str(runs["b"] / "report.html")]) == 2
+    assert f"is in the folder of another run or model ({runs['b']})" in capsys.readouterr().err
+    assert (runs["b"] / "report.html").read_text() == before
+    assert main(["report", str(runs["a"]), "--out", str(runs["a"] / "other.html")]) == 0  # its own folder: fine
+    assert main(["report", str(runs["a"] / "model")]) == 2
+    assert f"its report: finch report {runs['a']}" in capsys.readouterr().err
+    assert not (runs["a"] / "model" / "report.html").exists()

@@ -241,8 +241,17 @@ def test_manifest_names_outside_the_folder_are_refused(tmp_path):
         assert "outside the checkpoint folder" in verify(folder), name
     (folder / "model.safetensors").symlink_to(outside)
     (folder / "manifest.json").write_text(json.dumps({"files": {"model.safetensors": described}}))
-    assert "outside the checkpoint folder" in verify(folder)
+    assert verify(folder).startswith(f"model.safetensors is a symbolic link to {outside}, outside the checkpoint "
+                                     f"folder")
+    assert f'cp --remove-destination "$(readlink -f {folder / "model.safetensors"})"' in verify(folder)
     (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(tmp_path / "gone")
+    assert f"a symbolic link to {tmp_path / 'gone'}, which does not exist" in verify(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "shared").symlink_to(tmp_path, target_is_directory=True)  # a linked folder on the file's way
+    (folder / "manifest.json").write_text(json.dumps({"files": {"shared/secret": described}}))
+    assert verify(folder).startswith(f"shared is a symbolic link to {tmp_path}, outside the checkpoint folder")
+    (folder / "shared").unlink()
     (folder / "optimizer.pt").write_bytes(b"added later")
     (folder / "manifest.json").write_text(json.dumps({"files": {}}))
     assert verify(folder) == "optimizer.pt is not listed in manifest.json (added after the save?)"
@@ -449,3 +458,41 @@ def test_a_checkpoint_renamed_to_another_step_is_refused_before_a_save_replaces_
             plan_resume(tmp_path, resume, run_args(tmp_path, max_steps=8))
     (tmp_path / "checkpoint-6").rename(tmp_path / "saved-2")  # a name that claims no step resumes as before
     assert plan_resume(tmp_path, tmp_path / "saved-2", run_args(tmp_path, max_steps=8)) == tmp_path / "saved-2"
+
+
+def test_a_moved_run_folder_keeps_its_best_checkpoint_and_loads_it_at_the_end(tmp_path, toy, tokenizer):
+    """The best checkpoint is saved as a path: after `mv run moved`, resuming used to keep the old path, so
+    rotation deleted the moved run's best checkpoint and the end loaded another folder's (or no) weights."""
+    import shutil
+
+    calls = []
+
+    def worse_each_time(eval_pred):  # the first evaluation of the run (step 2) stays the best
+        calls.append(1)
+        return {"score": 1 / len(calls)}
+
+    best = {"eval_strategy": "steps", "eval_steps": 2, "load_best_model_at_end": True, "save_total_limit": 1,
+            "metric_for_best_model": "score"}
+    first = Trainer(model=tiny_bert(), args=run_args(tmp_path / "run", max_steps=4, **best), train_dataset=toy,
+                    eval_dataset=toy, processing_class=tokenizer, compute_metrics=worse_each_time)
+    first.train()
+    assert first.state.best_global_step == 2
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    (tmp_path / "run").mkdir()  # a new run of the same name at the old place: its folder is not this run's
+    resumed = Trainer(model=tiny_bert(), args=run_args(tmp_path / "moved", max_steps=6, **best), train_dataset=toy,
+                      eval_dataset=toy, processing_class=tokenizer, compute_metrics=worse_each_time)
+    resumed.train(resume_from_checkpoint=True)
+    kept = tmp_path / "moved" / "checkpoint-2"
+    assert resumed.state.best_global_step == 2
+    assert resumed.state.best_model_checkpoint == str(kept) and kept.is_dir()
+    assert_same_weights(resumed.model, kept)
+    assert not list((tmp_path / "run").iterdir())
+
+
+def assert_same_weights(model, folder):
+    from safetensors.torch import load_file
+
+    saved = load_file(str(folder / "model.safetensors"))
+    for name, value in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(value.cpu(), saved[name]), name

@@ -156,7 +156,8 @@ def test_show_without_a_search_exits_2(tmp_path, capsys):
     ("postgresql://finch:sec@ret@127.0.0.1:54x2/db", "is not a database URL"),  # an unescaped "@" in the password
     ("postgres://finch:secret@127.0.0.1/db", "use postgresql://finch:***@127.0.0.1/db"),
     ("postgresql://finch:secret@127.0.0.1:1/db", "cannot open the database"),  # nothing listens there
-    ("mysql+nodriver://finch:secret@127.0.0.1/db", "cannot open the database"),  # no such driver
+    ("mysql+nodriver://finch:secret@127.0.0.1/db", "'mysql+nodriver' is no database (or driver) SQLAlchemy knows"),
+    ("mysql2://finch:secret@127.0.0.1/db", "'mysql2' is no database (or driver) SQLAlchemy knows; use sqlite:///"),
 ])
 def test_no_storage_url_is_printed_with_its_password(tmp_path, capsys, url, said):
     """Every path through which a storage URL reaches a message masks its password, parsed or not."""

@@ -147,6 +147,27 @@ def test_mlflow_failure_is_one_warning_and_training_finishes(monkeypatch, tmp_pa
     assert jsonl_steps(tmp_path / "run", "loss") == [1, 2, 3, 4]
 
 
+def test_an_mlflow_server_that_does_not_answer_is_one_warning_within_seconds(monkeypatch, tmp_path, data, tokenizer,
+                                                                            caplog):
+    """MLflow's client retries a refused connection for about 4 minutes, in silence, before the first step."""
+    import socket
+    import time
+
+    pytest.importorskip("mlflow")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://me:secret@127.0.0.1:{port}/")
+    trainer = make_trainer(tmp_path, data, tokenizer, "mlflow", eval_strategy="no", save_strategy="no")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="finch"):
+        output = trainer.train()
+    assert time.monotonic() - started < 30 and output.global_step == 4
+    warnings = [r.getMessage() for r in caplog.records if "MLflow failed" in r.getMessage()]
+    assert len(warnings) == 1 and f"no tracking server answers at http://me:***@127.0.0.1:{port}/" in warnings[0]
+    assert "secret" not in warnings[0]
+
+
 def test_mlflow_long_parameters_are_cut_and_nested_runs_have_their_parent(mlflow_uri, monkeypatch, tmp_path, data,
                                                                           tokenizer):
     from mlflow import MlflowClient

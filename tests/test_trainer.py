@@ -397,3 +397,48 @@ def test_balanced_class_weights_without_a_training_set_leave_evaluation_unweight
     args = quiet_args(tmp_path, class_weights="balanced")
     trainer = Trainer(model=tiny_bert(), args=args, processing_class=tokenizer)
     assert trainer._class_weights() is None and "eval_loss" in trainer.evaluate(toy)
+
+
+def test_python_api_mistakes_are_named_before_training_not_left_to_a_traceback_or_ignored(tmp_path, toy, tokenizer):
+    """Each was an AttributeError, a FileExistsError, or silently nothing (a callback never called, labels that
+    never reach compute_metrics)."""
+    from conftest import quiet_args
+
+    from finch.errors import ConfigError, OutputError
+
+    with pytest.raises(ConfigError, match=r"takes a model object, not str 'some/folder': load it first, e.g. model = "
+                                          r"AutoModelForSequenceClassification.from_pretrained\('some/folder'"):
+        Trainer(model="some/folder", args=quiet_args(tmp_path), processing_class=tokenizer)
+    for not_a_callback in (42, lambda *args: None):
+        with pytest.raises(ConfigError, match=r"callbacks: .* is not a callback: it has none of the event methods"):
+            Trainer(model=tiny_bert(), args=quiet_args(tmp_path), train_dataset=toy, processing_class=tokenizer,
+                    callbacks=[not_a_callback])
+    trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, max_steps=1, label_names=["target"]),
+                      train_dataset=toy, processing_class=tokenizer)
+    with pytest.raises(ConfigError, match=r"label_names=\['target'\]: \['target'\] is no column of train_dataset"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(OutputError, match="a file of that name exists; the model is a folder"):
+        trainer.save_model(str(tmp_path / "a-file"))
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_an_optimizer_made_for_another_model_is_refused_before_a_step(tmp_path, toy, tokenizer):
+    """It trained the other model's parameters: the model passed as model= and saved never changed, silently."""
+    from conftest import quiet_args
+
+    from finch.errors import ConfigError
+
+    model = tiny_bert()
+    before = weights_of(model)
+    trainer = Trainer(model=model, args=quiet_args(tmp_path, max_steps=2), train_dataset=toy,
+                      processing_class=tokenizer, optimizers=(torch.optim.SGD(tiny_bert().parameters(), lr=0.1), None))
+    with pytest.raises(ConfigError, match=r"optimizers=\(SGD, \.\.\.\) holds none of the model's parameters"):
+        trainer.train()
+    assert all(torch.equal(value, model.state_dict()[name]) for name, value in before.items())
+    with pytest.raises(ConfigError, match=r"give a pair \(optimizer, lr_scheduler\)"):
+        Trainer(model=model, args=quiet_args(tmp_path), processing_class=tokenizer, optimizers=(None,))
+    own = Trainer(model=model, args=quiet_args(tmp_path, max_steps=1), train_dataset=toy, processing_class=tokenizer,
+                  optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
+    assert own.train().global_step == 1

@@ -189,6 +189,9 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
     launch.add_argument("--rdzv-endpoint", help="HOST:PORT where the machines meet (node 0's address)")
     launch.add_argument("--rdzv-id", help="the job's id, the same on every machine and new for each job (e.g. "
                                           "$SLURM_JOB_ID): a restart resumes only this job's checkpoints")
+    launch.add_argument("--rdzv-timeout", type=_positive_int, metavar="SECONDS",
+                        help="with --nnodes: how long the machines wait for each other before giving up "
+                             "(default 600)")
     launch.add_argument("--max-restarts", type=int, help="restart every process this many times after a failure; "
                                                          "each restart resumes from the newest whole checkpoint "
                                                          "this launch saved")
@@ -288,11 +291,12 @@ def run_train(flags: dict[str, Any]) -> int:
     """Resolve options, check the data, fine-tune, evaluate, save; print the metrics and where things are.
     With `--nproc-per-node`, check the options, then relaunch as that many processes through torchrun."""
     from finch.cli import config as config_files
-    from finch.cli.job import resolve_options, training_arguments
+    from finch.cli.job import plan_resume_early, resolve_options, training_arguments
     from finch.distributed.runtime import Launch
-    from finch.distributed.torchrun import launched_by_torchrun, relaunch
-    from finch.runs.files import check_no_earlier_outputs, run_lock
+    from finch.distributed.torchrun import check_launch_flags_need_processes, launched_by_torchrun, relaunch
+    from finch.runs.files import check_no_earlier_outputs, check_output_dir, run_lock
 
+    check_launch_flags_need_processes(flags)
     options = resolve_options(flags)
     if flags.get("print_config"):
         training_arguments(options)  # validated, so what is printed would run
@@ -302,7 +306,9 @@ def run_train(flags: dict[str, Any]) -> int:
     if flags.get("nproc_per_node") and not launched_by_torchrun():
         if fresh:
             check_no_earlier_outputs(options["output_dir"])  # said once, here, not once per process
-        training_arguments(options)  # a mistake in the flags shows once, here, not once per process
+        checked = training_arguments(options)  # a mistake in the flags shows once, here, not once per process
+        check_output_dir(checked.output_dir)  # and the folder and the resume, before any process starts
+        plan_resume_early(checked, options.get("resume"))
         return relaunch(flags["argv"], flags, "train")
     # one run at a time per output folder, held by the process that writes it, from this check to the last file
     writer = int(os.environ.get("RANK", "0")) == 0
@@ -364,10 +370,11 @@ def run_search(flags: dict[str, Any]) -> int:
     """Search hyperparameters on the job's data (see `finch.cli.search`); print the best trial and the model."""
     from finch.cli.job import prepare, resolve_options, training_arguments
     from finch.cli.search import check_not_a_training_run, check_search_inputs, search_job, show_study
-    from finch.distributed.torchrun import launched_by_torchrun, relaunch
+    from finch.distributed.torchrun import check_launch_flags_need_processes, launched_by_torchrun, relaunch
     from finch.errors import ConfigError
     from finch.report.search_page import try_write_search_report
 
+    check_launch_flags_need_processes(flags)
     options = resolve_options(flags)
     if flags.get("show"):
         print(show_study(options["output_dir"], flags.get("storage"), flags.get("study_name")))
@@ -423,11 +430,12 @@ def run_predict(flags: dict[str, Any]) -> int:
 def run_report(flags: dict[str, Any]) -> int:
     """Write the HTML report of a run's output folder and print where it is."""
     from finch.report.write import write_report
-    from finch.runs.files import check_output_file
+    from finch.runs.files import check_not_another_runs_report, check_output_file
 
     if flags.get("out"):
         check_output_file(flags["out"], suffixes=(".html", ".htm"), command="report",
                           overwrite=flags.get("overwrite", False))
+        check_not_another_runs_report(flags["out"], flags["output_dir"])
     print(f"report: {write_report(flags['output_dir'], flags.get('out'))}")
     return 0
 

@@ -262,6 +262,7 @@ def prepare(options: dict[str, Any]) -> Job:
     if args.push_to_hub:
         check_can_push(args)  # offline or no token: said now, before the data is read
     _check_freeze_spec(options.get("freeze"))
+    plan_resume_early(args, options.get("resume"))
     splits = load_splits(options.get("train"), options.get("validation"), options.get("text_columns"),
                          options.get("label_column"), seed=args.seed, strict=bool(options.get("strict")),
                          **({"encoding": options["encoding"]} if options.get("encoding") else {}))
@@ -295,6 +296,16 @@ def prepare(options: dict[str, Any]) -> Job:
                              len(tokenized["validation"]))
     build = _trainer_factory(model_name, splits.task, tokenized, tokenizer, options, metrics)
     return Job(args, splits, card, build, watch, metrics)
+
+
+def plan_resume_early(args: TrainingArguments, resume: str | None) -> None:
+    """The resume checks that need neither the data nor the model (another run's checkpoints in a fresh run's
+    folder, no such checkpoint, a damaged one, other arguments), before the data is read and tokenized (minutes for
+    a big file); `_plan_resume` repeats them with the data's and model's fingerprints."""
+    from finch.distributed.runtime import Launch
+    from finch.runs.resume import plan_resume
+
+    plan_resume(args.output_dir, True if resume == "auto" else resume, args, None, Launch.from_environment())
 
 
 def _plan_resume(args: TrainingArguments, resume: str | None, train: Any, config: Any, task: Task) -> None:

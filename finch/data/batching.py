@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -30,9 +30,11 @@ def model_input_names(model: torch.nn.Module) -> set[str]:
 
 
 def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns: bool,
-                    label_names: Sequence[str] = ()) -> tuple[Any, list[str]]:
+                    label_names: Sequence[str] = (), own_collator: bool = False) -> tuple[Any, list[str]]:
     """Rename `label` to `labels` when the model wants `labels`, and drop columns the model does not take, but the
-    `label_names` (a custom `compute_loss` reads those, as HF keeps them).
+    `label_names` (a custom `compute_loss` reads those, as HF keeps them). For the user's own collator
+    (`own_collator`), the label columns are kept as they are named, as HF passes them (a collator written for HF
+    reads `example["label"]`).
 
     Returns the dataset and the dropped column names. Datasets without column names (plain torch datasets, lists
     of dicts) are returned unchanged.
@@ -41,12 +43,14 @@ def prepare_dataset(dataset: Any, model: torch.nn.Module, remove_unused_columns:
     if columns is None:
         return dataset, []
     accepted = model_input_names(model)
-    if "label" in columns and "label" not in accepted and "labels" in accepted and "labels" not in columns:
+    if "label" in columns and "label" not in accepted and "labels" in accepted and "labels" not in columns and \
+            not own_collator:
         dataset = dataset.rename_column("label", "labels")
         columns = dataset.column_names
     if not remove_unused_columns or not accepted:  # forward(**kwargs) alone: it may take anything
         return dataset, []
-    unused = [c for c in columns if c not in accepted and c not in label_names]
+    kept = set(label_names) | (set(LABEL_COLUMNS) if own_collator else set())
+    unused = [c for c in columns if c not in accepted and c not in kept]
     return (dataset.remove_columns(unused) if unused else dataset), unused
 
 
@@ -54,6 +58,13 @@ def check_map_style(dataset: Any, what: str) -> None:
     """Raise `ConfigError` for a dataset without a length or indexing (streaming `datasets.IterableDataset`,
     `torch.utils.data.IterableDataset`, a generator): finch plans each epoch's batches from (seed, epoch), which
     needs both, and so do exact resume and length-grouped batches."""
+    if isinstance(dataset, Mapping):  # a DatasetDict, or a dict of sets: one of them was meant
+        keys = list(dataset)
+        raise ConfigError(f"{what} is a {type(dataset).__name__} of {len(keys)} split(s) {keys}, not one dataset: "
+                          f"pass one split, e.g. {what}=dataset[{(keys or ['train'])[0]!r}]")
+    if type(dataset).__module__.startswith("pandas"):  # indexing by position fails in the loader (KeyError: 0)
+        raise ConfigError(f"{what} is a pandas {type(dataset).__name__}: make it a dataset first, "
+                          f"datasets.Dataset.from_pandas(frame), then tokenize it with dataset.map(...)")
     if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
         return
     raise ConfigError(f"{what} ({type(dataset).__name__}) has no length or indexing (a streaming dataset?): "
@@ -64,19 +75,19 @@ def check_map_style(dataset: Any, what: str) -> None:
                       f"__getitem__")
 
 
-def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequence[int] | None = None) -> None:
+def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequence[int] | None = None,
+                  tokenizing_collator: bool = False) -> None:
     """Raise `DataError` for mistakes that torch would report from deep inside the forward pass, with the fix: an
     untokenized dataset, texts longer than the model's positions, labels that are strings or outside the model's
-    `num_labels`. Datasets without column names (torch datasets, lists) are not checked."""
+    `num_labels`. Datasets without column names (torch datasets, lists) are checked for tokens by their first
+    example. `tokenizing_collator`: the user's data_collator gets every column, and may tokenize itself."""
     columns = getattr(dataset, "column_names", None)
+    if not tokenizing_collator:
+        check_tokenized(dataset, model, what, columns or first_example_keys(dataset))
     if columns is None:
         return
     config = getattr(model, "config", None)
     main = getattr(model, "main_input_name", "input_ids")
-    if main in model_input_names(model) and main not in columns and "inputs_embeds" not in columns:
-        raise DataError(f"{what} has no {main!r} column (its columns: {columns}): it is not tokenized. Tokenize it "
-                        f"first, e.g. dataset.map(lambda batch: tokenizer(batch['text'], truncation=True), "
-                        f"batched=True)")
     limit = getattr(config, "max_position_embeddings", None)
     if lengths and _nested(dataset, main):  # multiple choice: the limit is per sequence, not per example
         lengths = [max(map(len, row), default=0) for row in dataset[main]]
@@ -117,6 +128,34 @@ def check_dataset(dataset: Any, model: torch.nn.Module, what: str, lengths: Sequ
                             f"not a class of the model, which has num_labels={num_labels} (ids 0 to "
                             f"{num_labels - 1}); build it with num_labels={max(highest + 1, num_labels)} (and "
                             f"id2label), or fix the labels")
+
+
+def check_tokenized(dataset: Any, model: torch.nn.Module, what: str, columns: Sequence[str] | None) -> None:
+    """Raise `DataError` when the model reads token ids (its forward takes its `main_input_name`, input_ids for
+    text) and `columns` have neither them nor `inputs_embeds`: raw text, which the collator or the forward would
+    refuse with a message about neither the dataset nor the fix."""
+    main = getattr(model, "main_input_name", "input_ids")
+    accepted = model_input_names(model)
+    if columns is None or main not in accepted or main in columns or "inputs_embeds" in columns:
+        return
+    reads = [name for name in (main, "attention_mask", "token_type_ids", "pixel_values", "inputs_embeds")
+             if name in accepted]
+    texts = [name for name in columns if name not in LABEL_COLUMNS][:2] or ["text"]
+    call = ", ".join(f"batch[{name!r}]" for name in texts)
+    raise DataError(f"{what} has no {main!r} column (its columns: {list(columns)}): it is not tokenized, and "
+                    f"{type(model).__name__} reads {', '.join(reads)}. Tokenize it first: "
+                    f"dataset = dataset.map(lambda batch: tokenizer({call}, truncation=True), batched=True) (a "
+                    f"data_collator of your own that tokenizes each batch needs remove_unused_columns=False, so "
+                    f"the text reaches it)")
+
+
+def first_example_keys(dataset: Any) -> list[str] | None:
+    """The keys of a dataset's first example when it is a dict (a list of dicts, a torch Dataset), else None."""
+    try:
+        first = dataset[0] if len(dataset) else None
+    except Exception:  # noqa: BLE001 (a dataset that cannot be indexed so: the loader will say)
+        return None
+    return [str(key) for key in first] if isinstance(first, Mapping) else None
 
 
 def _nested(dataset: Any, column: str) -> bool:
@@ -375,7 +414,8 @@ def class_weights(spec: str | Sequence[float] | None, dataset: Any, label_names:
     """
     if spec is None:
         return None
-    column = next((name for name in label_names if name in (getattr(dataset, "column_names", None) or [])), None)
+    present = getattr(dataset, "column_names", None) or []
+    column = next((name for name in (*label_names, *LABEL_COLUMNS) if name in present), None)
     classes = _num_classes(dataset, column)
     if spec == "balanced":
         if column is None:

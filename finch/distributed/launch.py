@@ -132,6 +132,7 @@ def launch(command: list[str], command_name: str) -> int:
     """Run torchrun's agent for `command` (`launch_command`'s) in this process; finch's exit code."""
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.rendezvous.api import RendezvousTimeoutError
     from torch.distributed.launcher import api as launcher_api
 
     arguments = torchrun.parse_args(command[3:])  # after `python -m torch.distributed.run`
@@ -154,6 +155,11 @@ def launch(command: list[str], command_name: str) -> int:
             return _ending(agent, {rank: failure.exitcode for rank, failure in failed.failures.items()}, None)
         except SignalException as stopped:
             return _ending(agent, {}, stopped.sigval)
+        except RendezvousTimeoutError:
+            raise ConfigError(f"the {config.max_nodes} machines did not all join at {config.rdzv_endpoint} within "
+                              f"{config.rdzv_configs.get('join_timeout')} s (--rdzv-timeout): start the same command "
+                              f"on every machine, each with its own --node-rank, the same --nnodes and "
+                              f"--rdzv-endpoint (node 0's address, reachable from every machine)") from None
         finally:
             launcher_api.LocalElasticAgent = ordinary
             os.environ.pop(REPORTS_ENV, None)
@@ -199,8 +205,9 @@ def _show(agent: Any, found: dict[int, Outcome], exits: dict[int, int]) -> None:
     """Print why the attempt ended, each distinct message once: the ranks' own messages, then the ranks that ended
     without one (killed); "lost the others" only when nothing else says why."""
     messages = [outcome.message for _, outcome in sorted(found.items()) if outcome.message and outcome.kind != "peer"]
+    said = bool(messages)  # then the agent's SIGTERM to the others is no news: it stopped them because of those
     for rank, code in sorted(exits.items()):
-        if rank not in found and code not in (0, EXIT_PREEMPTED):
+        if rank not in found and code not in (0, EXIT_PREEMPTED) and not (said and code == -signal.SIGTERM):
             messages.append(f"finch {agent.command_name}: process {rank} {_ended_by(code)} without a message (out "
                             f"of memory, or killed?)")
     if not messages:

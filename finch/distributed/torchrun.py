@@ -201,7 +201,9 @@ def _leave_group() -> None:
 
 # ---- launching: `finch train --nproc-per-node N` --------------------------------------------------------------------
 LAUNCH_FLAGS = {"--nproc-per-node": "nproc_per_node", "--nnodes": "nnodes", "--node-rank": "node_rank",
-                "--rdzv-endpoint": "rdzv_endpoint", "--rdzv-id": "rdzv_id", "--max-restarts": "max_restarts"}
+                "--rdzv-endpoint": "rdzv_endpoint", "--rdzv-id": "rdzv_id", "--rdzv-timeout": "rdzv_timeout",
+                "--max-restarts": "max_restarts"}
+RDZV_TIMEOUT = 600  # seconds the machines wait for each other (torchrun's c10d join_timeout default)
 
 
 def launched_by_torchrun() -> bool:
@@ -228,9 +230,35 @@ def launch_command(command_args: list[str], flags: dict[str, Any]) -> list[str]:
                     f"--rdzv-endpoint={flags['rdzv_endpoint']}"]
         if flags.get("rdzv_id"):
             command.append(f"--rdzv-id={flags['rdzv_id']}")
+        command.append(f"--rdzv-conf=join_timeout={rendezvous_timeout(flags)}")
     if flags.get("max_restarts"):
         command.append(f"--max-restarts={flags['max_restarts']}")
     return [*command, "-m", "finch.cli", *command_args]
+
+
+def check_launch_flags_need_processes(flags: dict[str, Any]) -> None:
+    """Raise `ConfigError` for launch flags given without --nproc-per-node: the command would train as one process
+    here, the other machines' flags ignored, and a user who meant several machines would not know."""
+    if flags.get("nproc_per_node") or launched_by_torchrun():
+        return
+    given = [flag for flag, name in LAUNCH_FLAGS.items() if flags.get(name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} given without --nproc-per-node: they describe a launch through "
+                          f"torchrun, and without it this command trains as one process. Add --nproc-per-node N "
+                          f"(processes on this machine, e.g. --nproc-per-node 1 for one per machine), or drop them")
+
+
+def rendezvous_timeout(flags: dict[str, Any]) -> int:
+    return int(flags.get("rdzv_timeout") or RDZV_TIMEOUT)
+
+
+def waiting_line(flags: dict[str, Any], command_name: str) -> str:
+    """What a machine of a several-machine launch waits for, said before it waits (minutes, maybe, in silence)."""
+    nodes, rank = int(flags["nnodes"]), int(flags.get("node_rank") or 0)
+    others = ", ".join(str(other) for other in range(nodes) if other != rank)
+    return (f"finch {command_name}: waiting for all {nodes} machines at {flags['rdzv_endpoint']} (this is node "
+            f"{rank}); giving up after {rendezvous_timeout(flags)} s (--rdzv-timeout). Start the same command on each "
+            f"other machine with --node-rank {others} (the same --nnodes and --rdzv-endpoint)")
 
 
 def without_launch_flags(argv: list[str]) -> list[str]:
@@ -255,6 +283,8 @@ def relaunch(argv: list[str], flags: dict[str, Any], command_name: str) -> int:
     command = launch_command(without_launch_flags(argv), flags)
     if flags.get("rdzv_endpoint"):
         launch.check_rendezvous_port(flags["rdzv_endpoint"])
+    if int(flags.get("nnodes") or 1) > 1:
+        print(waiting_line(flags, command_name), file=sys.stderr, flush=True)
     logger.info("launching: %s", " ".join(command))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -24,7 +24,9 @@ import json
 import logging
 import os
 import re
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -195,6 +197,26 @@ def _environment_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+REACH_SECONDS = 5  # how long the start of a tracker's run waits for its server to accept a connection
+
+
+def _check_reachable(uri: str) -> None:
+    """Raise `ConnectionError` when an http(s) tracking server does not accept a connection within `REACH_SECONDS`.
+
+    MLflow's client retries a refused or silent server 7 times with a growing back-off (about 4 minutes) before it
+    fails, in silence: the run would seem hung before its first step. Checked once, at the start."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=REACH_SECONDS):
+            pass
+    except OSError as error:
+        raise ConnectionError(f"no tracking server answers at {mask_secrets(uri)} within {REACH_SECONDS} s "
+                              f"({error}); check MLFLOW_TRACKING_URI and that the server runs") from None
+
+
 class MLflowCallback(TrackerCallback):
     """Logs parameters and metrics to MLflow (HF's class name and environment variables).
 
@@ -217,6 +239,7 @@ class MLflowCallback(TrackerCallback):
     def _start(self, args: TrainingArguments, state: TrainerState, model: Any,
                reattach: dict[str, Any] | None) -> dict[str, Any]:
         mlflow = importlib.import_module("mlflow")
+        _check_reachable(os.environ.get("MLFLOW_TRACKING_URI") or "")
         self.client = client = mlflow.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None)
         run_id = (reattach or {}).get("run_id") or os.environ.get("MLFLOW_RUN_ID")
         if run_id:

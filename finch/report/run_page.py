@@ -59,6 +59,10 @@ class RunFiles:
         if not folder.is_dir():
             raise ConfigError(f"{folder} is not a folder; give the output folder of a run (finch train's "
                               f"--output-dir, the Trainer's output_dir)")
+        if (folder / "config.json").is_file() and not (folder / "log.jsonl").exists() and \
+                (folder.parent / "log.jsonl").is_file():
+            raise ConfigError(f"{folder} is a model (or checkpoint) folder of the run in {folder.parent}, not the "
+                              f"run's output folder; its report: finch report {folder.parent}")
         notes: list[str] = []
         files = cls(folder, log=_last_run(_read_jsonl(folder / "log.jsonl", notes)),
                     metrics=_read_json(folder / "metrics.json", notes),

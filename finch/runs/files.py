@@ -175,6 +175,17 @@ def check_output_file(path: str | Path, *, inputs: tuple[str | Path, ...] = (), 
     _check_can_write(path)
 
 
+def check_not_another_runs_report(out: str | Path, output_dir: str | Path) -> None:
+    """Raise `OutputError` when a report's `--out` lands in another run's (or search's) folder: a reader there
+    would take it for that run's report (and its own report, at that name, would be replaced)."""
+    folder = Path(out).resolve().parent
+    if folder == Path(output_dir).resolve() or not any((folder / name).exists() for name in FOLDER_MARKERS):
+        return
+    raise OutputError(f"--out {out} is in the folder of another run or model ({folder}), not of {output_dir}: a "
+                      f"reader there would take it for that folder's report; choose an --out outside it (the "
+                      f"default is {Path(output_dir) / 'report.html'})")
+
+
 def _run_around(folder: Path) -> Path:
     """`folder`, or the run folder around it when it is finch train's DIR/model (the run has its log.jsonl)."""
     return folder.parent if (folder.parent / "log.jsonl").is_file() else folder

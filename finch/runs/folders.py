@@ -78,8 +78,10 @@ def verify(folder: str | Path) -> str | None:
     inside = folder.resolve()
     for name, expected in listed.items():
         path = folder / name
-        if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(inside):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
             return f"{MANIFEST} names {name!r}, which is outside the checkpoint folder (refused)"
+        if not path.resolve().is_relative_to(inside):
+            return _link_out(folder, name)
         if not isinstance(expected, dict) or not {"size", "sha256"} <= expected.keys():
             return f"{MANIFEST} has no size and checksum for {name!r}"
         if not path.is_file():
@@ -92,6 +94,21 @@ def verify(folder: str | Path) -> str | None:
     if unlisted:
         return f"{unlisted[0]} is not listed in {MANIFEST} (added after the save?)"
     return None
+
+
+def _link_out(folder: Path, name: str) -> str:
+    """The message for a listed file that a symbolic link (the file's own, or a folder's on its way) leads out of
+    the checkpoint: finch reads only what is inside a checkpoint, and says which link and where it points."""
+    link = folder
+    for part in Path(name).parts:
+        link = link / part
+        if link.is_symlink():
+            target = os.readlink(link)
+            broken = "" if link.exists() else ", which does not exist"
+            return (f"{link.relative_to(folder)} is a symbolic link to {target}{broken}, outside the checkpoint "
+                    f"folder: finch reads only files inside a checkpoint (refused). If it is this checkpoint's own "
+                    f"file, replace the link by a copy: cp --remove-destination \"$(readlink -f {link})\" {link}")
+    return f"{MANIFEST} names {name!r}, which is outside the checkpoint folder (refused)"
 
 
 def state_problem(folder: str | Path) -> str | None:
@@ -238,6 +255,9 @@ def latest_checkpoint_of_launch(output_dir: str | Path, launch_id: str) -> Path 
     return next((folder for folder in sorted(saved, key=saved_at, reverse=True) if whole(folder)), None)
 
 
+_SKIPPED: set[tuple[str, str]] = set()  # (folder, problem) already warned about in this process
+
+
 class _WholeCheckpoints:
     """`verify` once per folder (it reads every byte), warning once about each damaged one."""
 
@@ -247,7 +267,9 @@ class _WholeCheckpoints:
     def __call__(self, folder: Path) -> bool:
         if folder not in self.problems:
             self.problems[folder] = verify(folder) or state_problem(folder)
-            if self.problems[folder] is not None and not self.quiet:
+            said = (str(folder), self.problems[folder])
+            if self.problems[folder] is not None and not self.quiet and said not in _SKIPPED:
+                _SKIPPED.add(said)  # the CLI's checks and train() look at the same folders: said once
                 logger.warning("skipping %s: %s", folder, self.problems[folder])
         return self.problems[folder] is None
 

@@ -164,6 +164,12 @@ def _folder_to_resume(output_dir: Path, resume: str | Path | bool) -> Path:
                            "runs' checkpoints are left alone: %s", output_dir, found, describe_runs(others))
         return found
     folder = Path(resume)
+    if folder.is_file() and is_checkpoint(folder.parent):
+        raise ResumeError(f"{folder} is a file of a checkpoint, not a checkpoint folder: pass its folder, "
+                          f"{folder.parent}")
+    if folder.is_file():
+        raise ResumeError(f"{folder} is a file, not a checkpoint folder: pass a {PREFIX}<step> folder, or "
+                          f"resume_from_checkpoint=True (CLI: --resume auto) for the newest one in {output_dir}")
     if not folder.is_dir():
         places = dict.fromkeys(p for p in (output_dir, folder.parent) if p.is_dir())
         present = [f"{place}: {', '.join(f.name for f in checkpoints(place)) or 'none'}" for place in places]

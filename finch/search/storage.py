@@ -87,6 +87,7 @@ def check_storage_url(url: str, create: bool = True) -> tuple[str, str]:
             not exist, or (with `create=False`) a SQLite file that does not exist.
     """
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import NoSuchModuleError
 
     shown = mask_secrets(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -99,6 +100,12 @@ def check_storage_url(url: str, create: bool = True) -> tuple[str, str]:
         hint = f"; {_ENCODE_HINT}" if "@" in url else ""
         raise ConfigError(f"storage {shown} is not a database URL ({_hidden(error, url)}); use "
                           f"sqlite:///path/search.db or postgresql://user:password@host:5432/dbname{hint}") from error
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(f"storage {shown}: {parsed.drivername!r} is no database (or driver) SQLAlchemy knows; use "
+                          f"sqlite:///path/search.db, postgresql://user:password@host:5432/dbname or "
+                          f"mysql+pymysql://user:password@host/dbname") from None
     if not scheme.startswith("sqlite") and url.partition("://")[2].count("@") > 1:
         raise ConfigError(f"storage {shown}: the part after the user name holds more than one '@', so the host "
                           f"cannot be told from the password; {_ENCODE_HINT}")

@@ -36,6 +36,12 @@ class CallbackHandler:
 
     def add(self, callback: Any) -> None:
         callback = callback() if isinstance(callback, type) else callback
+        if not isinstance(callback, TrainerCallback) and not any(callable(getattr(callback, event.value, None))
+                                                                 for event in Event):
+            raise ConfigError(f"callbacks: {type(callback).__name__} {callback!r:.60} is not a callback: it has none "
+                              f"of the event methods (on_log, on_evaluate, on_save, ...), so it would never be "
+                              f"called. Subclass TrainerCallback (from finch import TrainerCallback) and define the "
+                              f"events it acts on")
         if any(type(existing) is type(callback) for existing in self.callbacks):
             logger.warning("Adding a second %s; the trainer now has two.", type(callback).__name__)
         for line in unknown_overrides(callback):

@@ -5,7 +5,6 @@ outputs, moving them to the CPU batch by batch, restoring dataset order, and `co
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import time
@@ -79,11 +78,15 @@ class EvaluationMixin:
                               f"return metric names mapped to numbers, e.g. {{'accuracy': 0.91, 'f1': 0.88}}")
         metrics = {str(key): plain(value) for key, value in result.items()}
         for key, value in metrics.items():
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"compute_metrics={name} returned {key!r}: {type(value).__name__} {value!r:.80}, "
-                                  f"which cannot be logged: return numbers (or strings, or lists of numbers)") from None
+            if not isinstance(value, (int, float)):  # bool is an int
+                raise ConfigError(
+                    f"compute_metrics={name} returned {key!r}: {_described(result[key])}, not a number"
+                    + (f" (finch tries it on {METRICS_CHECK_ROWS} evaluation rows before training, so this shows "
+                       f"early)" if before_training else "") +
+                    ". Every metric is one number: the logs, checkpoints' trainer_state.json, trackers, the best "
+                    "model's choice and the report's curves need one (HF's Trainer logs any value as it is). Return "
+                    "one key per number, e.g. {'f1_class0': 0.91, 'f1_class1': 0.88} for per-class scores, "
+                    "float(tensor) for a one-element tensor, and leave text (a classification report) out of it")
         return metrics
 
     # ---- evaluation and prediction -------------------------------------------------------------------------------
@@ -166,9 +169,10 @@ class EvaluationMixin:
         model, args, runtime = self.model, self.args, self.runtime
         given, name = dataset, "the evaluation dataset" if prefix == "eval" else f"the {prefix} dataset"
         batching.check_map_style(dataset, name)
-        dataset, _ = batching.prepare_dataset(dataset, model, args.remove_unused_columns, self.label_names)
+        dataset, _ = batching.prepare_dataset(dataset, model, args.remove_unused_columns, self.label_names,
+                                              self._own_collator)
         lengths = batching.example_lengths(dataset)
-        batching.check_dataset(given, model, name, lengths)
+        batching.check_dataset(given, model, name, lengths, self._tokenizing_collator())
         batches = batching.eval_batches(len(dataset), args.per_device_eval_batch_size, lengths)
         return dataset, batches, self._loader(dataset, batches[runtime.rank::runtime.world_size])
 
@@ -312,8 +316,16 @@ def split_outputs(outputs: Any, has_labels: bool, ignore_keys: Sequence[str] = (
     return loss, (rest[0] if len(rest) == 1 else tuple(rest))
 
 
+def _described(value: Any) -> str:
+    """A metric's value for a message: its type, its shape when it has one, and the start of its text."""
+    shape = getattr(value, "shape", None)
+    shaped = f" of shape {tuple(shape)}" if shape is not None else (
+        f" of {len(value)} items" if isinstance(value, (list, tuple)) else "")
+    return f"{type(value).__name__}{shaped} {value!r:.80}"
+
+
 def plain(value: Any) -> Any:
-    """A metric as Python numbers: NumPy and torch scalars (0-d arrays and one-element tensors included) become
+    """A metric as Python numbers: NumPy and torch scalars (one-element arrays and tensors included) become
     float/int/bool, arrays lists, in dicts and lists too; as HF's `denumpify_detensorize`, which misses 0-d arrays."""
     if isinstance(value, Mapping):
         return {key: plain(item) for key, item in value.items()}
@@ -322,7 +334,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
     if isinstance(value, (np.ndarray, np.generic)):
-        return value.item() if value.ndim == 0 else value.tolist()
+        return value.item() if value.size == 1 else value.tolist()
     return value
 
 

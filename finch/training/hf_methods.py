@@ -27,7 +27,7 @@ class HFMethodsMixin:
             raise ValueError("Trainer: training requires a train_dataset.")
         args, runtime = self.args, self.runtime
         dataset, _ = batching.prepare_dataset(self.train_dataset, self.model, args.remove_unused_columns,
-                                              self.label_names)
+                                              self.label_names, self._own_collator)
         lengths = batching.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
         steps = self._epoch_steps(len(dataset), lengths, 0)
         return self._loader(dataset, [batching.rank_share(batch, runtime.rank, runtime.world_size)[0]

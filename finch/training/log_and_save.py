@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from finch.errors import OutputError
 from finch.events import Event
 from finch.observers.hub import Hub
 from finch.runs import adapters, checkpoint
@@ -62,6 +63,9 @@ class OutputsMixin:
         Rank 0 writes (each machine's first process with `save_on_each_node`); every rank returns once the folder is
         complete."""
         folder = Path(output_dir or self.args.output_dir)
+        if folder.exists() and not folder.is_dir():  # (os.makedirs' FileExistsError otherwise)
+            raise OutputError(f"save_model({str(folder)!r}): a file of that name exists; the model is a folder (its "
+                              f"weights, config and tokenizer): pass a folder path")
         self._checkpoint_writer.wait()  # a checkpoint still being written (save_model called during training)
         weights, _ = self.runtime.full_state(self.model, None)  # FSDP2: the whole model, gathered to rank 0
         model = self.model

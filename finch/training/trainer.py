@@ -34,7 +34,7 @@ import transformers
 from transformers import EvalPrediction
 from transformers.trainer_utils import TrainOutput
 
-from finch.args import TrainingArguments, total_training_steps
+from finch.args import TrainingArguments, total_training_steps, unused_hub_options
 from finch.data import batching, buckets
 from finch.distributed.connect import runtime_for
 from finch.distributed.runtime import rng_state, set_seed
@@ -59,6 +59,39 @@ from finch.training.optim import create_optimizer, create_scheduler
 from finch.training.preemption import PreemptionGuard, TrainingPreempted
 
 logger = logging.getLogger("finch")
+_WARNED: set[str] = set()  # warnings about the arguments, said once per process (a search builds many trainers)
+
+
+def _moved_with_the_run(best: str | None, resumed: Path) -> str | None:
+    """The best checkpoint's path, in the folder of the checkpoint resumed when the run's folder was moved or
+    copied (or the path was relative to another working directory): it is saved as a path, and the old one would
+    load another folder's weights at the end (or none), and let rotation delete this run's best checkpoint."""
+    if best is None:
+        return None
+    here = resumed.parent / Path(best).name
+    if Path(best).parent.resolve() == resumed.parent.resolve() or not run_folders.is_checkpoint(here):
+        return best
+    logger.info("the best checkpoint %s is taken from this run's folder: %s (the run's folder was moved or copied)",
+                best, here)
+    return str(here)
+
+
+def _check_optimizer_of(optimizer: Any, model: torch.nn.Module) -> None:
+    """Raise `ConfigError` when the user's optimizer holds none of the model's parameters (made for another model
+    object): every step would update those, and the model being trained and saved would never change."""
+    held = [parameter for group in getattr(optimizer, "param_groups", []) for parameter in group["params"]]
+    mine = {id(parameter) for parameter in model.parameters()}
+    if held and not any(id(parameter) in mine for parameter in held):
+        raise ConfigError(f"optimizers=({type(optimizer).__name__}, ...) holds none of the model's parameters: it was "
+                          f"made for another model object, so training would never change this one. Make it from "
+                          f"this model: {type(optimizer).__name__}(model.parameters(), ...), after the model is "
+                          f"built (and passed as model=)")
+
+
+def _warn_once(message: str | None) -> None:
+    if message is not None and message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)
 
 
 @dataclass
@@ -174,6 +207,10 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             processing_class = processing_class if processing_class is not None else tokenizer
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"Trainer(model=...) takes a model object, not {type(model).__name__} {model!r:.80}: "
+                              f"load it first, e.g. model = AutoModelForSequenceClassification.from_pretrained("
+                              f"{str(model)!r:.80}, num_labels=...)")
         check_overrides(type(self), Trainer)  # an HF override point finch never calls: refused, not ignored
         self.args = as_finch_arguments(args, self.arguments_class)
         self.runtime = runtime_for(self.args)  # joins torchrun's process group when there is one
@@ -181,6 +218,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self.device, self.precision = self.runtime.device, self.runtime.precision
         # offline, no token, a repository that cannot be created: said now, not after training
         self.hub = Hub.for_trainer(self.args, self.runtime) if self.args.push_to_hub else None
+        if self.runtime.is_main_process:
+            _warn_once(unused_hub_options(self.args))
         if not self.runtime.is_main_process:
             logger.setLevel(logging.WARNING)  # one run header, not one per rank; warnings still show
         self.model_init = model_init
@@ -194,6 +233,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         multiple = batching.padding_multiple(self.args.pad_to_multiple_of, self.device.type,
                                              self.args.torch_compile and not self._shape_buckets,
                                              bf16=self.precision.name == "bf16" or self._shape_buckets)
+        self._own_collator = data_collator is not None  # it may tokenize: an untokenized dataset is then no mistake
         self.data_collator = (batching.with_padding_multiple(data_collator, multiple) if data_collator is not None
                               else batching.default_collator(processing_class, multiple))
         self.padding_multiple = getattr(self.data_collator, "pad_to_multiple_of", None)  # None: not ours to round
@@ -204,6 +244,9 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.compute_loss_func = compute_loss_func
+        if not isinstance(optimizers, (tuple, list)) or len(optimizers) != 2:
+            raise ConfigError(f"optimizers={optimizers!r:.80}: give a pair (optimizer, lr_scheduler), either of them "
+                              f"None for finch's own, e.g. optimizers=(torch.optim.AdamW(model.parameters()), None)")
         self.optimizer, self.lr_scheduler = optimizers
         if self.runtime.sharded and self.optimizer is not None:
             raise ConfigError("fsdp: finch makes the optimizer after sharding the model (it must hold the shards); "
@@ -299,6 +342,34 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         self._fire(Event.ON_EPOCH_END)
         self._agree_on_control()
 
+    def _tokenizing_collator(self) -> bool:
+        """Whether the user's data_collator gets the dataset's text columns (and may tokenize them itself)."""
+        return self._own_collator and not self.args.remove_unused_columns
+
+    def _check_label_names(self, prepared: Any) -> None:
+        """label_names given (TrainingArguments) that are no column of the training set: the labels would never
+        reach compute_metrics (no label_ids, so no metrics) and a custom compute_loss would get none."""
+        columns = getattr(prepared, "column_names", None) or batching.first_example_keys(prepared)
+        given = self.args.label_names
+        if not given or columns is None or self._own_collator:  # a collator of one's own may make the labels
+            return
+        missing = [name for name in given if name not in columns]
+        if missing:
+            raise ConfigError(f"label_names={given}: {missing} is no column of train_dataset (its columns: "
+                              f"{list(columns)}); name the columns that hold the labels (e.g. label_names=['labels'])"
+                              f", or leave label_names unset")
+
+    def _check_eval_tokenized(self, model: torch.nn.Module) -> None:
+        """Raw text in an evaluation set, said before the first step rather than at the first evaluation."""
+        sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
+        if self._tokenizing_collator():
+            return
+        for name, dataset in sets.items():
+            if dataset is not None and not isinstance(dataset, str):
+                batching.check_tokenized(dataset, model, f"the eval_{name} dataset" if name else "the evaluation "
+                                         "dataset", getattr(dataset, "column_names", None)
+                                         or batching.first_example_keys(dataset))
+
     def _start_run(self, resume_from_checkpoint: str | bool | None) -> TrainingRun:
         """Everything before the first step: the checks, the model (fresh from `model_init`), the plan, the
         optimizer and schedule, the state (or the checkpoint's, resuming), the output folder, the run header."""
@@ -319,11 +390,14 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             fingerprint = dataclasses.replace(fingerprint, model=model_fingerprint(self.model))
         model, device = self.model, self.device
         dataset, dropped = batching.prepare_dataset(self.train_dataset, model, args.remove_unused_columns,
-                                                    self.label_names)
+                                                    self.label_names, self._own_collator)
         lengths = batching.example_lengths(dataset) if args.train_sampling_strategy == "group_by_length" else None
         if self._shape_buckets:
             self._bucket_collator(lengths if lengths is not None else batching.example_lengths(dataset))
-        batching.check_dataset(self.train_dataset, model, "train_dataset", lengths)  # as given: its columns all named
+        batching.check_dataset(self.train_dataset, model, "train_dataset", lengths,  # as given: its columns all named
+                               self._tokenizing_collator())
+        self._check_eval_tokenized(model)
+        self._check_label_names(dataset)
         batching.check_cross_entropy_options(args, model)
         self._class_weights(dataset)  # "balanced" on data without labels, a list of the wrong length: said now
         steps_per_epoch = self._steps_per_epoch(len(dataset))
@@ -341,6 +415,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         runtime.shard(model, args)  # FSDP2, in place: before the optimizer takes the parameters
         if self.optimizer is None:
             self.optimizer = create_optimizer(model, args)
+        else:
+            _check_optimizer_of(self.optimizer, model)
         if self.lr_scheduler is None:
             self.lr_scheduler = create_scheduler(self.optimizer, args, max_steps)
         run = TrainingRun(
@@ -647,7 +723,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             dataset = prepared if prepared is not None else self.train_dataset
             if prepared is None and dataset is not None:
                 dataset = batching.prepare_dataset(dataset, self.model, self.args.remove_unused_columns,
-                                                   self.label_names)[0]
+                                                   self.label_names, self._own_collator)[0]
             weights = batching.class_weights(spec, dataset, self.label_names, self.device)
             self._weights_of = cached = (self.train_dataset, spec, self.device, weights)
         return cached[3]
@@ -804,6 +880,7 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         runtime = self.runtime
         saved = checkpoint.load_checkpoint(folder, self._run_state(run), rank=runtime.rank, sharded=runtime.sharded)
         state = continue_state(saved, fresh, folder)
+        state.best_model_checkpoint = _moved_with_the_run(state.best_model_checkpoint, folder)
         state.is_local_process_zero, state.is_world_process_zero = fresh.is_local_process_zero, \
             fresh.is_world_process_zero
         if not (folder / checkpoint.rng_file(runtime.rank)).exists():  # saved by fewer ranks (allowed, not exact)
