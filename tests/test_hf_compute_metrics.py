@@ -3,8 +3,8 @@ before the first step, metric values as Python numbers, inputs and losses for me
 """
 
 import json
+import logging
 import random
-import re
 
 import numpy as np
 import pytest
@@ -63,12 +63,12 @@ def test_compute_metrics_returning_a_number_names_the_function_and_the_fix(tmp_p
 
 
 def numpy_and_torch_metrics(eval_pred):
-    """What tutorials' metrics return: NumPy and torch scalars, a 0-d array, a one-element array."""
+    """What tutorials' metrics return: NumPy and torch scalars, a 0-d array, a one-element array, a per-class array."""
     logits, labels = eval_pred
     correct = logits.argmax(-1) == labels
     return {"accuracy": np.float32(correct.mean()), "correct": np.int64(correct.sum()), "perfect": np.bool_(
         correct.all()), "mean_logit": torch.tensor(float(logits.mean())), "zero_d": np.array(0.5),
-            "one_element": np.array([0.25])}
+            "one_element": np.array([0.25]), "per_class": np.array([1.0, 0.5])}
 
 
 def test_numpy_and_torch_metric_values_become_python_numbers_in_every_output(tmp_path, toy, tokenizer):
@@ -80,22 +80,50 @@ def test_numpy_and_torch_metric_values_become_python_numbers_in_every_output(tmp
     assert {type(metrics[f"eval_{k}"]) for k in ("accuracy", "mean_logit", "zero_d")} == {float}
     assert type(metrics["eval_correct"]) is int and type(metrics["eval_perfect"]) is bool
     assert metrics["eval_one_element"] == 0.25
+    assert metrics["eval_per_class"] == [1.0, 0.5]  # logged as a list, as HF's denumpify_detensorize gives it
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any(type(entry.get("eval_accuracy")) is float for entry in logged)
     assert type(trainer.predict(toy).metrics["test_accuracy"]) is float
 
 
-@pytest.mark.parametrize("value, described", [(object(), "object"), ("0.91", "str '0.91'"), (None, "NoneType None"),
-                                               ([0.9, 0.8], "list of 2 items"), (np.array([0.9, 0.8]), "of shape (2,)"),
-                                               (torch.tensor([0.9, 0.8]), "Tensor of shape (2,)")])
-def test_a_metric_that_is_not_one_number_is_refused_before_training_naming_the_key(tmp_path, toy, tokenizer, value,
-                                                                                   described):
+def test_a_metric_that_cannot_be_logged_is_refused_before_training(tmp_path, toy, tokenizer):
     trainer = Trainer(model=tiny_bert(), args=quiet_args(tmp_path, eval_strategy="epoch"), train_dataset=toy,
                       eval_dataset=toy, processing_class=tokenizer,
-                      compute_metrics=lambda eval_pred: {"accuracy": 0.5, "report": value})
-    with pytest.raises(ConfigError, match=rf"compute_metrics=.*'report': .*{re.escape(described)}.*not a number"):
+                      compute_metrics=lambda eval_pred: {"accuracy": 0.5, "report": object()})
+    with pytest.raises(ConfigError, match="'report': object .*cannot be logged: return numbers"):
         trainer.train()
     assert trainer.state.global_step == 0 and not (tmp_path / "run" / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize("value, logged, described", [
+    ("0.91", "0.91", "str '0.91'"), (None, None, "NoneType None"), ([0.9, 0.8], [0.9, 0.8], "list of 2 items"),
+    (np.array([0.9, 0.8]), [0.9, 0.8], "of shape (2,)"), (torch.tensor([0.5, 0.25]), [0.5, 0.25], "of shape (2,)")])
+def test_a_metric_that_is_not_one_number_is_logged_as_hf_logs_it_with_one_warning_naming_it(tmp_path, toy, tokenizer,
+                                                                                          caplog, value, logged,
+                                                                                          described):
+    """HF's Trainer logs text, lists and None as they are (tutorial code returning per-class scores runs): so does
+    finch, and says once, before training, that trackers, curves and the best model's choice will not see them."""
+    args = quiet_args(tmp_path, eval_strategy="epoch", num_train_epochs=2)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy, processing_class=tokenizer,
+                      compute_metrics=lambda eval_pred: {"accuracy": 0.5, "report": value})
+    with caplog.at_level(logging.WARNING, logger="finch"):
+        trainer.train()
+    warnings = [r.getMessage() for r in caplog.records if "not one number each" in r.getMessage()]
+    assert len(warnings) == 1 and "'report'" in warnings[0] and described in warnings[0], warnings
+    assert "'accuracy'" not in warnings[0]
+    evaluations = [entry for entry in trainer.state.log_history if "eval_report" in entry]
+    assert len(evaluations) == 2 and all(entry["eval_report"] == logged for entry in evaluations)
+
+
+def test_a_best_model_metric_that_is_not_a_number_is_a_clear_error(tmp_path, toy, tokenizer):
+    args = quiet_args(tmp_path, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                      metric_for_best_model="report")
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=toy, eval_dataset=toy, processing_class=tokenizer,
+                      compute_metrics=lambda eval_pred: {"accuracy": 0.5, "report": [0.9, 0.8]})
+    with pytest.raises(ConfigError, match=r"metric_for_best_model='report' is list \[0.9, 0.8\], not a number.*"
+                                          r"choose another metric \(eval_accuracy, eval_loss\)"):
+        trainer.train()
+    assert trainer.state.global_step == 0  # said before training (on the rows compute_metrics is tried on)
 
 
 def bootstrap_metrics(eval_pred):

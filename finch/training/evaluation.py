@@ -5,6 +5,7 @@ outputs, moving them to the CPU batch by batch, restoring dataset order, and `co
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
@@ -46,18 +47,21 @@ class EvaluationMixin:
             return
         with _rng_preserved():
             try:
-                self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval", tell_callbacks=False)
+                checked = self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval",
+                                                tell_callbacks=False)
             except ConfigError as on_a_few_rows:
                 if len(dataset) <= METRICS_CHECK_ROWS:
                     raise
                 # it may need the whole set (it reads the evaluation dataset itself, say): tried on all of it, once,
                 # before training; only a failure there too is the function's mistake (reported on the few rows)
                 try:
-                    self._prediction_loop(dataset, None, "eval", tell_callbacks=False)
+                    checked = self._prediction_loop(dataset, None, "eval", tell_callbacks=False)
                 except ConfigError:
                     raise on_a_few_rows from on_a_few_rows.__cause__
                 logger.info("compute_metrics failed on the first %d evaluation rows but works on the whole set: it "
                             "was checked on the whole set before training", METRICS_CHECK_ROWS)
+        if self.args.metric_for_best_model is not None:
+            check_best_metric(self.args.metric_for_best_model, checked.metrics)
 
     def _call_compute_metrics(self, prediction: EvalPrediction, before_training: bool = False) -> dict[str, float]:
         """`compute_metrics(prediction)`, its mistakes reported with the function's name and what it was given
@@ -78,15 +82,28 @@ class EvaluationMixin:
                               f"return metric names mapped to numbers, e.g. {{'accuracy': 0.91, 'f1': 0.88}}")
         metrics = {str(key): plain(value) for key, value in result.items()}
         for key, value in metrics.items():
-            if not isinstance(value, (int, float)):  # bool is an int
-                raise ConfigError(
-                    f"compute_metrics={name} returned {key!r}: {_described(result[key])}, not a number"
-                    + (f" (finch tries it on {METRICS_CHECK_ROWS} evaluation rows before training, so this shows "
-                       f"early)" if before_training else "") +
-                    ". Every metric is one number: the logs, checkpoints' trainer_state.json, trackers, the best "
-                    "model's choice and the report's curves need one (HF's Trainer logs any value as it is). Return "
-                    "one key per number, e.g. {'f1_class0': 0.91, 'f1_class1': 0.88} for per-class scores, "
-                    "float(tensor) for a one-element tensor, and leave text (a classification report) out of it")
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"compute_metrics={name} returned {key!r}: {_described(result[key])}, which cannot "
+                                  f"be logged: return numbers (one key per number, e.g. {{'f1_class0': 0.91}}), or "
+                                  f"text or lists of numbers, which are logged as they are") from None
+        self._say_non_numbers(name, result, metrics)
+        return metrics
+
+    def _say_non_numbers(self, name: str, result: Mapping, metrics: dict[str, Any]) -> None:
+        """One warning per key for metrics that are not one number (text, a per-class list, None): logged as they
+        are, as HF's Trainer logs them, but trackers, the report's curves and the best model's choice read numbers."""
+        said = self.__dict__.setdefault("_non_number_metrics", set())
+        others = [key for key, value in metrics.items() if key not in said and not isinstance(value, (int, float))]
+        if not others:
+            return
+        said.update(others)
+        logger.warning("compute_metrics=%s returned %s, not one number each: logged as they are (as HF's Trainer "
+                       "logs them), but trackers, the report's curves and metric_for_best_model take single numbers; "
+                       "return one key per number (e.g. {'f1_class0': 0.91, 'f1_class1': 0.88}) to see them there",
+                       name, ", ".join(f"{key!r} ({_described(result[key])})" for key in others))
+
         return metrics
 
     # ---- evaluation and prediction -------------------------------------------------------------------------------
@@ -269,6 +286,19 @@ class EvaluationMixin:
         metrics = {k if k.startswith(f"{prefix}_") else f"{prefix}_{k}": v for k, v in metrics.items()}
         return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
 
+
+
+def check_best_metric(name: str, metrics: dict[str, Any]) -> None:
+    """Raise `ConfigError` when `metric_for_best_model` is among the evaluation metrics but not one number (text, a
+    per-class list): no evaluation could be compared with another. Checked before training and at each evaluation."""
+    key = name if name.startswith("eval_") else f"eval_{name}"
+    value = metrics.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        numbers = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                         and not k.endswith(("_runtime", "_per_second")))
+        raise ConfigError(f"metric_for_best_model={name!r} is {type(value).__name__} {value!r:.60}, not a number, so "
+                          f"no evaluation can be compared with another: return it from compute_metrics as one number, "
+                          f"or choose another metric ({', '.join(numbers)})")
 
 
 def _batch_record(read: tuple, items: int, rows: int, include: set[str]) -> tuple:

@@ -51,7 +51,7 @@ from finch.state import TrainerControl, TrainerState
 from finch.training import graphs, shapes
 from finch.training.callbacks import CallbackHandler, ProgressCallback, reporters
 from finch.training.dropout import DropoutSwap
-from finch.training.evaluation import EvaluationMixin, describe, split_outputs, to_device
+from finch.training.evaluation import EvaluationMixin, check_best_metric, describe, split_outputs, to_device
 from finch.training.hf_methods import HFMethodsMixin
 from finch.training.log_and_save import OutputsMixin
 from finch.training.nonfinite import NonFiniteGuard
@@ -792,7 +792,8 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             raise ConfigError(f"metric_for_best_model={name!r} is not among the evaluation metrics {sorted(metrics)}; "
                            f"return it from compute_metrics or choose one of those")
         best, value = self.state.best_metric, metrics[key]
-        if not isinstance(value, (int, float)) or not math.isfinite(value):  # NaN would be best forever, unbeaten
+        check_best_metric(name, metrics)
+        if not math.isfinite(value):  # NaN would be best forever, unbeaten
             logger.warning("metric_for_best_model %s is %s at step %d: this evaluation is no candidate for the best "
                            "model (check compute_metrics, or the model's outputs)", key, value, self.state.global_step)
             return
