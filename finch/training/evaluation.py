@@ -104,8 +104,6 @@ class EvaluationMixin:
                        "return one key per number (e.g. {'f1_class0': 0.91, 'f1_class1': 0.88}) to see them there",
                        name, ", ".join(f"{key!r} ({_described(result[key])})" for key in others))
 
-        return metrics
-
     # ---- evaluation and prediction -------------------------------------------------------------------------------
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval", *, reuse_unchanged: bool = False) -> dict[str, float]:

@@ -20,12 +20,13 @@ backward of a shape, falls back to the eager model, logged once, and that micro-
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from finch.errors import UserError
 from finch.events import LIBRARIES
 
 logger = logging.getLogger("finch")
@@ -118,8 +119,16 @@ class EagerFallback:
     def __init__(self, captured: torch.nn.Module, eager: torch.nn.Module) -> None:
         self.captured, self.eager, self.failed = captured, eager, False
 
-    def model(self) -> torch.nn.Module:
-        return self.eager if self.failed else self.captured
+    def attempt(self, call: Callable[[], Any]) -> tuple[bool, Any]:
+        """`(True, call())`, or `(False, None)` when it raised a capture's error (anything but a user's mistake or
+        running out of memory), which turns the graphs off for good, said once."""
+        try:
+            return True, call()
+        except (UserError, torch.OutOfMemoryError):
+            raise
+        except Exception as error:  # noqa: BLE001 (inductor's and cudagraph trees' errors have no common base)
+            self.fail(error)
+            return False, None
 
     def fail(self, error: BaseException) -> None:
         self.failed = True

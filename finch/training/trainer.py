@@ -38,7 +38,7 @@ from finch.args import TrainingArguments, total_training_steps, unused_hub_optio
 from finch.data import batching, buckets
 from finch.distributed.connect import runtime_for
 from finch.distributed.runtime import rng_state, set_seed
-from finch.errors import ConfigError, DataError, ModelError, UserError
+from finch.errors import ConfigError, DataError, ModelError
 from finch.events import Event
 from finch.hf.names import as_finch_arguments, check_overrides
 from finch.observers.hub import Hub, HubCallback
@@ -640,30 +640,21 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         if run.fallback is None or run.fallback.failed:
             scaled.backward()
             return True
-        try:
-            scaled.backward()
-        except (UserError, torch.OutOfMemoryError):
-            raise
-        except Exception as error:  # noqa: BLE001 (as in _captured_loss)
-            run.fallback.fail(error)
+        done, _ = run.fallback.attempt(scaled.backward)
+        if not done:
             run.model = run.fallback.eager
-            return False
-        return True
+        return done
 
     def _captured_loss(self, run: TrainingRun, batch: dict) -> torch.Tensor:
-        """`compute_loss` on the training model; replayed as CUDA graphs, a capture that raises (anything but a
-        user error or running out of memory) switches this run to the eager model, said once."""
-        if run.fallback is None or run.fallback.failed:
-            return self.compute_loss(run.model, batch)
-        torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were read: they may be overwritten
-        try:
-            return self.compute_loss(run.model, batch)
-        except (UserError, torch.OutOfMemoryError):
-            raise
-        except Exception as error:  # noqa: BLE001 (inductor's and cudagraph trees' errors have no common base)
-            run.fallback.fail(error)
+        """`compute_loss` on the training model; replayed as CUDA graphs, a capture that raises switches this run to
+        the eager model, said once (`graphs.EagerFallback.attempt`)."""
+        if run.fallback is not None and not run.fallback.failed:
+            torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were read: they may be overwritten
+            done, loss = run.fallback.attempt(lambda: self.compute_loss(run.model, batch))
+            if done:
+                return loss
             run.model = run.fallback.eager
-            return self.compute_loss(run.model, batch)
+        return self.compute_loss(run.model, batch)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
                      num_items_in_batch: int | None = None) -> Any:
