@@ -11,8 +11,11 @@ importing the training loop.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import enum
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -69,3 +72,22 @@ def unknown_overrides(callback: Any) -> list[str]:
         hint = f"did you mean {close[0]}?" if close else f"the events are {', '.join(sorted(EVENT_NAMES))}"
         lines.append(f"{type(callback).__name__}.{name} matches no callback event, so it is never called ({hint})")
     return lines
+
+
+_TRYING_METRICS = contextvars.ContextVar("finch_trying_metrics", default=False)
+
+
+@contextlib.contextmanager
+def metrics_trial() -> Iterator[None]:
+    """Marks finch's try of `compute_metrics` on a few rows before training: not an evaluation of the run, so a
+    `compute_metrics` that keeps state (the CLI's collapse watch, its last predictions) can leave it out."""
+    token = _TRYING_METRICS.set(True)
+    try:
+        yield
+    finally:
+        _TRYING_METRICS.reset(token)
+
+
+def in_metrics_trial() -> bool:
+    """True inside `metrics_trial()`."""
+    return _TRYING_METRICS.get()

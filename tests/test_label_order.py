@@ -49,6 +49,7 @@ def test_swapping_the_label_names_keeps_the_same_model(tmp_path, model_dir, mrpc
     header = capsys.readouterr().out
     assert "best model: the highest eval_f1_macro (the default for two classes: it does not depend on which " \
            "label is listed second" in header
+    assert "head: the new classification head starts from the class means of 160 training rows" in header
     swapped = train_and_predict(tmp_path / "swapped", model_dir, mrpc_dir, swap=True)
     (metrics, kept, predicted, evaluations), (metrics2, kept2, predicted2, evaluations2) = original, swapped
     assert len({label for label, *_ in predicted}) == 2, evaluations  # it learned: not one class for every row

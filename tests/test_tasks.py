@@ -231,6 +231,13 @@ def test_collapse_watch_warns_only_when_every_evaluation_predicts_one_class():
     compute(Prediction([1] * 20, labels))
     compute(Prediction(labels, labels))  # recovered: not a collapsed run
     assert healthy.warning() is None
+    from finch.events import metrics_trial
+
+    small = CollapseWatch(rows=20)  # a validation set no bigger than the try's rows: the try is still not counted
+    compute = compute_metrics_for(task, watch=small)
+    with metrics_trial():
+        compute(Prediction([1] * 20, labels))
+    assert small.shares == []
 
 
 def test_a_collapsed_cli_run_is_named(tmp_path, tiny_model_dir, capsys):

@@ -18,6 +18,7 @@ from typing import Any
 
 from finch.args import FIELD_GROUPS, SCRIPTS_ONLY, TrainingArguments, check_keys
 from finch.cli import config as config_files
+from finch.cli.head import start_new_head
 from finch.data.batching import example_lengths
 from finch.data.models import (
     check_room_for_text,
@@ -29,6 +30,7 @@ from finch.data.models import (
 )
 from finch.data.tasks import CollapseWatch, Task, compute_metrics_for
 from finch.errors import ConfigError, ModelError
+from finch.events import in_metrics_trial
 from finch.observers.hub import check_can_push
 from finch.runs.card import ModelCard
 from finch.runs.files import check_output_dir
@@ -245,7 +247,7 @@ class LastEvaluation:
     prediction: Any = None
 
     def __call__(self, prediction: Any) -> dict[str, float]:
-        if len(prediction.label_ids) == self.rows:
+        if len(prediction.label_ids) == self.rows and not in_metrics_trial():
             self.prediction = prediction
         return self.compute(prediction)
 
@@ -380,12 +382,17 @@ def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: An
         labels.update(id2label=dict(enumerate(task.label_names)),
                       label2id={n: i for i, n in enumerate(task.label_names)})
 
+    started: list[str] = []  # the header line is said once, not at each trial of a search
+
     def build(args: TrainingArguments) -> Any:
         set_seed(args.seed)  # the new head is initialised from the global RNG: one seed, one set of weights
         # check_head passed: a head of another size here is an untrained placeholder (LABEL_0...), so replace it
         model, loading = load_classifier(model_name, ignore_mismatched_sizes=True, output_loading_info=True,
                                          **labels)
-        zero_new_head(model, loading, task)
+        said = start_new_head(model, loading, task, tokenized["train"], getattr(tokenizer, "pad_token_id", None))
+        if said and not started:
+            print(f"head: {said}", flush=True)
+            started.append(said)
         if options.get("freeze"):
             trainable = freeze(model, str(options["freeze"]))
             print(f"freeze {options['freeze']}: {trainable:,} trainable parameters", flush=True)
@@ -393,31 +400,6 @@ def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: An
                        processing_class=tokenizer, compute_metrics=metrics)
 
     return build
-
-
-def zero_new_head(model: Any, loading: dict[str, Any], task: Task) -> None:
-    """Start a newly made classification head at zero, so that no class starts ahead of another.
-
-    HF draws the head at random, so the class listed first starts from other weights than the second: the same
-    data with its label names swapped trains another model and may keep another epoch. From zero every class
-    starts equal (every logit 0, all rows learn from the same gradients up to their labels), and training is the
-    same, class for class, whatever the order of the label names. The layers below the output are left as drawn;
-    a head that the model already had (its weights loaded) is kept. Transfer-learning practice starts heads at
-    zero too (BiT, Kolesnikov et al. 2020).
-    """
-    import torch
-
-    if task.kind == "regression":  # one output: no order of labels to be independent of
-        return
-    new = set(loading.get("missing_keys") or ()) | {key[0] if isinstance(key, tuple) else key
-                                                    for key in loading.get("mismatched_keys") or ()}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and module.out_features == task.num_labels \
-                and f"{name}.weight" in new:
-            with torch.no_grad():
-                module.weight.zero_()
-                if module.bias is not None:
-                    module.bias.zero_()
 
 
 def check_head(config: Any, task: Task, model_name: str) -> None:

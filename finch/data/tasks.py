@@ -16,6 +16,7 @@ import numpy as np
 
 from finch.data.metrics import accuracy, f1_per_class, matthews, multilabel_metrics, regression_metrics
 from finch.errors import DataError
+from finch.events import in_metrics_trial
 
 MULTI_LABEL_SEPARATOR = "|"
 MISSING = {"", "nan", "none", "null", "na", "n/a"}
@@ -159,8 +160,8 @@ class CollapseWatch:
     """Watches a classification run's evaluations for collapse: (nearly) every example predicted as one class.
 
     Such runs happen with BERT-style fine-tuning on small data (a seed or a learning rate too high), end near the
-    majority rate, and no trainer says so. Only evaluations of `rows` examples count (the validation set; not the
-    few rows `compute_metrics` is tried on before training).
+    majority rate, and no trainer says so. Only evaluations of `rows` examples count (the validation set), and not
+    finch's try of `compute_metrics` before training, even on a validation set that small.
     """
 
     rows: int
@@ -168,7 +169,7 @@ class CollapseWatch:
     shares: list[tuple[str, float]] = field(default_factory=list)
 
     def record(self, predicted: np.ndarray, names: Sequence[str]) -> None:
-        if len(predicted) == self.rows and self.rows:
+        if len(predicted) == self.rows and self.rows and not in_metrics_trial():
             counts = np.bincount(predicted, minlength=len(names))
             self.shares.append((names[int(counts.argmax())], float(counts.max() / len(predicted))))
 

@@ -19,7 +19,7 @@ from transformers.trainer_utils import PredictionOutput
 
 from finch.data import batching
 from finch.errors import ConfigError, DataError
-from finch.events import Event
+from finch.events import Event, metrics_trial
 from finch.training import shapes
 from finch.training.readback import Readback
 
@@ -45,7 +45,7 @@ class EvaluationMixin:
             dataset = next(iter(dataset.values()), None)
         if dataset is None or len(dataset) == 0:
             return
-        with _rng_preserved():
+        with _rng_preserved(), metrics_trial():
             try:
                 checked = self._prediction_loop(_first_rows(dataset, METRICS_CHECK_ROWS), None, "eval",
                                                 tell_callbacks=False)
