@@ -98,15 +98,17 @@ def _features(model: Any, head: Any, train: Any, rows: list[int], pad_id: int | 
     import torch
 
     names = [n for n in ("input_ids", "token_type_ids", "attention_mask") if n in train.column_names]
-    examples = train.select(rows).select_columns(names).with_format(None)
+    examples = train.select(rows).select_columns(names).with_format(None)[:]
+    order = sorted(range(len(rows)), key=lambda i: len(examples["input_ids"][i]))  # batches of similar lengths
+    examples = {name: [examples[name][i] for i in order] for name in names}
     seen: list[Any] = []
     hook = head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(examples), BATCH):
-                batch = examples[start:start + BATCH]
+            for start in range(0, len(rows), BATCH):
+                batch = {name: values[start:start + BATCH] for name, values in examples.items()}
                 width = max(len(ids) for ids in batch["input_ids"])
                 model(**{name: torch.tensor([list(v) + [(pad_id or 0) if name == "input_ids" else 0] * (width - len(v))
                                              for v in batch[name]], device=head.weight.device)
@@ -116,7 +118,9 @@ def _features(model: Any, head: Any, train: Any, rows: list[int], pad_id: int | 
         model.train(training)
     if not seen or any(f.dim() != 2 for f in seen):
         return None
-    return torch.cat(seen).double().cpu()
+    features = torch.empty(len(rows), seen[0].shape[1], dtype=torch.float64)
+    features[order] = torch.cat(seen).double().cpu()  # back in the order of `rows`
+    return features
 
 
 def discriminant(features: Any, targets: Any, multilabel: bool, scale: float) -> tuple[Any, Any]:
