@@ -265,7 +265,7 @@ def run_finch(dataset: str, seed: int, a: argparse.Namespace, train_file: Path, 
     metrics = json.loads((out / "metrics.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     summary = next((e for e in reversed(log) if "train_runtime" in e), {})
-    header = [line for line in done.stdout.splitlines() if line.startswith(("[finch] device", "tokens:"))]
+    header = [line for line in done.stdout.splitlines() if line.startswith(("[finch] device", "tokens:", "head:"))]
     evals = [{"epoch": e.get("epoch"), "accuracy": e.get("eval_accuracy"), "f1_macro": e.get("eval_f1_macro")}
              for e in log if "eval_accuracy" in e]  # each evaluation, to see which one the best-model rule kept
     return {"accuracy": metrics["eval_accuracy"], "f1": metrics.get("eval_f1", metrics.get("eval_f1_macro")),
