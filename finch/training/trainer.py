@@ -25,19 +25,17 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import EvalPrediction
 from transformers.trainer_utils import TrainOutput
 
 from finch.args import TrainingArguments, total_training_steps, unused_hub_options
 from finch.data import batching, buckets
 from finch.distributed.connect import runtime_for
-from finch.distributed.runtime import rng_state, set_seed
+from finch.distributed.runtime import set_seed
 from finch.errors import ConfigError, DataError, ModelError
 from finch.events import Event
 from finch.hf.names import as_finch_arguments, check_overrides
@@ -46,10 +44,11 @@ from finch.runs import adapters, checkpoint
 from finch.runs import folders as run_folders
 from finch.runs.files import run_lock
 from finch.runs.fingerprint import Fingerprint, model_fingerprint
-from finch.runs.resume import continue_state, plan_resume
+from finch.runs.resume import plan_resume
 from finch.state import TrainerControl, TrainerState
 from finch.training import graphs, shapes
 from finch.training.callbacks import CallbackHandler, ProgressCallback, reporters
+from finch.training.checkpointing import CheckpointingMixin
 from finch.training.dropout import DropoutSwap
 from finch.training.evaluation import EvaluationMixin, check_best_metric, describe, split_outputs, to_device
 from finch.training.hf_methods import HFMethodsMixin
@@ -57,23 +56,10 @@ from finch.training.log_and_save import OutputsMixin
 from finch.training.nonfinite import NonFiniteGuard
 from finch.training.optim import create_optimizer, create_scheduler
 from finch.training.preemption import PreemptionGuard, TrainingPreempted
+from finch.training.run import LogWindow, TrainingRun
 
 logger = logging.getLogger("finch")
 _WARNED: set[str] = set()  # warnings about the arguments, said once per process (a search builds many trainers)
-
-
-def _moved_with_the_run(best: str | None, resumed: Path) -> str | None:
-    """The best checkpoint's path, in the folder of the checkpoint resumed when the run's folder was moved or
-    copied (or the path was relative to another working directory): it is saved as a path, and the old one would
-    load another folder's weights at the end (or none), and let rotation delete this run's best checkpoint."""
-    if best is None:
-        return None
-    here = resumed.parent / Path(best).name
-    if Path(best).parent.resolve() == resumed.parent.resolve() or not run_folders.is_checkpoint(here):
-        return best
-    logger.info("the best checkpoint %s is taken from this run's folder: %s (the run's folder was moved or copied)",
-                best, here)
-    return str(here)
 
 
 def _check_optimizer_of(optimizer: Any, model: torch.nn.Module) -> None:
@@ -94,88 +80,12 @@ def _warn_once(message: str | None) -> None:
         logger.warning("%s", message)
 
 
-@dataclass
-class LogWindow:
-    """What the loop saw since the last log: summed loss (left on the device; read only at logging steps), items
-    (of every rank), and this rank's samples and tokens."""
-
-    loss: torch.Tensor
-    start: float
-    items: int = 0
-    samples: int = 0
-    tokens: int = 0
-    steps: int = 0
-
-    @classmethod
-    def open(cls, device: torch.device, start: float | None = None) -> LogWindow:
-        return cls(torch.zeros((), device=device), time.perf_counter() if start is None else start)
-
-
-@dataclass
-class TrainingRun:
-    """The bookkeeping of one `train()` call, built by `_start_run` and passed to the loop's helpers explicitly
-    (never kept on the trainer, so nothing outlives the call by accident). What a checkpoint holds is the trainer's
-    `state`, `optimizer`, `lr_scheduler` and this run's `scaler`, gathered into one `checkpoint.RunState` to save.
-
-    Attributes:
-        model: the module the training forward runs on: the trainer's model, wrapped in DDP when there are several
-            processes and compiled with `torch_compile`; its parameters are the trainer's model's.
-        dataset, lengths: the training set with unused columns dropped, and its examples' lengths (for length
-            grouping; None otherwise).
-        steps_per_epoch, max_steps: the plan, in optimizer steps.
-        scaler: fp16's gradient scaler, else None.
-        nonfinite: counts NaN/Inf steps and decides whether the optimizer may step.
-        dropout: finch's CPU dropout, swapped in around each micro-batch.
-        last_checkpoint: the newest checkpoint this run saved or resumed from (named in error messages).
-        learning_rate: the rate the last optimizer step used, which is what is logged (as HF logs it).
-        window: what was seen since the last log; total_loss, total_items: everything logged so far.
-        grad_norm: the last step's gradient norm (a device tensor), or None.
-        started, start_step: when and at which step this call began training (for its throughput).
-        graphs: whether the step is replayed as CUDA graphs, and why not (`finch.training.graphs`).
-        fallback: the eager model to fall back to if capturing raises (None: not captured).
-    """
-
-    model: torch.nn.Module
-    dataset: Any
-    lengths: list[int] | None
-    steps_per_epoch: int
-    max_steps: int
-    scaler: torch.amp.GradScaler | None
-    nonfinite: NonFiniteGuard
-    dropout: DropoutSwap
-    last_checkpoint: str | None = None
-    learning_rate: float | None = None
-    window: LogWindow | None = None
-    total_loss: torch.Tensor | None = None
-    total_items: int = 0
-    grad_norm: torch.Tensor | None = None
-    started: float = 0.0
-    start_step: int = 0
-    graphs: graphs.GraphPlan | None = None
-    fallback: graphs.EagerFallback | None = None
-
-    def epochs(self, global_step: int) -> range:
-        """The epochs still to train from `global_step` (none when a finished run is resumed)."""
-        if global_step >= self.max_steps:
-            return range(0)
-        return range(global_step // self.steps_per_epoch, math.ceil(self.max_steps / self.steps_per_epoch))
-
-    def add_window(self) -> LogWindow:
-        """Add the window (its loss already summed over ranks) to the run's totals; return it."""
-        self.total_loss, self.total_items = self.total_loss + self.window.loss, self.total_items + self.window.items
-        return self.window
-
-
-# `on_save` methods that do nothing: finch's base class has none (its events are no-ops by `__getattr__`), HF's one
-_NO_OP_ON_SAVE = {None, getattr(getattr(transformers, "TrainerCallback", None), "on_save", None)}
-
-
 def _due(strategy: str, every: int, step: int, epoch_done: bool) -> bool:
     """Whether a `logging`/`eval`/`save` strategy with interval `every` asks for action at `step`."""
     return (strategy == "steps" and step % every == 0) or (strategy == "epoch" and epoch_done)
 
 
-class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
+class Trainer(EvaluationMixin, CheckpointingMixin, OutputsMixin, HFMethodsMixin):
     """Fine-tunes `model` on `train_dataset` as `args` say; the API of `transformers.Trainer`.
 
     Args:
@@ -307,14 +217,6 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
             raise
         self._wait_for_checkpoint()  # before the best model is read back, or anything else reads checkpoints
         return self._end_run(run)
-
-    def _finish_checkpoint_quietly(self) -> None:
-        """On the way out of a failed run (this rank only, no collective): the checkpoint in flight is finished,
-        and a failure to write it is logged, not raised over the error that ended the run."""
-        try:
-            self._checkpoint_writer.wait()
-        except Exception as error:  # noqa: BLE001 (another error is on its way up)
-            logger.error("the checkpoint being written when training stopped could not be written: %s", error)
 
     def _train_epoch(self, run: TrainingRun, epoch: int, preemption: PreemptionGuard) -> None:
         """One epoch (its rest, when resuming mid-epoch), nanoGPT's loop in named steps."""
@@ -791,99 +693,6 @@ class Trainer(EvaluationMixin, OutputsMixin, HFMethodsMixin):
         if best is None or (value > best if self.args.greater_is_better else value < best):
             self.state.best_metric, self.state.best_global_step = value, self.state.global_step
 
-    def _save_checkpoint(self, run: TrainingRun) -> Path:
-        """Every rank's RNG state is gathered; rank 0 (each machine's first process with `save_on_each_node`) writes
-        the checkpoint (atomically) and rotates, and the others wait for it.
-
-        With `background_save` (not for sharded checkpoints, which every rank writes), the state is copied to host
-        memory here and written by `self._checkpoint_writer`'s thread while training goes on: the checkpoint is
-        whole on disk once `_wait_for_checkpoint` returns, on every rank (or every rank raises its error). The
-        next save, the end of training, a stop signal, `save_model` and a callback that acts on saves (its
-        `on_save` reads the folder) wait for it. Otherwise it is whole when this returns."""
-        state, args = self.state, self.args
-        run.nonfinite.flush(run.last_checkpoint)  # a step past the NaN/Inf limit is never saved
-        path = Path(args.output_dir) / f"{run_folders.PREFIX}{state.global_step}"
-        if state.best_global_step == state.global_step:
-            state.best_model_checkpoint = str(path)
-        state.stateful_callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
-                                    if hasattr(cb, "state_dict")}
-        whole = self._run_state(run, rng_states=self.runtime.all_gather(rng_state()))
-        shards_in = None
-        background = self._background_save()
-        if background:
-            self._wait_for_checkpoint()  # one write in flight at most; its error raised here, before the next
-        if self.runtime.sharded_checkpoints:  # FSDP2, sharded: every rank writes its part; rank 0 completes it
-            shards_in = checkpoint.save_shards(args.output_dir, state, self.model,
-                                               None if args.save_only_model else self.optimizer,
-                                               self.runtime.on_main, self.runtime.is_main_process)
-        else:  # FSDP2: gathered to rank 0 (one process: the state dicts as they are)
-            whole.weights, whole.optimizer_state = self.runtime.full_state(self.model, self.optimizer)
-
-        def write(saved: checkpoint.RunState) -> None:
-            checkpoint.save_checkpoint(args.output_dir, saved, shards_in)
-            run_folders.rotate_checkpoints(args.output_dir, args.save_total_limit, saved.state.best_model_checkpoint,
-                                           saved.state.run_id, keep=path)
-
-        if background:  # copied now (the next step changes the weights in place), written in the background
-            writer = self._checkpoint_writer
-
-            def start() -> None:
-                copied = checkpoint.host_copy(whole)
-                writer.start(lambda: write(copied), copied.ready)
-            self.runtime.on_writers(start, args.save_on_each_node)
-        else:
-            self.runtime.on_writers(lambda: write(whole), args.save_on_each_node)
-        run.last_checkpoint = str(path)
-        if background and self.runtime.any_rank(self._acts_on_save())[0]:
-            self._wait_for_checkpoint()
-        self._fire(Event.ON_SAVE)
-        return path
-
-    def _background_save(self) -> bool:
-        """`background_save`, unset: on for one process. Under torchrun a rank that fails makes the launcher stop
-        the others, with a write in flight: the newest checkpoint would be lost and a restart would resume an older
-        one (`test_max_restarts_resumes_the_launchs_newest_checkpoint_by_itself`). Never for sharded checkpoints,
-        which every rank writes."""
-        if self.runtime.sharded_checkpoints:
-            return False
-        if self.args.background_save is None:
-            return self.runtime.world_size == 1
-        return self.args.background_save
-
-    def _wait_for_checkpoint(self) -> None:
-        """Return once the checkpoint written in the background is whole on disk, on every rank (a collective);
-        its write's error (`CheckpointError`) raised on every rank."""
-        self.runtime.on_writers(self._checkpoint_writer.wait, self.args.save_on_each_node)
-
-    def _acts_on_save(self) -> bool:
-        """Whether a callback does something on `on_save` (HF's hub upload, a user's): it then gets the checkpoint
-        whole on disk, as without background saves."""
-        return any(getattr(type(callback), "on_save", None) not in _NO_OP_ON_SAVE
-                   for callback in self.callback_handler.callbacks)
-
-    def _run_state(self, run: TrainingRun, rng_states: list[dict] | None = None) -> checkpoint.RunState:
-        """This run's state as one object, what a checkpoint holds (see `checkpoint.RunState`)."""
-        return checkpoint.RunState(self.model, self.state, self.args, self.optimizer, self.lr_scheduler, run.scaler,
-                                   self.processing_class, rng_states, self.runtime.launch.id)
-
-    def _resume(self, run: TrainingRun, folder: Path, fresh: TrainerState) -> TrainerState:
-        """Load `folder` into the model, optimizer, scheduler and scaler, and this rank's RNG state; its progress
-        with this run's plan."""
-        runtime = self.runtime
-        saved = checkpoint.load_checkpoint(folder, self._run_state(run), rank=runtime.rank, sharded=runtime.sharded)
-        state = continue_state(saved, fresh, folder)
-        state.best_model_checkpoint = _moved_with_the_run(state.best_model_checkpoint, folder)
-        state.is_local_process_zero, state.is_world_process_zero = fresh.is_local_process_zero, \
-            fresh.is_world_process_zero
-        if not (folder / checkpoint.rng_file(runtime.rank)).exists():  # saved by fewer ranks (allowed, not exact)
-            runtime.seed_rank(self.args.seed, state.global_step)
-        for callback in self.callback_handler.callbacks:
-            callback_state = state.stateful_callbacks.get(type(callback).__name__)
-            if callback_state is not None and hasattr(callback, "load_state_dict"):
-                callback.load_state_dict(callback_state)
-        logger.info("Resuming from %s at step %d (epoch %.2f)", folder, state.global_step, state.epoch)
-        run.last_checkpoint = str(folder)
-        return state
     # ---- hyperparameter search -----------------------------------------------------------------------------------
     def hyperparameter_search(self, hp_space: Callable | None = None, compute_objective: Callable | None = None,
                               n_trials: int | None = 20, direction: str | list[str] = "minimize",
