@@ -385,7 +385,7 @@ def _trainer_factory(model_name: str, task: Task, tokenized: dict, tokenizer: An
     started: list[str] = []  # the header line is said once, not at each trial of a search
 
     def build(args: TrainingArguments) -> Any:
-        set_seed(args.seed)  # the new head is initialised from the global RNG: one seed, one set of weights
+        set_seed(args.seed)  # new layers below the head (a pooler) are drawn from the global RNG: one seed, one set
         # check_head passed: a head of another size here is an untrained placeholder (LABEL_0...), so replace it
         model, loading = load_classifier(model_name, ignore_mismatched_sizes=True, output_loading_info=True,
                                          **labels)
